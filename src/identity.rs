@@ -1,0 +1,53 @@
+//! The one `Identity` type: made by `token/` and `session/`, judged by `policy/`,
+//! written into upstream headers by `auth/`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Who the request is, as established by a validated token or session.
+///
+/// Kept compact: tens of thousands of these live in the token cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `iss`: with `sub` the only stable key for a user.
+    pub issuer: Arc<str>,
+    /// `sub`
+    pub subject: Box<str>,
+    /// `email`, only kept when well-formed (exactly one `@`).
+    pub email: Option<Box<str>>,
+    /// `email_verified`; email rules in policy count only verified addresses.
+    pub email_verified: bool,
+    pub preferred_username: Option<Box<str>>,
+    pub name: Option<Box<str>>,
+    /// From the configured groups claim.
+    pub groups: Vec<Box<str>>,
+    /// From `scope` (space separated) / `scp` (array) or the configured scope claims.
+    pub scopes: Vec<Box<str>>,
+    /// Only the claims that configuration refers to (`headers.claims`, `allow.claims`),
+    /// rendered as strings: (claim name or dotted path, value).
+    pub claims: Vec<(Arc<str>, Box<str>)>,
+    /// When the identity stops being valid (`exp`).
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Identity {
+    /// A verified email address, if any; what email policy rules may use.
+    pub fn verified_email(&self) -> Option<&str> {
+        if self.email_verified {
+            self.email.as_deref()
+        } else {
+            None
+        }
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| &**s == scope)
+    }
+
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.claims
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| &**v)
+    }
+}
