@@ -9,6 +9,19 @@
 //!
 //! The request path is assembled once, in [`stack`]; each concern is a tower layer.
 
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod ctx;
+pub mod error;
 pub mod identity;
 pub mod policy;
+pub mod proxy;
+pub mod router;
+pub mod routing;
+pub mod server;
+pub mod stack;
+pub mod telemetry;
 pub mod token;

@@ -1,1 +1,79 @@
-fn main() {}
+//! The `portcullis` command: run, check.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis::config::Config;
+use portcullis::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An authenticating reverse proxy (OAuth 2.0 / OpenID Connect)"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, global = true, default_value = "pretty")]
+    log_format: LogFormat,
+    /// Config file (for `run`, the default command).
+    #[arg(long, short, global = true, default_value = "portcullis.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate a config file and exit: 0 when valid, 1 with the problems otherwise.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto library for everything TLS and JWT: aws-lc-rs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => match Config::load(&cli.config) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} route(s), {} upstream(s))",
+                    cli.config.display(),
+                    c.routes.len(),
+                    c.upstreams.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: invalid configuration:", cli.config.display());
+                for err in &e.0 {
+                    eprintln!("  {err}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run => {
+            telemetry::init(cli.log_format);
+            let config = match Config::load(&cli.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: invalid configuration:", cli.config.display());
+                    for err in &e.0 {
+                        eprintln!("  {err}");
+                    }
+                    return ExitCode::FAILURE;
+                }
+            };
+            match portcullis::app::run(config, Some(cli.config.clone())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Body types of the request path: what goes upstream and what comes back to the client.
+//! Enums rather than boxes, so the hot path allocates nothing for them.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// The body of a response sent to the client.
+    #[project = RespProj]
+    pub enum RespBody {
+        /// Streamed from the upstream as it arrives.
+        Upstream { #[pin] inner: Incoming },
+        /// A complete body the proxy made itself (error pages, probes).
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl RespBody {
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        RespBody::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+
+    pub fn empty() -> Self {
+        RespBody::Full { data: None }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            RespProj::Upstream { inner } => inner.poll_frame(cx).map_err(Into::into),
+            RespProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Upstream { inner } => inner.is_end_stream(),
+            RespBody::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Upstream { inner } => inner.size_hint(),
+            RespBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+/// The body is paused for longer than the body read timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("request body read timed out")]
+pub struct BodyTimeout;
+
+pin_project! {
+    /// The body of a request sent upstream: the client's, streamed, with a timeout on
+    /// every pause (a client that stops sending mid-body is cut off).
+    pub struct ReqBody {
+        #[pin]
+        inner: Option<Incoming>,
+        timeout: Duration,
+        sleep: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl ReqBody {
+    pub fn new(inner: Incoming, timeout: Duration) -> Self {
+        if inner.is_end_stream() {
+            return Self::empty();
+        }
+        ReqBody {
+            inner: Some(inner),
+            timeout,
+            sleep: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        ReqBody {
+            inner: None,
+            timeout: Duration::ZERO,
+            sleep: None,
+        }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                *this.sleep = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let timeout = *this.timeout;
+                let sleep = this.sleep.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(Instant::now() + timeout))
+                });
+                ready!(sleep.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Box::new(BodyTimeout))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+use std::future::Future;

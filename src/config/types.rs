@@ -1,0 +1,244 @@
+//! The typed, validated runtime configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::uri::{Authority, Scheme};
+use http::Method;
+use ipnet::IpNet;
+
+use super::Secret;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub provider: Option<ProviderConfig>,
+    pub bearer: Option<BearerSettings>,
+    pub session: Option<SessionConfig>,
+    pub login: LoginConfig,
+    pub headers: HeadersConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub public_url: Option<url::Url>,
+    pub tls: Option<TlsFiles>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub admin_listen: Option<SocketAddr>,
+    pub workers: usize,
+    pub proxy_prefix: String,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Server limits. Defaults are tighter than hyper's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time for a client to send a whole request head (slowloris), and the TLS handshake.
+    pub header_read_timeout: Duration,
+    /// Header count per request; more is 431.
+    pub max_headers: usize,
+    /// Total bytes of the request head; more is 431.
+    pub max_header_bytes: usize,
+    /// Bytes of the request target; more is 414.
+    pub max_uri_length: usize,
+    /// Open client connections at once; further connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Default for a whole proxied exchange up to the response head (504 after).
+    pub request_timeout: Duration,
+    /// Longest pause while reading a request body (408 / connection reset after).
+    pub body_read_timeout: Duration,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub drain_timeout: Duration,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            max_uri_length: 8 * 1024,
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub issuer: String,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret<String>>,
+    pub scopes: Vec<String>,
+    pub extra_auth_params: Vec<(String, String)>,
+    pub groups_claim: String,
+    pub logout_url: Option<String>,
+    pub client_auth: ClientAuth,
+    pub private_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntrospectionSetting {
+    Off,
+    Opaque,
+    Always,
+    Userinfo,
+}
+
+#[derive(Debug, Clone)]
+pub struct BearerSettings {
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub leeway: Duration,
+    pub introspection: IntrospectionSetting,
+    pub introspection_client_id: Option<String>,
+    pub introspection_client_secret: Option<Secret<String>>,
+    pub introspection_auth_post: bool,
+    pub scopes_claims: Vec<String>,
+    pub cache_ttl: Duration,
+    pub cache_capacity: u64,
+    pub shared_secret: Option<Secret<Vec<u8>>>,
+    pub issuers: Vec<ExtraIssuer>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtraIssuer {
+    pub issuer: String,
+    pub jwks_uri: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub introspection_client_id: Option<String>,
+    pub introspection_client_secret: Option<Secret<String>>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStoreKind {
+    Cookie,
+    Redis,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub cookie_name: String,
+    /// Decoded 32-byte keys; the first encrypts, all decrypt.
+    pub secrets: Vec<Secret<[u8; 32]>>,
+    pub lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub store: SessionStoreKind,
+    pub redis_url: Option<Secret<String>>,
+    pub refresh: bool,
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LoginConfig {
+    pub allowed_redirect_hosts: Vec<String>,
+}
+
+/// The identity headers set on upstream requests, and the names stripped from every request.
+#[derive(Debug, Clone)]
+pub struct HeadersConfig {
+    pub user: Option<HeaderName>,
+    pub email: Option<HeaderName>,
+    pub groups: Option<HeaderName>,
+    pub preferred_username: Option<HeaderName>,
+    pub name: Option<HeaderName>,
+    pub scopes: Option<HeaderName>,
+    pub access_token: Option<HeaderName>,
+    pub pass_authorization: bool,
+    pub claims: Vec<(Arc<str>, HeaderName)>,
+    /// Every header name that this config or any preset may set, normalized
+    /// (lowercase, `_` as `-`): stripped from every client request.
+    pub strip: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path of the upstream URL without a trailing slash ("" for the root).
+    pub base_path: String,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub h2: bool,
+    pub preserve_host: bool,
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Public,
+    Bearer,
+    Login,
+    Either,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Public => "public",
+            AuthMode::Bearer => "bearer",
+            AuthMode::Login => "login",
+            AuthMode::Either => "either",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowConfig {
+    pub groups: Option<Vec<String>>,
+    pub emails: Option<Vec<String>>,
+    pub email_domains: Option<Vec<String>>,
+    pub claims: Option<Vec<(String, Vec<String>)>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Label in logs and metrics.
+    pub name: Arc<str>,
+    /// Lowercase host without port.
+    pub host: Option<String>,
+    /// Canonical prefix: starts with `/`, no trailing slash unless it is `/`.
+    pub path: String,
+    pub upstream: usize,
+    pub auth: AuthMode,
+    pub allow_preflight: bool,
+    pub scopes: Vec<String>,
+    pub method_scopes: Vec<(Method, Vec<String>)>,
+    pub allow: Option<AllowConfig>,
+    pub strip_prefix: bool,
+    pub timeout: Duration,
+}

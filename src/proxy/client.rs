@@ -1,0 +1,143 @@
+//! Upstream HTTP clients: pooled hyper-util clients over rustls, one set per worker thread
+//! so that a connection is only ever used by the runtime that opened it.
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::body::ReqBody;
+use crate::config::UpstreamConfig;
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ReqBody>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("{path}: no PEM certificate found")]
+    NoCert { path: String },
+    #[error("{path}: no PEM private key found")]
+    NoKey { path: String },
+    #[error("TLS client setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The system's trust roots, loaded once per process.
+fn native_roots() -> &'static Vec<CertificateDer<'static>> {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let res = rustls_native_certs::load_native_certs();
+        for e in &res.errors {
+            tracing::warn!(error = %e, "could not load some system trust roots");
+        }
+        res.certs
+    })
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientBuildError> {
+    let data = std::fs::read(path).map_err(|source| ClientBuildError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&data)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(ClientBuildError::NoCert {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ClientBuildError> {
+    let data = std::fs::read(path).map_err(|source| ClientBuildError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    PrivateKeyDer::from_pem_slice(&data).map_err(|_| ClientBuildError::NoKey {
+        path: path.display().to_string(),
+    })
+}
+
+/// rustls client config for an upstream (or provider): system roots plus an optional CA
+/// file, an optional client certificate, and ALPN as the upstream speaks.
+pub fn tls_client_config(
+    ca_file: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
+    system_roots: bool,
+) -> Result<rustls::ClientConfig, ClientBuildError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if system_roots {
+        roots.add_parsable_certificates(native_roots().iter().cloned());
+    }
+    if let Some(ca) = ca_file {
+        for c in load_certs(ca)? {
+            roots.add(c)?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let cfg = match client_cert {
+        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(cfg)
+}
+
+/// A pooled client for one upstream.
+pub fn build(u: &UpstreamConfig) -> Result<UpstreamClient, ClientBuildError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(u.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = u.scheme == http::uri::Scheme::HTTPS;
+    let tls = tls_client_config(
+        u.ca_file.as_deref(),
+        u.client_cert
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path())),
+        https,
+    )?;
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let connector = if u.h2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(u.pool_idle_timeout)
+        .pool_max_idle_per_host(u.pool_max_idle)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    if u.h2 {
+        b.http2_only(true);
+    }
+    Ok(b.build(connector))
+}
+
+/// Clients for every upstream, for each of `workers` threads: `[worker][upstream]`.
+pub fn build_all(
+    upstreams: &[UpstreamConfig],
+    workers: usize,
+) -> Result<Arc<Vec<Vec<UpstreamClient>>>, ClientBuildError> {
+    let mut all = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let mut set = Vec::with_capacity(upstreams.len());
+        for u in upstreams {
+            set.push(build(u)?);
+        }
+        all.push(set);
+    }
+    Ok(Arc::new(all))
+}

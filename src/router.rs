@@ -1,0 +1,361 @@
+//! Path normalization and route matching (DESIGN §1.1), done once per request.
+//!
+//! [`normalize_path`] turns the raw request path into the one canonical form that is both
+//! matched against routes and sent upstream, so the proxy and the application can never
+//! disagree about which path was authorized. Anything ambiguous is refused.
+
+use std::fmt;
+
+use crate::config::RouteConfig;
+
+/// Why a path was refused (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// Not origin-form (does not start with `/`).
+    NotAbsolute,
+    /// `%2F`, `%5C`, `%23` or `%00`: an encoded separator or terminator.
+    EncodedSeparator,
+    /// A raw `\`, which some servers read as `/`.
+    Backslash,
+    /// `%` not followed by two hex digits.
+    BadEscape,
+    /// The decoded bytes are not UTF-8 (including overlong forms).
+    InvalidUtf8,
+    /// `..` segments that climb above `/`.
+    AboveRoot,
+    /// A dot segment carrying path parameters (`..;x`), read as `..` by some servers.
+    DotSegmentParams,
+    /// A raw control character or space.
+    ControlChar,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathError::NotAbsolute => "path must start with '/'",
+            PathError::EncodedSeparator => "encoded '/', '\\', '#' or NUL in path",
+            PathError::Backslash => "backslash in path",
+            PathError::BadEscape => "malformed percent-encoding in path",
+            PathError::InvalidUtf8 => "path is not valid UTF-8",
+            PathError::AboveRoot => "path climbs above the root",
+            PathError::DotSegmentParams => "dot segment with parameters in path",
+            PathError::ControlChar => "control character in path",
+        })
+    }
+}
+
+impl std::error::Error for PathError {}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Canonical form of a raw request path (without the query):
+/// - percent-encodings of unreserved characters decoded, all others kept with upper-case hex
+///   (RFC 3986 §6.2.2.1-2), so `%2e` is `.` and `%41` is `A`, but `%3B` stays `%3B`;
+/// - refused: `%2F` `%5C` `%23` `%00`, a raw `\`, bad escapes, invalid/overlong UTF-8 once
+///   decoded, control characters, `..` above the root, dot segments with `;` parameters;
+/// - empty segments merged (`//x` is `/x`), dot segments removed (RFC 3986 §5.2.4);
+/// - raw non-ASCII bytes percent-encoded.
+pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // Fast path: already canonical (the common case) needs no allocation beyond the copy.
+    let mut decoded_all: Vec<u8> = Vec::new(); // for the UTF-8 check of escaped bytes
+    let mut has_escaped_high = false;
+    // Pass 1: split into segments, canonicalizing each one's encoding.
+    let mut segments: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut i = 0;
+    let mut trailing_slash = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'/' => {
+                push_segment(&mut segments, &mut current)?;
+                trailing_slash = true;
+                i += 1;
+                continue;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(PathError::BadEscape);
+                };
+                let v = h << 4 | l;
+                match v {
+                    b'/' | b'\\' | b'#' | 0 => return Err(PathError::EncodedSeparator),
+                    _ => {}
+                }
+                if is_unreserved(v) {
+                    current.push(v as char);
+                } else {
+                    current.push('%');
+                    current.push(HEX_UPPER[(v >> 4) as usize] as char);
+                    current.push(HEX_UPPER[(v & 15) as usize] as char);
+                }
+                if v >= 0x80 {
+                    has_escaped_high = true;
+                }
+                decoded_all.push(v);
+                i += 3;
+            }
+            0..=0x20 | 0x7f => return Err(PathError::ControlChar),
+            0x80.. => {
+                // Raw UTF-8 (the input is a &str, so it is valid): encode it.
+                current.push('%');
+                current.push(HEX_UPPER[(b >> 4) as usize] as char);
+                current.push(HEX_UPPER[(b & 15) as usize] as char);
+                decoded_all.push(b);
+                i += 1;
+            }
+            _ => {
+                current.push(b as char);
+                decoded_all.push(b);
+                i += 1;
+            }
+        }
+        trailing_slash = false;
+    }
+    if has_escaped_high && std::str::from_utf8(&decoded_all).is_err() {
+        return Err(PathError::InvalidUtf8);
+    }
+    let last_was_dot = !current.is_empty() && (current == "." || current == "..");
+    push_segment(&mut segments, &mut current)?;
+    if last_was_dot {
+        trailing_slash = true;
+    }
+    let mut out = String::with_capacity(raw.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// Appends a finished segment, applying dot-segment removal.
+fn push_segment(segments: &mut Vec<String>, current: &mut String) -> Result<(), PathError> {
+    let seg = std::mem::take(current);
+    match seg.as_str() {
+        "" | "." => {}
+        ".." => {
+            if segments.pop().is_none() {
+                return Err(PathError::AboveRoot);
+            }
+        }
+        s => {
+            // `..;jsessionid` is `..` to Tomcat and others: ambiguous, refuse.
+            let base = s.split(';').next().unwrap_or("");
+            if base == "." || base == ".." {
+                return Err(PathError::DotSegmentParams);
+            }
+            segments.push(seg);
+        }
+    }
+    Ok(())
+}
+
+/// The segment as servers that honour path parameters see it: `admin;x` is `admin`.
+fn seg_key(seg: &str) -> &str {
+    seg.split(';').next().unwrap_or("")
+}
+
+/// Does route prefix `prefix` (canonical, no trailing slash unless `/`) cover `path`
+/// (canonical)? At segment boundaries only; path parameters (`;x`) are ignored when
+/// comparing, so `/admin;x` cannot slip past a route for `/admin`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    matched_segments(prefix, path).is_some()
+}
+
+/// Number of path segments covered by `prefix`, if it matches.
+fn matched_segments(prefix: &str, path: &str) -> Option<usize> {
+    if prefix == "/" {
+        return Some(0);
+    }
+    let mut p = prefix.split('/').skip(1);
+    let mut s = path.split('/').skip(1);
+    let mut n = 0;
+    loop {
+        match p.next() {
+            None => return Some(n),
+            Some(ps) => match s.next() {
+                Some(ss) if seg_key(ss) == seg_key(ps) => n += 1,
+                _ => return None,
+            },
+        }
+    }
+}
+
+/// The route table: first match in file order.
+pub struct Router<'a> {
+    routes: &'a [RouteConfig],
+}
+
+impl<'a> Router<'a> {
+    pub fn new(routes: &'a [RouteConfig]) -> Self {
+        Router { routes }
+    }
+
+    /// The index of the first route whose host (if set) and path prefix match.
+    /// `host` is lowercase without port.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        self.routes.iter().position(|r| {
+            r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.path, path)
+        })
+    }
+}
+
+/// The path sent upstream: the canonical path, minus the route prefix when stripped.
+pub fn upstream_path<'p>(route: &RouteConfig, path: &'p str) -> std::borrow::Cow<'p, str> {
+    if !route.strip_prefix || route.path == "/" {
+        return path.into();
+    }
+    let n = matched_segments(&route.path, path).unwrap_or(0);
+    // Skip the first n segments ("/a/b/c" with n=1 -> "/b/c").
+    let mut rest = path;
+    for _ in 0..n {
+        rest = match rest[1..].find('/') {
+            Some(ix) => &rest[ix + 1..],
+            None => "",
+        };
+    }
+    if rest.is_empty() {
+        "/".into()
+    } else {
+        rest.into()
+    }
+}
+
+/// Request host for routing: lowercase, without port or trailing dot.
+pub fn normalize_host(h: &str) -> Option<String> {
+    let h = h.trim();
+    let host = if let Some(rest) = h.strip_prefix('[') {
+        // [v6]:port
+        let end = rest.find(']')?;
+        &h[..end + 2]
+    } else {
+        match h.rfind(':') {
+            Some(ix) if h[ix + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..ix],
+            Some(_) => return None,
+            None => h,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty()
+        || !host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')
+        })
+    {
+        return None;
+    }
+    Some(host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalization_table() {
+        let ok = [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("//x", "/x"),
+            ("/a//b///c", "/a/b/c"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/", "/a/b/"),
+            ("/%41%62c", "/Abc"),
+            ("/%7euser", "/~user"),
+            ("/a%2e/b", "/a./b"),
+            ("/x/%2e%2e/y", "/y"),
+            ("/x/%2E%2e/y", "/y"),
+            ("/a%3bb", "/a%3Bb"),
+            ("/a%3Bb", "/a%3Bb"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/café", "/caf%C3%A9"),
+            ("/a%20b", "/a%20b"),
+            ("/admin;jsessionid=1", "/admin;jsessionid=1"),
+            ("/a/b%2dc", "/a/b-c"),
+            ("/a%0ab", "/a%0Ab"),
+            ("/%25", "/%25"),
+            ("/%2541", "/%2541"),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
+        }
+        let bad = [
+            ("/a%2Fb", PathError::EncodedSeparator),
+            ("/a%2fb", PathError::EncodedSeparator),
+            ("/a%5cb", PathError::EncodedSeparator),
+            ("/a%5Cb", PathError::EncodedSeparator),
+            ("/a%23b", PathError::EncodedSeparator),
+            ("/a%00b", PathError::EncodedSeparator),
+            ("/a\\b", PathError::Backslash),
+            ("/%2e%2e/x", PathError::AboveRoot),
+            ("/../x", PathError::AboveRoot),
+            ("/a/../../x", PathError::AboveRoot),
+            ("/%c0%af", PathError::InvalidUtf8),
+            ("/%e0%80%af", PathError::InvalidUtf8),
+            ("/%ff", PathError::InvalidUtf8),
+            ("/%zz", PathError::BadEscape),
+            ("/%4", PathError::BadEscape),
+            ("/public/..;/admin", PathError::DotSegmentParams),
+            ("/a/.;x/b", PathError::DotSegmentParams),
+            ("/a b", PathError::ControlChar),
+            ("a/b", PathError::NotAbsolute),
+        ];
+        for (raw, want) in bad {
+            assert_eq!(normalize_path(raw), Err(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn prefix_matches_at_segment_boundaries() {
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/"));
+        assert!(prefix_matches("/api", "/api/x"));
+        assert!(!prefix_matches("/api", "/apiary"));
+        assert!(!prefix_matches("/api", "/"));
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/admin", "/admin;x/y"));
+        assert!(prefix_matches("/a/b", "/a/b/c"));
+        assert!(!prefix_matches("/a/b", "/a/bc"));
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            normalize_host("Example.COM:8080").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            normalize_host("example.com.").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host("a b"), None);
+        assert_eq!(normalize_host("evil.com/x"), None);
+    }
+}

@@ -1,0 +1,289 @@
+//! Listeners and connections: one single-threaded runtime per worker thread, each with its
+//! own `SO_REUSEPORT` listener, so a connection and everything it does stays on one core.
+//! Limits (header read timeout, idle timeout, connection cap, header sizes) are applied
+//! here; graceful shutdown stops accepting and lets in-flight requests finish.
+
+pub mod io;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use crate::app::Shared;
+use crate::body::RespBody;
+use crate::ctx::Ctx;
+use crate::stack::Stack;
+use io::{at_ms, Activity, Tracked};
+
+/// Binds `workers` listening sockets on one address (the first decides the port when
+/// `addr` has port 0).
+pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(workers);
+    let mut addr = addr;
+    for _ in 0..workers {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if workers > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        let l: std::net::TcpListener = socket.into();
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Runs one worker's accept loop until `shutdown` turns true, then drains its connections
+/// for up to the drain timeout.
+pub async fn worker(
+    id: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(worker = id, error = %e, "cannot use listener");
+            return;
+        }
+    };
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let shared = shared.clone();
+        let drain = drain_rx.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            serve_connection(stream, peer, id, shared, drain).await;
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = drain_tx.send(true);
+    let drain_timeout = shared.state.load().config.server.limits.drain_timeout;
+    if tokio::time::timeout(drain_timeout, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            worker = id,
+            open = conns.len(),
+            "drain timeout: closing remaining connections"
+        );
+        conns.abort_all();
+    }
+}
+
+struct ConnGuard(Arc<crate::admin::Metrics>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    worker: usize,
+    shared: Arc<Shared>,
+    drain: watch::Receiver<bool>,
+) {
+    let state = shared.state.load_full();
+    let metrics = state.metrics.clone();
+    metrics.connections_total.fetch_add(1, Relaxed);
+    metrics.connections_open.fetch_add(1, Relaxed);
+    let _guard = ConnGuard(metrics);
+    let _ = stream.set_nodelay(true);
+    let limits = state.config.server.limits.clone();
+    let accepted = Instant::now();
+    let activity = Arc::new(Activity::default());
+    match &state.tls {
+        Some(acceptor) => {
+            // The handshake counts against the header read timeout (slowloris over TLS).
+            let tls =
+                tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
+            match tls {
+                Ok(Ok(s)) => {
+                    let io = Tracked::new(s, activity.clone());
+                    drive(io, peer, worker, true, shared, activity, accepted, drain).await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+        None => {
+            let io = Tracked::new(stream, activity.clone());
+            drive(io, peer, worker, false, shared, activity, accepted, drain).await
+        }
+    }
+}
+
+/// hyper's per-connection service: attaches the request context and calls the stack.
+#[derive(Clone)]
+struct ConnService {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    tls: bool,
+    worker: usize,
+    activity: Arc<Activity>,
+    stack: Stack,
+}
+
+struct InFlightGuard(Arc<Activity>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<RespBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        self.activity.requests.fetch_add(1, Relaxed);
+        self.activity.in_flight.fetch_add(1, Relaxed);
+        let guard = InFlightGuard(self.activity.clone());
+        req.extensions_mut().insert(Ctx {
+            state: self.shared.state.load_full(),
+            peer: self.peer,
+            tls: self.tls,
+            worker: self.worker,
+            request_id: http::HeaderValue::from_static("-"),
+        });
+        let fut = self.stack.clone().oneshot(req);
+        Box::pin(async move {
+            let r = fut.await;
+            drop(guard);
+            r
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive<I>(
+    io: I,
+    peer: SocketAddr,
+    worker: usize,
+    tls: bool,
+    shared: Arc<Shared>,
+    activity: Arc<Activity>,
+    accepted: Instant,
+    mut drain: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = shared.state.load_full();
+    let limits = state.config.server.limits.clone();
+    drop(state);
+    let svc = ConnService {
+        shared,
+        peer,
+        tls,
+        worker,
+        activity: activity.clone(),
+        stack: crate::stack::build(),
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size((limits.max_header_bytes + limits.max_uri_length).max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let mut conn = pin!(conn);
+    // Until the first request arrives, the header read timeout bounds the connection
+    // (hyper's own timer does not cover protocol detection or an HTTP/2 preface).
+    let sleep = tokio::time::sleep_until(accepted + limits.header_read_timeout);
+    let mut sleep = pin!(sleep);
+    let mut draining = false;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with error");
+                }
+                return;
+            }
+            _ = sleep.as_mut() => {
+                let now = Instant::now();
+                if closing {
+                    return;
+                }
+                let idle_since = at_ms(activity.last_io.load(Relaxed));
+                let deadline = if activity.requests.load(Relaxed) == 0 {
+                    accepted + limits.header_read_timeout
+                } else {
+                    tokio::time::Instant::from_std(idle_since) + limits.idle_timeout
+                };
+                if activity.in_flight.load(Relaxed) == 0 && now >= deadline {
+                    tracing::debug!(%peer, "closing idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    sleep.as_mut().reset(now + Duration::from_secs(1));
+                } else if now >= deadline {
+                    // Busy: look again later.
+                    sleep.as_mut().reset(now + limits.idle_timeout.min(Duration::from_secs(5)));
+                } else {
+                    sleep.as_mut().reset(deadline);
+                }
+            }
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
