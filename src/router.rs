@@ -73,6 +73,9 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    if is_plain_canonical(bytes) {
+        return Ok(raw.to_string());
+    }
     // Fast path: already canonical (the common case) needs no allocation beyond the copy.
     let mut decoded_all: Vec<u8> = Vec::new(); // for the UTF-8 check of escaped bytes
     let mut has_escaped_high = false;
@@ -150,6 +153,32 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
         out.push('/');
     }
     Ok(out)
+}
+
+/// Already canonical: printable ASCII without `%` or `\`, no empty, `.` or `..` segment.
+fn is_plain_canonical(b: &[u8]) -> bool {
+    let mut prev_slash = false;
+    let mut seg_start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c <= 0x20 || c >= 0x7f || c == b'%' || c == b'\\' {
+            return false;
+        }
+        if c == b'/' {
+            if prev_slash || is_dot_segment(&b[seg_start..i]) {
+                return false;
+            }
+            prev_slash = true;
+            seg_start = i + 1;
+        } else {
+            prev_slash = false;
+        }
+    }
+    !is_dot_segment(&b[seg_start..])
+}
+
+fn is_dot_segment(seg: &[u8]) -> bool {
+    // Also catches `.;x` and `..;x` so the slow path refuses them.
+    seg.first() == Some(&b'.') && (seg.len() == 1 || seg[1] == b'.' || seg[1] == b';')
 }
 
 /// Appends a finished segment, applying dot-segment removal.

@@ -48,24 +48,37 @@ pub fn init(format: LogFormat) {
     };
 }
 
-/// A fresh request id: 128 random bits, hex.
+/// A fresh request id: 32 hex digits, unique per process (a random 64-bit prefix per
+/// thread and a counter). Ids need to be unique, not secret.
 pub fn new_request_id() -> HeaderValue {
-    let mut b = [0u8; 16];
-    if aws_lc_rs::rand::fill(&mut b).is_err() {
-        // The system RNG failing is not a reason to drop traffic; ids need not be secret.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        b = t.to_le_bytes();
+    use std::cell::Cell;
+    thread_local! {
+        static NEXT: Cell<(u64, u64)> = Cell::new((thread_seed(), 0));
     }
+    let (seed, n) = NEXT.with(|c| {
+        let (seed, n) = c.get();
+        c.set((seed, n.wrapping_add(1)));
+        (seed, n)
+    });
     let mut s = [0u8; 32];
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, v) in b.iter().enumerate() {
+    for (i, v) in seed.to_be_bytes().iter().chain(n.to_be_bytes().iter()).enumerate() {
         s[2 * i] = HEX[(v >> 4) as usize];
         s[2 * i + 1] = HEX[(v & 15) as usize];
     }
     HeaderValue::from_bytes(&s).unwrap_or(HeaderValue::from_static("-"))
+}
+
+fn thread_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        b = t.to_le_bytes();
+    }
+    u64::from_le_bytes(b)
 }
 
 #[derive(Clone, Default)]
