@@ -37,6 +37,9 @@ pub struct Matched {
     pub path: String,
     /// The request's host (lowercase, no port), as routed.
     pub host: Option<String>,
+    /// The authority as the client sent it (validated), port included: what the
+    /// upstream gets as `Host` and `X-Forwarded-Host`.
+    pub authority: Option<http::HeaderValue>,
 }
 
 /// Reported by inner layers for the access log and metrics.

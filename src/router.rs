@@ -283,7 +283,7 @@ pub fn normalize_host(h: &str) -> Option<String> {
         &h[..end + 2]
     } else {
         match h.rfind(':') {
-            Some(ix) if h[ix + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..ix],
+            Some(ix) if h[ix + 1..].parse::<u16>().is_ok() => &h[..ix],
             Some(_) => return None,
             None => h,
         }
@@ -386,5 +386,7 @@ mod tests {
         assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
         assert_eq!(normalize_host("a b"), None);
         assert_eq!(normalize_host("evil.com/x"), None);
+        assert_eq!(normalize_host("t:99999"), None);
+        assert_eq!(normalize_host("t:"), None);
     }
 }

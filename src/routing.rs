@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use http::{Method, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Response, StatusCode, Version};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -37,28 +37,41 @@ fn reject(req: &Req, r: Reject) -> RespFuture {
     Box::pin(async move { Ok(resp) })
 }
 
-/// The request's host, from the absolute-form target or `:authority` first (RFC 9112
-/// §3.2.2), else the single `Host` header. `Err` when it is missing (HTTP/1.1), repeated
-/// or malformed.
-fn request_host(req: &Req) -> Result<Option<String>, Reject> {
-    if let Some(a) = req.uri().authority() {
-        return normalize_host(a.as_str())
-            .map(Some)
-            .ok_or(Reject::BadRequest("invalid host"));
-    }
+/// The request's host, from the absolute-form target or `:authority` (RFC 9112 §3.2.2,
+/// RFC 9113 §8.3.1), else the single `Host` header: (routing name, authority as sent).
+/// `Err` when it is missing (HTTP/1.1), repeated, malformed, or when `Host` disagrees
+/// with the target's authority: such a request means different things to different
+/// servers, so it is refused rather than guessed.
+fn request_host(req: &Req) -> Result<(Option<String>, Option<HeaderValue>), Reject> {
+    const BAD: Reject = Reject::BadRequest("invalid host");
     let mut hosts = req.headers().get_all(http::header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(h), None) => h
-            .to_str()
-            .ok()
-            .and_then(normalize_host)
-            .map(Some)
-            .ok_or(Reject::BadRequest("invalid host")),
-        (Some(_), Some(_)) => Err(Reject::BadRequest("more than one Host header")),
-        (None, _) if req.version() == Version::HTTP_11 => {
-            Err(Reject::BadRequest("missing Host header"))
+    let header = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(Reject::BadRequest("more than one Host header")),
+        (h, _) => h,
+    };
+    if let Some(a) = req.uri().authority() {
+        let name = normalize_host(a.as_str()).ok_or(BAD)?;
+        if let Some(h) = header {
+            let same = h
+                .to_str()
+                .ok()
+                .is_some_and(|h| h.eq_ignore_ascii_case(a.as_str()));
+            if !same {
+                return Err(Reject::BadRequest(
+                    "Host header differs from the request target",
+                ));
+            }
         }
-        (None, _) => Ok(None),
+        let value = HeaderValue::from_str(a.as_str()).map_err(|_| BAD)?;
+        return Ok((Some(name), Some(value)));
+    }
+    match header {
+        Some(h) => {
+            let name = h.to_str().ok().and_then(normalize_host).ok_or(BAD)?;
+            Ok((Some(name), Some(h.clone())))
+        }
+        None if req.version() == Version::HTTP_11 => Err(Reject::BadRequest("missing Host header")),
+        None => Ok((None, None)),
     }
 }
 
@@ -102,7 +115,7 @@ where
         if req.method() == Method::CONNECT {
             return reject(&req, Reject::BadRequest("CONNECT is not supported"));
         }
-        let host = match request_host(&req) {
+        let (host, authority) = match request_host(&req) {
             Ok(h) => h,
             Err(r) => return reject(&req, r),
         };
@@ -133,7 +146,12 @@ where
         let Some(route) = Router::new(&state.config.routes).find(host.as_deref(), &path) else {
             return reject(&req, Reject::NotFound);
         };
-        let matched = Matched { route, path, host };
+        let matched = Matched {
+            route,
+            path,
+            host,
+            authority,
+        };
         req.extensions_mut().insert(matched.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {

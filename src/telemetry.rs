@@ -62,7 +62,12 @@ pub fn new_request_id() -> HeaderValue {
     });
     let mut s = [0u8; 32];
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, v) in seed.to_be_bytes().iter().chain(n.to_be_bytes().iter()).enumerate() {
+    for (i, v) in seed
+        .to_be_bytes()
+        .iter()
+        .chain(n.to_be_bytes().iter())
+        .enumerate()
+    {
         s[2 * i] = HEX[(v >> 4) as usize];
         s[2 * i + 1] = HEX[(v & 15) as usize];
     }

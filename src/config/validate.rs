@@ -135,8 +135,18 @@ pub(super) fn from_toml(
     base_dir: &Path,
     env: EnvLookup<'_>,
 ) -> Result<Config, ConfigErrors> {
-    let mut value: toml::Table = toml::from_str(text)
-        .map_err(|e| ConfigErrors::one("", format!("not valid TOML: {}", e.message())))?;
+    let mut value: toml::Table = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" line {line}, column {col}:")
+            })
+            .unwrap_or_default();
+        ConfigErrors::one("", format!("not valid TOML:{at} {}", e.message()))
+    })?;
     let mut errors = Vec::new();
     for (k, v) in value.iter_mut() {
         expand_env(k, v, env, &mut errors);
@@ -236,7 +246,12 @@ fn validate(f: FileConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
     };
     let headers = headers(&mut cx, &f.headers);
     let upstreams = upstreams(&mut cx, &f.upstream);
-    let mut routes = routes(&mut cx, &f.route, &upstreams);
+    let declared: Vec<&str> = f
+        .upstream
+        .iter()
+        .filter_map(|u| u.name.as_deref())
+        .collect();
+    let mut routes = routes(&mut cx, &f.route, &upstreams, &declared);
     for r in &mut routes {
         if r.timeout.is_zero() {
             r.timeout = server.limits.request_timeout;
@@ -1164,7 +1179,14 @@ fn upstreams(cx: &mut Ctx<'_>, list: &[UpstreamFile]) -> Vec<UpstreamConfig> {
     out
 }
 
-fn routes(cx: &mut Ctx<'_>, list: &[RouteFile], upstreams: &[UpstreamConfig]) -> Vec<RouteConfig> {
+/// `declared`: every upstream name in the file, valid or not (a route naming an upstream
+/// with its own error gets no second, misleading error).
+fn routes(
+    cx: &mut Ctx<'_>,
+    list: &[RouteFile],
+    upstreams: &[UpstreamConfig],
+    declared: &[&str],
+) -> Vec<RouteConfig> {
     if list.is_empty() {
         cx.err("route", "at least one [[route]] is required");
     }
@@ -1219,11 +1241,16 @@ fn routes(cx: &mut Ctx<'_>, list: &[RouteFile], upstreams: &[UpstreamConfig]) ->
             }
             Some(u) => match upstreams.iter().position(|x| x.name == u) {
                 Some(ix) => ix,
+                None if declared.contains(&u) => 0,
                 None => {
-                    let known: Vec<&str> = upstreams.iter().map(|x| x.name.as_str()).collect();
+                    let known = declared;
                     cx.err(
                         format!("{key}.upstream"),
-                        format!("no upstream named {u:?} (known: {})", known.join(", ")),
+                        if known.is_empty() {
+                            format!("no upstream named {u:?} (no [[upstream]] is defined)")
+                        } else {
+                            format!("no upstream named {u:?} (known: {})", known.join(", "))
+                        },
                     );
                     0
                 }

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use http::HeaderValue;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -54,9 +53,17 @@ where
         let host_value = req
             .extensions()
             .get::<Matched>()
-            .and_then(|m| m.host.as_deref())
-            .and_then(|h| HeaderValue::from_str(h).ok());
+            .and_then(|m| m.authority.clone());
         let headers = req.headers_mut();
+        // The upstream sees the host the request was routed by, nothing else.
+        match &host_value {
+            Some(h) => {
+                headers.insert(http::header::HOST, h.clone());
+            }
+            None => {
+                headers.remove(http::header::HOST);
+            }
+        }
         // 1. Connection-named and hop-by-hop headers.
         let cleaned = strip_hop_by_hop(headers);
         // 2. Every identity header any configuration may set, in every spelling.

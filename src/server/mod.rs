@@ -28,7 +28,7 @@ use crate::app::Shared;
 use crate::body::RespBody;
 use crate::ctx::Ctx;
 use crate::stack::Stack;
-use io::{at_ms, Activity, Tracked};
+use io::{Activity, Tracked};
 
 /// Binds `workers` listening sockets on one address (the first decides the port when
 /// `addr` has port 0).
@@ -71,10 +71,6 @@ pub async fn worker(
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -86,6 +82,17 @@ pub async fn worker(
                 }
             },
             _ = shutdown.changed() => break,
+        };
+        // The connection cap is shared by all workers. A permit is taken after accept (a
+        // worker waiting for a permit must not sit on connections another worker could
+        // serve); while none is free this worker accepts nothing more, so further clients
+        // wait in the kernel backlog.
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.changed() => break,
+            },
         };
         let shared = shared.clone();
         let drain = drain_rx.clone();
@@ -173,7 +180,7 @@ struct InFlightGuard(Arc<Activity>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Relaxed);
+        self.0.response_done();
     }
 }
 
@@ -183,8 +190,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        self.activity.requests.fetch_add(1, Relaxed);
-        self.activity.in_flight.fetch_add(1, Relaxed);
+        self.activity.head_done();
+        if req.version() == http::Version::HTTP_2 {
+            self.activity.h2.store(true, Relaxed);
+        }
         let guard = InFlightGuard(self.activity.clone());
         req.extensions_mut().insert(Ctx {
             state: self.shared.state.load_full(),
@@ -227,25 +236,27 @@ async fn drive<I>(
         stack: crate::stack::build(),
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper's own header read timer is off: on a keep-alive connection it also runs while
+    // the connection waits for the next request, which would cut idle_timeout down to
+    // header_read_timeout. The watchdog below enforces both, separately.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers)
-        .max_buf_size((limits.max_header_bytes + limits.max_uri_length).max(8192))
+        // Room for the configured head limits plus slack, so that RouteLayer can answer
+        // 414 / 431 precisely; past this, hyper answers 431 itself.
+        .max_buf_size((limits.max_header_bytes + limits.max_uri_length + 64 * 1024).max(8192))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_header_list_size(limits.max_header_bytes as u32);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     let mut conn = pin!(conn);
-    // Until the first request arrives, the header read timeout bounds the connection
-    // (hyper's own timer does not cover protocol detection or an HTTP/2 preface).
-    let sleep = tokio::time::sleep_until(accepted + limits.header_read_timeout);
+    let tick = (limits.header_read_timeout.min(limits.idle_timeout) / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let sleep = tokio::time::sleep_until(accepted + tick);
     let mut sleep = pin!(sleep);
     let mut draining = false;
     let mut closing = false;
@@ -262,22 +273,14 @@ async fn drive<I>(
                 if closing {
                     return;
                 }
-                let idle_since = at_ms(activity.last_io.load(Relaxed));
-                let deadline = if activity.requests.load(Relaxed) == 0 {
-                    accepted + limits.header_read_timeout
-                } else {
-                    tokio::time::Instant::from_std(idle_since) + limits.idle_timeout
-                };
-                if activity.in_flight.load(Relaxed) == 0 && now >= deadline {
-                    tracing::debug!(%peer, "closing idle connection");
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                    sleep.as_mut().reset(now + Duration::from_secs(1));
-                } else if now >= deadline {
-                    // Busy: look again later.
-                    sleep.as_mut().reset(now + limits.idle_timeout.min(Duration::from_secs(5)));
-                } else {
-                    sleep.as_mut().reset(deadline);
+                match activity.deadline(accepted.into_std(), &limits) {
+                    Some(deadline) if now.into_std() >= deadline => {
+                        tracing::debug!(%peer, "closing connection: header read or idle timeout");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        sleep.as_mut().reset(now + Duration::from_secs(1));
+                    }
+                    _ => sleep.as_mut().reset(now + tick),
                 }
             }
             _ = drain.changed(), if !draining => {

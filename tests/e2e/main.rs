@@ -1,0 +1,15 @@
+//! End-to-end tests: the real `portcullis` binary in front of a real echo upstream, on
+//! 127.0.0.1 ephemeral ports. One integration-test binary (`cargo test --test e2e NAME`).
+
+mod support;
+
+mod admin;
+mod check;
+mod errors;
+mod forwarding;
+mod lifecycle;
+mod limits;
+mod normalization;
+mod protocols;
+mod routing;
+mod streaming;

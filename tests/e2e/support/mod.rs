@@ -1,0 +1,13 @@
+//! The harness: an echo upstream, the real proxy binary, HTTP clients (hyper-util and raw).
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod echo;
+pub mod proxy;
+pub mod raw;
+
+pub use client::{echo_header, echo_headers, Http};
+pub use echo::EchoUpstream;
+pub use proxy::{server_section, simple_config, Signal, TestProxy};
+pub use raw::eventually;

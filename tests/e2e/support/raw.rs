@@ -1,0 +1,242 @@
+//! Raw-socket HTTP/1.1: exact bytes on the wire (malformed paths, header floods,
+//! slowloris), and a minimal response reader.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// How a read attempt on a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The peer closed (EOF or reset).
+    Closed,
+    /// Still open when the time ran out.
+    Open,
+}
+
+pub struct RawConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Parses one complete response from the front of `buf`; returns it and the bytes used.
+/// `eof`: the connection has ended (a body without length runs to the end).
+fn parse(buf: &[u8], eof: bool) -> Option<(RawResponse, usize)> {
+    let head_end = find(buf, b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end - 4]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let status: u16 = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let rest = &buf[head_end..];
+    let no_body = (100..200).contains(&status) || status == 204 || status == 304;
+    if no_body {
+        return Some((
+            RawResponse {
+                status,
+                headers,
+                body: Vec::new(),
+            },
+            head_end,
+        ));
+    }
+    if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if rest.len() < len {
+            return None;
+        }
+        let body = rest[..len].to_vec();
+        return Some((
+            RawResponse {
+                status,
+                headers,
+                body,
+            },
+            head_end + len,
+        ));
+    }
+    if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        let mut pos = 0;
+        loop {
+            let line_end = find(&rest[pos..], b"\r\n")?;
+            let size_text = String::from_utf8_lossy(&rest[pos..pos + line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            pos += line_end + 2;
+            if size == 0 {
+                // Trailers end with an empty line.
+                let end = find(&rest[pos..], b"\r\n")?;
+                pos += end + 2;
+                return Some((
+                    RawResponse {
+                        status,
+                        headers,
+                        body,
+                    },
+                    head_end + pos,
+                ));
+            }
+            if rest.len() < pos + size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&rest[pos..pos + size]);
+            pos += size + 2;
+        }
+    }
+    if eof {
+        return Some((
+            RawResponse {
+                status,
+                headers,
+                body: rest.to_vec(),
+            },
+            buf.len(),
+        ));
+    }
+    None
+}
+
+impl RawConn {
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<RawConn> {
+        let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::other("connect timed out"))??;
+        Ok(RawConn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Reads one response, up to `timeout`. `Err` if the connection closed first or the
+    /// time ran out.
+    pub async fn read_response(&mut self, timeout: Duration) -> Result<RawResponse, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut eof = false;
+        loop {
+            if let Some((r, used)) = parse(&self.buf, eof) {
+                self.buf.drain(..used);
+                return Ok(r);
+            }
+            if eof {
+                return Err(format!(
+                    "connection closed before a complete response ({} bytes: {:?})",
+                    self.buf.len(),
+                    String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)])
+                ));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return Err("timed out waiting for a response".into()),
+                Ok(Ok(0)) | Ok(Err(_)) => eof = true,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the peer to close; bytes received meanwhile are kept.
+    pub async fn wait_closed(&mut self, timeout: Duration) -> ReadEnd {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return ReadEnd::Open,
+                Ok(Ok(0)) | Ok(Err(_)) => return ReadEnd::Closed,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Bytes received and not parsed as a response.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Sends `request` on a new connection and reads one response.
+pub async fn request(addr: SocketAddr, request: &[u8]) -> Result<RawResponse, String> {
+    let mut c = RawConn::connect(addr).await.map_err(|e| e.to_string())?;
+    c.send(request).await.map_err(|e| e.to_string())?;
+    c.read_response(Duration::from_secs(30)).await
+}
+
+/// `GET {target}` with `Host: test.local` and `Connection: close`.
+pub async fn get(addr: SocketAddr, target: &str) -> Result<RawResponse, String> {
+    request(
+        addr,
+        format!("GET {target} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+}
+
+/// `GET {target}` with extra raw header lines (each without CRLF).
+pub async fn get_with(
+    addr: SocketAddr,
+    target: &str,
+    headers: &[&str],
+) -> Result<RawResponse, String> {
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    request(addr, req.as_bytes()).await
+}
+
+/// Retries `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not true after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
