@@ -20,12 +20,16 @@ pub struct Identity {
     pub preferred_username: Option<Box<str>>,
     pub name: Option<Box<str>>,
     /// From the configured groups claim.
-    pub groups: Vec<Box<str>>,
+    ///
+    /// A shared slice: the token validator interns identical lists, so a hundred thousand
+    /// cached identities of a few dozen distinct group sets cost one pointer each.
+    pub groups: Arc<[Arc<str>]>,
     /// From `scope` (space separated) / `scp` (array) or the configured scope claims.
-    pub scopes: Vec<Box<str>>,
+    /// Shared and interned like `groups`.
+    pub scopes: Arc<[Arc<str>]>,
     /// Only the claims that configuration refers to (`headers.claims`, `allow.claims`),
     /// rendered as strings: (claim name or dotted path, value).
-    pub claims: Vec<(Arc<str>, Box<str>)>,
+    pub claims: Box<[(Arc<str>, Box<str>)]>,
     /// When the identity stops being valid (`exp`).
     pub expires_at: Option<SystemTime>,
 }
@@ -38,6 +42,11 @@ impl Identity {
         } else {
             None
         }
+    }
+
+    /// Whether `group` is one of the identity's groups (exact, case-sensitive).
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| &**g == group)
     }
 
     pub fn has_scope(&self, scope: &str) -> bool {

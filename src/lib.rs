@@ -10,5 +10,9 @@
 //! The request path is assembled once, in [`stack`]; each concern is a tower layer.
 
 pub mod identity;
+pub mod oidc;
 pub mod policy;
 pub mod token;
+
+#[cfg(test)]
+pub(crate) mod testutil;
