@@ -365,7 +365,6 @@ impl KeySet {
     }
 
     async fn fetch_locked(&self) -> Result<(), JwksError> {
-        self.attempts.fetch_add(1, Ordering::AcqRel);
         let started = Instant::now();
         *lock(&self.last_attempt) = Some(started);
         let result = self.fetch_inner().await;
@@ -388,6 +387,9 @@ impl KeySet {
                 tracing::warn!(error = %e, uri = ?self.uri(), "JWKS fetch failed; keeping the last good keys");
             }
         }
+        // Bumped only once the outcome is in place: a caller that read the old value and
+        // waited on the lock then sees the new keys (or the failure), never a fetch in flight.
+        self.attempts.fetch_add(1, Ordering::AcqRel);
         result.map(|_| ())
     }
 

@@ -480,7 +480,7 @@ impl Inner {
                 match keyset.refetch_unknown_kid(generation).await {
                     Refetch::Refreshed => continue,
                     Refetch::Failed => return Err(TokenError::Unavailable(Unavailable::Jwks)),
-                    Refetch::RateLimited if !loaded || keyset.last_fetch_failed() => {
+                    Refetch::RateLimited if !keyset.is_loaded() || keyset.last_fetch_failed() => {
                         return Err(TokenError::Unavailable(Unavailable::Jwks));
                     }
                     Refetch::RateLimited => {
