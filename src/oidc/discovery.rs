@@ -11,40 +11,52 @@ use tokio::time::Instant;
 use super::transport::{HttpTransport, TransportError};
 
 /// The provider metadata portcullis uses (OIDC Discovery 1.0 §3, RFC 8414 §2).
-/// Unknown fields are ignored.
+/// Only `issuer` and `jwks_uri` are required; unknown fields are ignored, and an optional
+/// field of the wrong type (e.g. `null` for a list) reads as absent rather than failing
+/// the whole document.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ProviderMetadata {
     pub issuer: String,
     pub jwks_uri: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub authorization_endpoint: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub token_endpoint: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub userinfo_endpoint: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub introspection_endpoint: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub revocation_endpoint: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub end_session_endpoint: Option<String>,
     /// RFC 9207 §3.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub authorization_response_iss_parameter_supported: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub code_challenge_methods_supported: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub id_token_signing_alg_values_supported: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub token_endpoint_auth_methods_supported: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub introspection_endpoint_auth_methods_supported: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub scopes_supported: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub response_types_supported: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub grant_types_supported: Vec<String>,
+}
+
+/// Reads the value, and falls back to the default when it has another shape.
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).unwrap_or_default())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +284,22 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, DiscoveryError::IssuerMismatch { .. }));
         assert_eq!(server.hits(), 2);
+    }
+
+    #[test]
+    fn odd_optional_fields_read_as_absent() {
+        let m: ProviderMetadata = serde_json::from_value(serde_json::json!({
+            "issuer": "https://i", "jwks_uri": "https://i/jwks",
+            "code_challenge_methods_supported": null,
+            "userinfo_endpoint": 5,
+            "authorization_response_iss_parameter_supported": "yes",
+            "scopes_supported": ["openid"]
+        }))
+        .unwrap();
+        assert!(m.code_challenge_methods_supported.is_empty());
+        assert_eq!(m.userinfo_endpoint, None);
+        assert!(!m.authorization_response_iss_parameter_supported);
+        assert_eq!(m.scopes_supported, vec!["openid"]);
     }
 
     #[tokio::test]
