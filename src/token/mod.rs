@@ -23,6 +23,7 @@ pub mod cache;
 pub mod claims;
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod introspection;
 pub mod jwks;
@@ -39,6 +40,7 @@ use serde_json::{Map, Value};
 
 pub use self::clock::{Clock, ManualClock, SystemClock};
 pub use self::config::{BearerConfig, ClientAuth, IntrospectionMode, IssuerConfig, Secret};
+pub use self::crypto::install_jwt_crypto_provider;
 pub use self::error::{InvalidReason, TokenError, Unavailable};
 pub use self::metrics::TokenMetrics;
 
@@ -179,6 +181,9 @@ impl TokenValidator {
         transport: HttpTransport,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        // Pre-parsed verification keys for jsonwebtoken; a no-op if main installed it, and
+        // harmless (only slower) if another provider was installed first.
+        install_jwt_crypto_provider();
         let metrics = Arc::new(TokenMetrics::default());
         let leeway_secs = config.leeway.as_secs();
         let issuers = config
@@ -301,6 +306,7 @@ impl TokenValidator {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
+                inner.cache.purge_some();
                 inner.refresh_once().await;
             }
         })
@@ -312,38 +318,66 @@ impl TokenValidator {
         if token.is_empty() {
             return Err(TokenError::Missing);
         }
-        // RFC 8725 §3.x hygiene / DoS: size checked before any parsing or hashing.
+        // RFC 8725 §3 hygiene, and DoS: the size is checked before hashing or parsing.
         if token.len() > inner.max_token_len {
             return Err(TokenError::TooLong);
         }
-        if !is_b64token(token) {
-            return Err(TokenError::Malformed);
-        }
         let key = cache::token_key(token);
-        if let Some(id) = inner.cache.get_fresh(&key).await {
+        // Only validated tokens are stored, so a hit needs no further syntax check.
+        if let Some(id) = inner.cache.get_fresh(&key) {
             bump(&inner.metrics.cache_hits);
             return Ok(id);
+        }
+        if !is_b64token(token) {
+            return Err(TokenError::Malformed);
         }
         if let Some(err) = inner.cache.refused(&key) {
             bump(&inner.metrics.negative_hits);
             return Err(err);
         }
         bump(&inner.metrics.cache_misses);
+        // One validation per token however many callers are waiting for it.
         let result = inner
             .cache
-            .positive
+            .in_flight
             .try_get_with(key, async {
-                inner.validate_uncached(token).await.map(Arc::new)
+                let id = Arc::new(inner.validate_uncached(token).await?);
+                inner.cache.insert(key, id.clone());
+                Ok::<_, TokenError>(id)
             })
             .await;
+        let result = match result {
+            Ok(id) => {
+                // A coalesced answer may be up to a second old: it must still be within
+                // exp (+ leeway) by our clock, as a fresh validation would require.
+                let leeway = Duration::from_secs(inner.leeway_secs);
+                match id.expires_at {
+                    Some(exp) if exp + leeway <= inner.clock.now() => {
+                        inner.cache.in_flight.invalidate(&key).await;
+                        Err(TokenError::Expired)
+                    }
+                    _ => Ok(id),
+                }
+            }
+            Err(shared) => Err(TokenError::clone(&shared)),
+        };
         match result {
             Ok(id) => Ok(id),
-            Err(shared) => {
-                let err = TokenError::clone(&shared);
+            Err(err) => {
                 inner.cache.remember_refusal(key, &err);
                 Err(err)
             }
         }
+    }
+
+    /// Forgets every cached identity and refusal (config reload; benches).
+    pub fn clear_cache(&self) {
+        self.inner.cache.clear();
+    }
+
+    /// Number of identities in the cache (approximate, as moka counts).
+    pub fn cache_entries(&self) -> u64 {
+        self.inner.cache.entry_count()
     }
 
     pub fn metrics(&self) -> &TokenMetrics {
