@@ -3,8 +3,7 @@
 
 use http::{HeaderMap, Method};
 
-use crate::identity::Identity;
-use crate::token::claims::is_well_formed_email;
+use crate::identity::{is_well_formed_email, Identity};
 
 /// What a route requires of an identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -141,22 +140,16 @@ mod tests {
     }
 
     fn identity(scopes: &[&str], groups: &[&str], email: Option<&str>, verified: bool) -> Identity {
-        Identity {
-            issuer: Arc::from("https://issuer/"),
-            subject: "user-1".into(),
-            email: email.map(Box::from),
-            email_verified: verified,
-            preferred_username: None,
-            name: None,
-            groups: groups.iter().map(|g| Arc::from(*g)).collect(),
-            scopes: scopes.iter().map(|s| Arc::from(*s)).collect(),
-            claims: vec![
-                (Arc::from("tenant_id"), Box::from("t-1")),
-                (Arc::from("org.tags"), Box::from("a,b")),
-            ]
-            .into_boxed_slice(),
-            expires_at: None,
-        }
+        let mut id = Identity::new(Arc::from("https://issuer/"), "user-1", email, None, None);
+        id.email_verified = verified;
+        id.groups = groups.iter().map(|g| Arc::from(*g)).collect();
+        id.scopes = scopes.iter().map(|s| Arc::from(*s)).collect();
+        id.claims = vec![
+            (Arc::from("tenant_id"), Box::from("t-1")),
+            (Arc::from("org.tags"), Box::from("a,b")),
+        ]
+        .into_boxed_slice();
+        id
     }
 
     fn api_policy() -> RoutePolicy {

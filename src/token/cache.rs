@@ -30,7 +30,9 @@ pub(crate) type TokenKey = [u8; 32];
 const SHARDS: usize = 64;
 /// How long a coalescing entry may serve later callers.
 const IN_FLIGHT_TTL: Duration = Duration::from_secs(1);
-const IN_FLIGHT_CAPACITY: u64 = 10_000;
+/// Coalescing happens in moka's waiter map while validation runs, whatever this capacity;
+/// stored entries only serve callers that arrive in the moment after, so a few suffice.
+const IN_FLIGHT_CAPACITY: u64 = 1024;
 const NEGATIVE_CAPACITY: u64 = 10_000;
 
 /// SHA-256 of the token: what the caches are keyed by.
@@ -223,18 +225,9 @@ mod tests {
     use crate::token::clock::ManualClock;
 
     fn identity(exp: Option<SystemTime>) -> Arc<Identity> {
-        Arc::new(Identity {
-            issuer: Arc::from("i"),
-            subject: "s".into(),
-            email: None,
-            email_verified: false,
-            preferred_username: None,
-            name: None,
-            groups: Arc::from(Vec::new()),
-            scopes: Arc::from(Vec::new()),
-            claims: Box::new([]),
-            expires_at: exp,
-        })
+        let mut id = Identity::new(Arc::from("i"), "s", None, None, None);
+        id.expires_at = exp;
+        Arc::new(id)
     }
 
     fn key(n: u32) -> TokenKey {

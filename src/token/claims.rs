@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value};
 
 use super::error::{InvalidReason, TokenError};
+#[cfg(test)]
+use crate::identity::is_well_formed_email;
 use crate::identity::Identity;
 
 /// What to read from the claims.
@@ -94,20 +96,6 @@ fn dedup_in_order(items: &mut Vec<&str>) {
     items.retain(|s| seen.insert(*s));
 }
 
-/// An address with exactly one `@`, non-empty local part and domain, no spaces or
-/// control characters. Anything else is dropped (never used by email rules).
-pub fn is_well_formed_email(s: &str) -> bool {
-    let mut parts = s.split('@');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(local), Some(domain), None) => {
-            !local.is_empty()
-                && !domain.is_empty()
-                && !s.chars().any(|c| c.is_whitespace() || c.is_control())
-        }
-        _ => false,
-    }
-}
-
 /// A claim rendered for a header or an `allow.claims` rule: strings as is, numbers and
 /// booleans in JSON form, arrays of those joined with `,`; objects and null are absent.
 pub(crate) fn render_claim(v: &Value) -> Option<String> {
@@ -168,24 +156,15 @@ pub(crate) fn identity_from_claims(
         Some(_) => return Err(TokenError::Invalid(InvalidReason::BadClaim)),
     };
 
-    let email = claims
-        .get("email")
-        .and_then(Value::as_str)
-        .filter(|e| is_well_formed_email(e))
-        .map(Box::from);
+    // Kept only if well-formed (Identity::new checks it).
+    let email = claims.get("email").and_then(Value::as_str);
     // OIDC Core 5.1: a boolean; some providers send the string "true".
     let email_verified = match claims.get("email_verified") {
         Some(Value::Bool(b)) => *b,
         Some(Value::String(s)) => s == "true",
         _ => false,
     };
-    let text = |name: &str| {
-        claims
-            .get(name)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(Box::from)
-    };
+    let text = |name: &str| claims.get(name).and_then(Value::as_str);
 
     let mut groups = Vec::new();
     if let Some(v) = lookup(claims, &rules.groups_claim) {
@@ -216,18 +195,19 @@ pub(crate) fn identity_from_claims(
         .map_err(|_| TokenError::Invalid(InvalidReason::BadClaim))?
         .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
 
-    Ok(Identity {
-        issuer: issuer.clone(),
-        subject: subject.into(),
+    let mut id = Identity::new(
+        issuer.clone(),
+        subject,
         email,
-        email_verified,
-        preferred_username: text("preferred_username"),
-        name: text("name"),
-        groups: interner.intern(groups),
-        scopes: interner.intern(scopes),
-        claims: claims_kept.into_boxed_slice(),
-        expires_at,
-    })
+        text("preferred_username"),
+        text("name"),
+    );
+    id.email_verified = email_verified;
+    id.groups = interner.intern(groups);
+    id.scopes = interner.intern(scopes);
+    id.claims = claims_kept.into_boxed_slice();
+    id.expires_at = expires_at;
+    Ok(id)
 }
 
 #[cfg(test)]
@@ -276,11 +256,11 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(&*id.subject, "auth0|abc123");
-        assert_eq!(id.email.as_deref(), Some("Ann@Example.com"));
+        assert_eq!(id.subject(), "auth0|abc123");
+        assert_eq!(id.email(), Some("Ann@Example.com"));
         assert!(id.email_verified);
-        assert_eq!(id.preferred_username.as_deref(), Some("ann"));
-        assert_eq!(id.name.as_deref(), Some("Ann A"));
+        assert_eq!(id.preferred_username(), Some("ann"));
+        assert_eq!(id.name(), Some("Ann A"));
         let groups: Vec<&str> = id.groups.iter().map(|g| &**g).collect();
         assert_eq!(groups, vec!["staff", "admin"]);
         let scopes: Vec<&str> = id.scopes.iter().map(|g| &**g).collect();
@@ -329,7 +309,7 @@ mod tests {
         let iss: Arc<str> = Arc::from("i");
         let id =
             identity_from_claims(&c, &iss, &rules(&[], "g", &[]), &Interner::new(1), None).unwrap();
-        assert_eq!(id.email, None);
+        assert_eq!(id.email(), None);
         assert_eq!(id.verified_email(), None);
     }
 
@@ -361,7 +341,7 @@ mod tests {
             Err(TokenError::Invalid(InvalidReason::MissingClaim))
         ));
         let id = identity_from_claims(&c, &iss, &r, &i, Some("m2m")).unwrap();
-        assert_eq!(&*id.subject, "m2m");
+        assert_eq!(id.subject(), "m2m");
         let c = map(json!({"sub": 5}));
         assert!(identity_from_claims(&c, &iss, &r, &i, None).is_err());
     }

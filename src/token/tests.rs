@@ -202,7 +202,7 @@ async fn valid_tokens_of_every_supported_algorithm_pass() {
             .validate(&token)
             .await
             .unwrap_or_else(|e| panic!("{alg}: {e:?}"));
-        assert_eq!(&*id.subject, "user-1");
+        assert_eq!(id.subject(), "user-1");
         assert_eq!(&*id.issuer, idp.issuer());
         assert!(id.has_scope("read:items"), "{alg}");
     }
@@ -672,7 +672,7 @@ async fn auth0_shaped_access_token_passes() {
     let header = json!({"alg": "RS256", "typ": "JWT", "kid": "rsa1"});
     let t = forge(&header, &c, |m| TestKey::rsa().sign("RS256", m));
     let id = v.validate(&t).await.unwrap();
-    assert_eq!(&*id.subject, "auth0|5f7c8ec7c33c6c004bbafe82");
+    assert_eq!(id.subject(), "auth0|5f7c8ec7c33c6c004bbafe82");
     assert!(id.has_scope("read:items") && id.has_scope("write:items") && id.has_scope("openid"));
     assert!(id.in_group("staff"));
     assert_eq!(id.verified_email(), Some("ann@example.com"));
@@ -686,7 +686,7 @@ async fn auth0_shaped_access_token_passes() {
     });
     let t = forge(&header, &m2m, |m| TestKey::rsa().sign("RS256", m));
     let id = v.validate(&t).await.unwrap();
-    assert_eq!(&*id.subject, "hT5xq1yVbB0Kz0A1pGAnPcBs@clients");
+    assert_eq!(id.subject(), "hT5xq1yVbB0Kz0A1pGAnPcBs@clients");
     assert_eq!(id.claim("gty"), Some("client-credentials"));
 }
 
@@ -772,7 +772,7 @@ async fn concurrent_validations_of_one_opaque_token_cause_one_introspection() {
         .collect();
     for t in tasks {
         let id = t.await.unwrap().unwrap();
-        assert_eq!(&*id.subject, "user-9");
+        assert_eq!(id.subject(), "user-9");
         assert!(id.has_scope("read:items"));
     }
     assert_eq!(idp.introspections(), 1);
@@ -815,7 +815,7 @@ async fn introspection_client_secret_post() {
     let t = sign_jwt(TestKey::rsa(), "RS256", "rsa1", &claims(&idp.issuer()));
     let id = v.validate(&t).await.unwrap();
     // No sub: the client is the subject.
-    assert_eq!(&*id.subject, "m2m");
+    assert_eq!(id.subject(), "m2m");
     let req = idp.server.requests().pop().unwrap();
     assert_eq!(req.header("authorization"), None);
     assert!(req.body_str().ends_with(
@@ -888,7 +888,7 @@ async fn userinfo_mode_checks_opaque_tokens_at_userinfo() {
         "updated_at": "2024-05-01T10:00:00.000Z"
     }));
     let id = v.validate("auth0-opaque-token").await.unwrap();
-    assert_eq!(&*id.subject, "auth0|abc");
+    assert_eq!(id.subject(), "auth0|abc");
     assert_eq!(id.verified_email(), Some("ann@example.com"));
     assert_eq!(id.expires_at, None);
     let req = idp.server.requests().pop().unwrap();
