@@ -17,6 +17,7 @@ pub mod config;
 pub mod ctx;
 pub mod error;
 pub mod identity;
+pub mod oidc;
 pub mod policy;
 pub mod proxy;
 pub mod router;
@@ -25,3 +26,6 @@ pub mod server;
 pub mod stack;
 pub mod telemetry;
 pub mod token;
+
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -1,1 +1,616 @@
-//! Bearer token validation.
+//! Bearer token validation: JWTs verified against each issuer's JWKS ([`jwks`], [`jwt`]),
+//! opaque tokens checked at the provider ([`introspection`]), results cached ([`cache`]).
+//!
+//! ```text
+//! validate(token)
+//!   ├─ empty → Missing; > max_token_len → TooLong; not RFC 6750 b64token → Malformed
+//!   ├─ SHA-256(token) in the identity cache (and not past exp by our clock) → hit
+//!   ├─ in the negative cache → the remembered refusal
+//!   └─ miss: one validation per token however many callers (moka try_get_with)
+//!        ├─ three parts: header read by us (alg none / allow-list / typ / crit),
+//!        │   issuer picked by the unverified iss, key by kid from *that* issuer's JWKS,
+//!        │   then jsonwebtoken + our clock; cnf refused
+//!        │   (introspection = "always": at the introspection endpoint instead)
+//!        └─ opaque: RFC 7662 introspection or userinfo at the primary issuer, or refused
+//! ```
+//!
+//! Scopes are the union of every claim in `scopes_claims` that is present, in that order
+//! (Auth0: `scope` plus `permissions`). Opaque tokens go to the *primary* issuer: the first
+//! configured issuer that has an introspection (or, in `userinfo` mode, a userinfo)
+//! endpoint. A token's text never appears in errors, logs or metrics.
+
+pub mod cache;
+pub mod claims;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod introspection;
+pub mod jwks;
+pub mod jwt;
+pub mod metrics;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+pub use self::clock::{Clock, ManualClock, SystemClock};
+pub use self::config::{BearerConfig, ClientAuth, IntrospectionMode, IssuerConfig, Secret};
+pub use self::crypto::install_jwt_crypto_provider;
+pub use self::error::{InvalidReason, TokenError, Unavailable};
+pub use self::metrics::TokenMetrics;
+
+use self::cache::TokenCache;
+use self::claims::{identity_from_claims, ClaimRules, Interner};
+use self::introspection::IntrospectionClient;
+use self::jwks::{JwksError, KeyLookup, KeySet, Refetch};
+use self::metrics::bump;
+use crate::identity::Identity;
+use crate::oidc::discovery::{self, Backoff, DiscoveryError, ProviderMetadata};
+use crate::oidc::transport::HttpTransport;
+
+/// Why [`TokenValidator::start`] could not make the validator ready.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("discovery for issuer {issuer} failed")]
+    Discovery {
+        issuer: String,
+        #[source]
+        source: DiscoveryError,
+    },
+    #[error("loading the JWKS of issuer {issuer} failed")]
+    Jwks {
+        issuer: String,
+        #[source]
+        source: JwksError,
+    },
+}
+
+/// Validates bearer tokens and caches the identities. Cheap to clone.
+#[derive(Clone)]
+pub struct TokenValidator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TokenValidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenValidator")
+            .field("issuers", &self.inner.issuers.len())
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    issuers: Vec<IssuerState>,
+    mode: IntrospectionMode,
+    leeway_secs: u64,
+    max_token_len: usize,
+    start_timeout: Duration,
+    metadata_refresh: Duration,
+    rules: ClaimRules,
+    interner: Interner,
+    cache: TokenCache,
+    metrics: Arc<TokenMetrics>,
+    clock: Arc<dyn Clock>,
+    transport: HttpTransport,
+}
+
+struct IssuerState {
+    /// Shared by every identity from this issuer.
+    name: Arc<str>,
+    config: IssuerConfig,
+    metadata: ArcSwapOption<ProviderMetadata>,
+    /// When discovery last succeeded / may next be tried.
+    metadata_fetched: Mutex<Option<Instant>>,
+    metadata_next_try: Mutex<Option<Instant>>,
+    keys: KeySet,
+    hs_key: Option<DecodingKey>,
+    validations: HashMap<Algorithm, Validation>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl IssuerState {
+    fn needs_keys(&self) -> bool {
+        self.config
+            .algorithms
+            .iter()
+            .any(|a| a.family() != AlgorithmFamily::Hmac)
+    }
+
+    fn is_ready(&self) -> bool {
+        (!self.config.discovery || self.metadata.load().is_some())
+            && (!self.needs_keys() || self.keys.is_loaded())
+    }
+
+    fn introspection_endpoint(&self) -> Option<String> {
+        self.config.introspection_endpoint.clone().or_else(|| {
+            self.metadata
+                .load()
+                .as_ref()
+                .and_then(|m| m.introspection_endpoint.clone())
+        })
+    }
+
+    fn userinfo_endpoint(&self) -> Option<String> {
+        self.config.userinfo_endpoint.clone().or_else(|| {
+            self.metadata
+                .load()
+                .as_ref()
+                .and_then(|m| m.userinfo_endpoint.clone())
+        })
+    }
+
+    fn set_metadata(&self, meta: ProviderMetadata) {
+        // A configured jwks_uri wins over discovery.
+        if self.config.jwks_uri.is_none() {
+            self.keys.set_uri(meta.jwks_uri.clone());
+        }
+        self.metadata.store(Some(Arc::new(meta)));
+        *lock(&self.metadata_fetched) = Some(Instant::now());
+    }
+}
+
+/// RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+pub fn is_b64token(token: &str) -> bool {
+    let bytes = token.as_bytes();
+    let body_end = bytes.iter().rposition(|b| *b != b'=').map_or(0, |i| i + 1);
+    body_end > 0
+        && bytes[..body_end].iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+impl TokenValidator {
+    /// A validator on the system clock. Nothing is fetched until [`TokenValidator::start`]
+    /// or the refresh task runs (or a token needs keys).
+    pub fn new(config: BearerConfig, transport: HttpTransport) -> Self {
+        Self::with_clock(config, transport, Arc::new(SystemClock))
+    }
+
+    /// A validator with an injected clock (tests move time without sleeping).
+    pub fn with_clock(
+        config: BearerConfig,
+        transport: HttpTransport,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        // Pre-parsed verification keys for jsonwebtoken; a no-op if main installed it, and
+        // harmless (only slower) if another provider was installed first.
+        install_jwt_crypto_provider();
+        let metrics = Arc::new(TokenMetrics::default());
+        let leeway_secs = config.leeway.as_secs();
+        let issuers = config
+            .issuers
+            .iter()
+            .map(|ic| {
+                let hs_key = ic
+                    .hs_secret
+                    .as_ref()
+                    .filter(|s| !s.is_empty())
+                    .and_then(|s| DecodingKey::from_secret(s.expose()).ok());
+                let validations = ic
+                    .algorithms
+                    .iter()
+                    .map(|alg| {
+                        (
+                            *alg,
+                            jwt::validation_for(*alg, &ic.issuer, &ic.audiences, leeway_secs),
+                        )
+                    })
+                    .collect();
+                IssuerState {
+                    name: Arc::from(ic.issuer.as_str()),
+                    config: ic.clone(),
+                    metadata: ArcSwapOption::empty(),
+                    metadata_fetched: Mutex::new(None),
+                    metadata_next_try: Mutex::new(None),
+                    keys: KeySet::new(
+                        ic.jwks_uri.clone(),
+                        config.jwks_min_refetch_interval,
+                        transport.clone(),
+                        metrics.clone(),
+                    ),
+                    hs_key,
+                    validations,
+                }
+            })
+            .collect();
+        let cache = TokenCache::new(
+            config.cache_capacity,
+            config.cache_ttl,
+            config.negative_ttl,
+            clock.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                issuers,
+                mode: config.introspection,
+                leeway_secs,
+                max_token_len: config.max_token_len,
+                start_timeout: config.start_timeout,
+                metadata_refresh: config.metadata_refresh,
+                rules: ClaimRules {
+                    scopes_claims: config.scopes_claims.clone(),
+                    groups_claim: config.groups_claim.clone(),
+                    wanted: config
+                        .wanted_claims
+                        .iter()
+                        .map(|c| Arc::from(c.as_str()))
+                        .collect(),
+                },
+                interner: Interner::new(4096),
+                cache,
+                metrics,
+                clock,
+                transport,
+            }),
+        }
+    }
+
+    /// Discovery and the first JWKS load of every issuer, retried with exponential backoff
+    /// until `start_timeout`. The refresh task keeps trying afterwards if this fails.
+    pub async fn start(&self) -> Result<(), StartError> {
+        let deadline = tokio::time::Instant::now() + self.inner.start_timeout;
+        let backoff = Backoff::default();
+        for issuer in &self.inner.issuers {
+            let name = issuer.config.issuer.clone();
+            if issuer.config.discovery {
+                let meta =
+                    discovery::discover_with_retry(&self.inner.transport, &name, deadline, backoff)
+                        .await
+                        .map_err(|source| StartError::Discovery {
+                            issuer: name.clone(),
+                            source,
+                        })?;
+                issuer.set_metadata(meta);
+            }
+            if issuer.needs_keys() {
+                discovery::retry_until(
+                    deadline,
+                    backoff,
+                    |_: &JwksError| true,
+                    || issuer.keys.fetch(),
+                )
+                .await
+                .map_err(|(source, _)| StartError::Jwks {
+                    issuer: name.clone(),
+                    source,
+                })?;
+            }
+            tracing::info!(issuer = %name, "token issuer ready");
+        }
+        Ok(())
+    }
+
+    /// Provider metadata (where discovered) and keys (where JWTs are expected) are loaded
+    /// for every issuer: what `/readyz` reports.
+    pub fn is_ready(&self) -> bool {
+        self.inner.issuers.iter().all(IssuerState::is_ready)
+    }
+
+    /// Spawns the background task: keys refreshed when due (`max-age` within bounds, sooner
+    /// after a failure), metadata every `metadata_refresh`, and anything not loaded yet
+    /// retried. The task ends when the validator is dropped.
+    pub fn spawn_refresh(&self) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.cache.purge_some();
+                inner.refresh_once().await;
+            }
+        })
+    }
+
+    /// Validates a bearer token (the text after `Bearer `), from the cache when possible.
+    pub async fn validate(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
+        let inner = &*self.inner;
+        if token.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        // RFC 8725 §3 hygiene, and DoS: the size is checked before hashing or parsing.
+        if token.len() > inner.max_token_len {
+            return Err(TokenError::TooLong);
+        }
+        let key = cache::token_key(token);
+        // Only validated tokens are stored, so a hit needs no further syntax check.
+        if let Some(id) = inner.cache.get_fresh(&key) {
+            bump(&inner.metrics.cache_hits);
+            return Ok(id);
+        }
+        if !is_b64token(token) {
+            return Err(TokenError::Malformed);
+        }
+        if let Some(err) = inner.cache.refused(&key) {
+            bump(&inner.metrics.negative_hits);
+            return Err(err);
+        }
+        bump(&inner.metrics.cache_misses);
+        // One validation per token however many callers are waiting for it.
+        let result = inner
+            .cache
+            .in_flight
+            .try_get_with(key, async {
+                let id = Arc::new(inner.validate_uncached(token).await?);
+                inner.cache.insert(key, id.clone());
+                Ok::<_, TokenError>(id)
+            })
+            .await;
+        let result = match result {
+            Ok(id) => {
+                // A coalesced answer may be up to a second old: it must still be within
+                // exp (+ leeway) by our clock, as a fresh validation would require.
+                let leeway = Duration::from_secs(inner.leeway_secs);
+                match id.expires_at {
+                    Some(exp) if exp + leeway <= inner.clock.now() => {
+                        inner.cache.in_flight.invalidate(&key).await;
+                        Err(TokenError::Expired)
+                    }
+                    _ => Ok(id),
+                }
+            }
+            Err(shared) => Err(TokenError::clone(&shared)),
+        };
+        match result {
+            Ok(id) => Ok(id),
+            Err(err) => {
+                inner.cache.remember_refusal(key, &err);
+                Err(err)
+            }
+        }
+    }
+
+    /// Forgets every cached identity and refusal (config reload; benches).
+    pub fn clear_cache(&self) {
+        self.inner.cache.clear();
+    }
+
+    /// Number of identities in the cache (approximate, as moka counts).
+    pub fn cache_entries(&self) -> u64 {
+        self.inner.cache.entry_count()
+    }
+
+    pub fn metrics(&self) -> &TokenMetrics {
+        &self.inner.metrics
+    }
+
+    /// The token metrics in the Prometheus text format, cache size included.
+    pub fn render_metrics(&self) -> String {
+        self.inner
+            .metrics
+            .render_prometheus(self.inner.cache.entry_count())
+    }
+
+    /// Discovered metadata of the issuer at `index` (0: the provider), if loaded.
+    pub fn metadata(&self, index: usize) -> Option<Arc<ProviderMetadata>> {
+        self.inner.issuers.get(index)?.metadata.load_full()
+    }
+}
+
+impl Inner {
+    fn issuer_named(&self, iss: &str) -> Option<&IssuerState> {
+        // Exact string comparison (RFC 7519 §4.1.1, OIDC Core 3.1.3.7 step 2).
+        self.issuers.iter().find(|i| &*i.name == iss)
+    }
+
+    fn not_ready_or(&self, otherwise: Unavailable) -> TokenError {
+        if self
+            .issuers
+            .iter()
+            .any(|i| i.config.discovery && i.metadata.load().is_none())
+        {
+            TokenError::Unavailable(Unavailable::NotReady)
+        } else {
+            TokenError::Unavailable(otherwise)
+        }
+    }
+
+    async fn validate_uncached(&self, token: &str) -> Result<Identity, TokenError> {
+        if jwt::looks_like_jwt(token) {
+            let parsed = jwt::parse_unverified(token)?;
+            let issuer = parsed
+                .iss
+                .as_deref()
+                .and_then(|iss| self.issuer_named(iss))
+                .ok_or(TokenError::UnknownIssuer)?;
+            if self.mode == IntrospectionMode::Always {
+                if let Some(endpoint) = issuer.introspection_endpoint() {
+                    return self.introspect(issuer, &endpoint, token).await;
+                }
+            }
+            let result = self.verify_jwt(issuer, &parsed, token).await;
+            match &result {
+                Ok(_) => bump(&self.metrics.validations_ok),
+                Err(_) => bump(&self.metrics.validations_fail),
+            }
+            return result;
+        }
+        match self.mode {
+            IntrospectionMode::Off => Err(TokenError::Invalid(InvalidReason::OpaqueNotAccepted)),
+            IntrospectionMode::Opaque | IntrospectionMode::Always => {
+                let Some((issuer, endpoint)) = self
+                    .issuers
+                    .iter()
+                    .find_map(|i| Some((i, i.introspection_endpoint()?)))
+                else {
+                    return Err(self.not_ready_or(Unavailable::NoEndpoint));
+                };
+                self.introspect(issuer, &endpoint, token).await
+            }
+            IntrospectionMode::Userinfo => {
+                let Some((issuer, endpoint)) = self
+                    .issuers
+                    .iter()
+                    .find_map(|i| Some((i, i.userinfo_endpoint()?)))
+                else {
+                    return Err(self.not_ready_or(Unavailable::NoEndpoint));
+                };
+                self.userinfo(issuer, &endpoint, token).await
+            }
+        }
+    }
+
+    async fn verify_jwt(
+        &self,
+        issuer: &IssuerState,
+        parsed: &jwt::Unverified,
+        token: &str,
+    ) -> Result<Identity, TokenError> {
+        let alg = parsed.alg;
+        // RFC 8725 §3.1: only algorithms this issuer is configured for.
+        let validation = issuer
+            .validations
+            .get(&alg)
+            .ok_or(TokenError::Invalid(InvalidReason::AlgorithmNotAllowed))?;
+        let now = self.clock.now();
+        let claims = if alg.family() == AlgorithmFamily::Hmac {
+            // RFC 8725 §2.1 / §3.1: HS* only with an explicitly configured shared secret,
+            // never with a key from the JWKS (no public-key-as-HMAC-secret confusion).
+            let key = issuer
+                .hs_key
+                .as_ref()
+                .ok_or(TokenError::Invalid(InvalidReason::AlgorithmNotAllowed))?;
+            jwt::decode_verified(token, key, validation, now)?
+        } else {
+            let keyset = &issuer.keys;
+            let mut refetched = false;
+            loop {
+                let generation = keyset.generation();
+                let snapshot = keyset.snapshot_full();
+                if let Some(keys) = &snapshot {
+                    // The key comes from this issuer's JWKS only, chosen by `kid`; header
+                    // `jwk`/`jku`/`x5u`/`x5c` are never used (RFC 8725 §3.10).
+                    match keys.find(parsed.kid.as_deref(), alg) {
+                        KeyLookup::Found(k) => {
+                            break jwt::decode_verified(token, &k.key, validation, now)?;
+                        }
+                        // RFC 8725 §3.1: the key's type / curve / alg must fit the token's alg.
+                        KeyLookup::Mismatch => {
+                            return Err(TokenError::Invalid(InvalidReason::KeyAlgorithmMismatch));
+                        }
+                        KeyLookup::Unknown => {}
+                    }
+                }
+                let loaded = snapshot.is_some();
+                if refetched {
+                    return Err(if loaded {
+                        TokenError::Invalid(InvalidReason::UnknownKey)
+                    } else {
+                        TokenError::Unavailable(Unavailable::NotReady)
+                    });
+                }
+                refetched = true;
+                // Unknown kid (or no keys yet): one shared, rate-limited refetch.
+                match keyset.refetch_unknown_kid(generation).await {
+                    Refetch::Refreshed => continue,
+                    Refetch::Failed => return Err(TokenError::Unavailable(Unavailable::Jwks)),
+                    Refetch::RateLimited if !keyset.is_loaded() || keyset.last_fetch_failed() => {
+                        return Err(TokenError::Unavailable(Unavailable::Jwks));
+                    }
+                    Refetch::RateLimited => {
+                        return Err(TokenError::Invalid(InvalidReason::UnknownKey));
+                    }
+                }
+            }
+        };
+        identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, None)
+    }
+
+    async fn introspect(
+        &self,
+        issuer: &IssuerState,
+        endpoint: &str,
+        token: &str,
+    ) -> Result<Identity, TokenError> {
+        let client = IntrospectionClient {
+            client_id: issuer.config.introspection_client_id.as_deref(),
+            client_secret: issuer.config.introspection_client_secret.as_ref(),
+            auth: issuer.config.introspection_auth,
+        };
+        let result = async {
+            let claims =
+                introspection::introspect(&self.transport, endpoint, token, &client).await?;
+            introspection::check_introspection(
+                &claims,
+                &issuer.name,
+                &issuer.config.audiences,
+                self.clock.now(),
+                self.leeway_secs,
+            )?;
+            // A machine token may carry no `sub`: its client is its subject
+            // (RFC 7662 §2.2 `client_id`).
+            let fallback = claims.get("client_id").and_then(Value::as_str);
+            identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, fallback)
+        }
+        .await;
+        self.count_provider_call(&result);
+        result
+    }
+
+    async fn userinfo(
+        &self,
+        issuer: &IssuerState,
+        endpoint: &str,
+        token: &str,
+    ) -> Result<Identity, TokenError> {
+        let result = async {
+            let claims: Map<String, Value> =
+                introspection::userinfo(&self.transport, endpoint, token).await?;
+            identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, None)
+        }
+        .await;
+        self.count_provider_call(&result);
+        result
+    }
+
+    fn count_provider_call<T>(&self, result: &Result<T, TokenError>) {
+        match result {
+            Ok(_) => bump(&self.metrics.introspections_ok),
+            Err(e) if e.is_unavailable() => bump(&self.metrics.introspections_error),
+            Err(_) => bump(&self.metrics.introspections_fail),
+        }
+    }
+
+    /// One pass of the refresh task.
+    async fn refresh_once(&self) {
+        let now = Instant::now();
+        for issuer in &self.issuers {
+            if issuer.config.discovery {
+                let fetched = *lock(&issuer.metadata_fetched);
+                let due = fetched.is_none_or(|at| now.duration_since(at) >= self.metadata_refresh);
+                let may_try = lock(&issuer.metadata_next_try).is_none_or(|at| now >= at);
+                if due && may_try {
+                    match discovery::discover(&self.transport, &issuer.config.issuer).await {
+                        Ok(meta) => issuer.set_metadata(meta),
+                        Err(e) => {
+                            let retry = if fetched.is_none() {
+                                Duration::from_secs(2)
+                            } else {
+                                Duration::from_secs(60)
+                            };
+                            *lock(&issuer.metadata_next_try) = Some(Instant::now() + retry);
+                            tracing::warn!(issuer = %issuer.name, error = %e, "discovery refresh failed");
+                        }
+                    }
+                }
+            }
+            if issuer.needs_keys() && issuer.keys.uri().is_some() && issuer.keys.refresh_due(now) {
+                // Failures are logged and counted by the key set; the old keys stay.
+                let _ = issuer.keys.fetch().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

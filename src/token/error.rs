@@ -1,0 +1,162 @@
+//! Why a bearer token was refused, in words that are safe to show the client.
+
+use std::sync::Arc;
+
+use crate::oidc::transport::TransportError;
+
+/// Why a token is not accepted. `Display` and `Debug` never contain the token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// No token in the request (the proxy's extraction found none).
+    #[error("no bearer token")]
+    Missing,
+    /// Not a well-formed token (charset, JWT structure, base64, JSON).
+    #[error("malformed token")]
+    Malformed,
+    /// Longer than `max_token_len`; refused before any parsing.
+    #[error("token too long")]
+    TooLong,
+    #[error("invalid token: {0}")]
+    Invalid(InvalidReason),
+    /// `exp` has passed (RFC 7519 §4.1.4).
+    #[error("token expired")]
+    Expired,
+    /// A `cnf` claim (RFC 7800): DPoP (RFC 9449) or mTLS-bound (RFC 8705) tokens cannot be
+    /// accepted as plain bearer tokens.
+    #[error("sender-constrained token presented as a bearer token")]
+    SenderConstrained,
+    /// The token names an issuer that is not configured.
+    #[error("token issuer not trusted")]
+    UnknownIssuer,
+    /// The provider (JWKS, introspection, userinfo) could not give an answer: fail closed
+    /// (the proxy answers 503), never a pass.
+    #[error("token could not be checked")]
+    Unavailable(#[source] Unavailable),
+}
+
+/// The specific check that refused an otherwise well-formed token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidReason {
+    /// `alg: none` in any spelling (RFC 8725 §3.1).
+    AlgNone,
+    /// An `alg` this build does not know.
+    UnsupportedAlgorithm,
+    /// A known `alg` not in the issuer's allow-list (RFC 8725 §3.1).
+    AlgorithmNotAllowed,
+    /// The key found for `kid` does not fit the token's `alg` (RFC 8725 §3.1, §2.1).
+    KeyAlgorithmMismatch,
+    /// No key with this `kid` in the issuer's JWKS, even after a refetch.
+    UnknownKey,
+    /// A `typ` header other than JWT / at+jwt (RFC 8725 §3.11, RFC 9068 §4).
+    WrongType,
+    /// A `crit` header naming extensions we do not understand (RFC 7515 §4.1.11).
+    UnsupportedCritical,
+    BadSignature,
+    /// `iss` differs from the issuer (RFC 7519 §4.1.1).
+    WrongIssuer,
+    /// `aud` names none of the configured audiences (RFC 7519 §4.1.3).
+    WrongAudience,
+    /// `nbf` in the future (RFC 7519 §4.1.5).
+    NotYetValid,
+    /// A required claim (`exp`, `iss`, `aud`, `sub`) is missing.
+    MissingClaim,
+    /// A registered claim has the wrong type.
+    BadClaim,
+    /// Introspection `active: false`, or userinfo refused the token.
+    Inactive,
+    /// Introspection says this is not an access token.
+    NotAnAccessToken,
+    /// An opaque token while introspection is off.
+    OpaqueNotAccepted,
+}
+
+impl InvalidReason {
+    /// A short description, safe to show the client as `error_description`.
+    pub fn description(self) -> &'static str {
+        match self {
+            InvalidReason::AlgNone => "unsigned tokens are not accepted",
+            InvalidReason::UnsupportedAlgorithm => "the token algorithm is not supported",
+            InvalidReason::AlgorithmNotAllowed => "the token algorithm is not allowed",
+            InvalidReason::KeyAlgorithmMismatch => "the token algorithm does not match its key",
+            InvalidReason::UnknownKey => "the token signing key is unknown",
+            InvalidReason::WrongType => "the token type is not accepted",
+            InvalidReason::UnsupportedCritical => "the token has unsupported critical headers",
+            InvalidReason::BadSignature => "the token signature is invalid",
+            InvalidReason::WrongIssuer => "the token issuer is not accepted",
+            InvalidReason::WrongAudience => "the token audience is not accepted",
+            InvalidReason::NotYetValid => "the token is not valid yet",
+            InvalidReason::MissingClaim => "the token lacks a required claim",
+            InvalidReason::BadClaim => "the token has a malformed claim",
+            InvalidReason::Inactive => "the token is not active",
+            InvalidReason::NotAnAccessToken => "the token is not an access token",
+            InvalidReason::OpaqueNotAccepted => "opaque tokens are not accepted",
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+/// Why the provider could not answer. Kept cheap to clone (coalesced callers share it).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    #[error("issuer metadata or keys not loaded yet")]
+    NotReady,
+    #[error("the issuer's JWKS could not be fetched")]
+    Jwks,
+    #[error("provider call failed")]
+    Transport(#[source] Arc<TransportError>),
+    #[error("provider answered HTTP {0}")]
+    Status(u16),
+    #[error("provider response is not valid JSON")]
+    BadResponse,
+    #[error("no introspection or userinfo endpoint known")]
+    NoEndpoint,
+}
+
+impl TokenError {
+    /// A short description, safe to show the client as `error_description`
+    /// (RFC 6750 §3). Never includes token contents.
+    pub fn description(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "a bearer token is required",
+            TokenError::Malformed => "the token is malformed",
+            TokenError::TooLong => "the token is too long",
+            TokenError::Invalid(r) => r.description(),
+            TokenError::Expired => "the token has expired",
+            TokenError::SenderConstrained => {
+                "sender-constrained tokens are not accepted as bearer tokens"
+            }
+            TokenError::UnknownIssuer => "the token issuer is not trusted",
+            TokenError::Unavailable(_) => "the token could not be checked, try again later",
+        }
+    }
+
+    /// Whether the provider was unreachable (the proxy answers 503, not 401).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, TokenError::Unavailable(_))
+    }
+
+    /// Whether this refusal may be remembered for a while (the token will not become
+    /// valid by itself). `Unavailable` is never cached; nor is `Missing`.
+    pub(crate) fn is_negative_cacheable(&self) -> bool {
+        match self {
+            TokenError::Malformed
+            | TokenError::TooLong
+            | TokenError::Invalid(_)
+            | TokenError::Expired
+            | TokenError::SenderConstrained
+            | TokenError::UnknownIssuer => true,
+            TokenError::Missing | TokenError::Unavailable(_) => false,
+        }
+    }
+}
+
+impl From<TransportError> for TokenError {
+    fn from(e: TransportError) -> Self {
+        TokenError::Unavailable(Unavailable::Transport(Arc::new(e)))
+    }
+}

@@ -1,0 +1,339 @@
+//! JWT access tokens (RFC 7519, RFC 9068), checked with the rules of RFC 8725 (JWT Best
+//! Current Practices): the header is read by us before anything else, the algorithm comes
+//! from the issuer's allow-list, the key from the issuer's own JWKS, and jsonwebtoken is
+//! configured explicitly (`exp`, `iss`, `aud` required; `nbf` validated).
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::claims::numeric_date;
+use super::clock::unix_seconds;
+use super::error::{InvalidReason, TokenError};
+
+/// What we learn from a JWT before verifying it: only used to pick the issuer and key.
+#[derive(Debug)]
+pub(crate) struct Unverified {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    /// The unverified `iss`: selects which configured issuer verifies the token.
+    pub iss: Option<String>,
+}
+
+/// Three dot-separated parts (JWS compact serialization, RFC 7515 §7.1). A JWE (five parts)
+/// or anything else is not a JWT for us.
+pub(crate) fn looks_like_jwt(token: &str) -> bool {
+    token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+fn b64_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, TokenError> {
+    if part.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
+}
+
+#[derive(Deserialize)]
+struct IssPeek {
+    #[serde(default)]
+    iss: Option<Value>,
+}
+
+/// Reads the header and the unverified `iss` of a JWT.
+pub(crate) fn parse_unverified(token: &str) -> Result<Unverified, TokenError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let header: Map<String, Value> = b64_json(h)?;
+
+    let alg = match header.get("alg") {
+        Some(Value::String(a)) => a.as_str(),
+        _ => return Err(TokenError::Malformed),
+    };
+    // RFC 8725 §3.1 / RFC 7518 §3.6: unsecured JWTs refused, whatever the spelling.
+    if alg.trim().eq_ignore_ascii_case("none") {
+        return Err(TokenError::Invalid(InvalidReason::AlgNone));
+    }
+    let alg: Algorithm = alg
+        .parse()
+        .map_err(|_| TokenError::Invalid(InvalidReason::UnsupportedAlgorithm))?;
+    if s.is_empty() {
+        // RFC 7518 §3.6: only an unsecured JWT has an empty signature.
+        return Err(TokenError::Invalid(InvalidReason::BadSignature));
+    }
+
+    // RFC 8725 §3.11 / RFC 9068 §4: explicit typing. Plain JWT (Auth0) and at+jwt accepted;
+    // other types (ID-token-as-typed, logout+jwt, dpop+jwt, ...) refused. Media types are
+    // case-insensitive (RFC 7515 §4.1.9).
+    match header.get("typ") {
+        None => {}
+        Some(Value::String(t))
+            if ["JWT", "at+jwt", "application/at+jwt"]
+                .iter()
+                .any(|ok| t.eq_ignore_ascii_case(ok)) => {}
+        Some(_) => return Err(TokenError::Invalid(InvalidReason::WrongType)),
+    }
+    // RFC 7515 §4.1.11: we understand no critical extensions, so any `crit` is refused.
+    if header.contains_key("crit") {
+        return Err(TokenError::Invalid(InvalidReason::UnsupportedCritical));
+    }
+    // `jwk`, `jku`, `x5u`, `x5c` are deliberately ignored: keys come only from the issuer's
+    // configured JWKS (RFC 8725 §3.10, RFC 7515 §10.3).
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(TokenError::Malformed),
+    };
+
+    let peek: IssPeek = b64_json(p)?;
+    let iss = match peek.iss {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    Ok(Unverified { alg, kid, iss })
+}
+
+/// The jsonwebtoken validation for one issuer and one algorithm, set explicitly rather
+/// than from defaults (which check `iss`/`aud` only when present and skip `nbf`).
+pub(crate) fn validation_for(
+    alg: Algorithm,
+    issuer: &str,
+    audiences: &[String],
+    leeway_secs: u64,
+) -> Validation {
+    let mut v = Validation::new(alg);
+    // RFC 9068 §2.2: exp, iss, aud are required in a JWT access token.
+    v.required_spec_claims = ["exp", "iss", "aud"]
+        .into_iter()
+        .map(String::from)
+        .collect::<HashSet<_>>();
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.validate_aud = true;
+    v.leeway = leeway_secs;
+    v.reject_tokens_expiring_in_less_than = 0;
+    // RFC 7519 §4.1.1 / RFC 9068 §4 step 2: iss must match exactly.
+    v.set_issuer(&[issuer]);
+    // RFC 7519 §4.1.3 / RFC 9068 §4 step 3: aud must contain one of ours (string or array).
+    // An empty list leaves an empty set: every token is refused.
+    v.set_audience(audiences);
+    v
+}
+
+/// Verifies signature and registered claims with jsonwebtoken, then `exp`/`nbf` again with
+/// our (injectable) clock, then refuses sender-constrained tokens.
+pub(crate) fn decode_verified(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+    now: SystemTime,
+) -> Result<Map<String, Value>, TokenError> {
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
+        .map_err(|e| map_jwt_error(e.into_kind()))?;
+    let claims = data.claims;
+    check_times(&claims, now, validation.leeway, true)?;
+    // RFC 7800 §3.1 / RFC 9449 §7.1 / RFC 8705 §3: a `cnf` claim binds the token to a key
+    // the client must prove; we cannot check the proof, so it is no bearer token.
+    if claims.contains_key("cnf") {
+        return Err(TokenError::SenderConstrained);
+    }
+    Ok(claims)
+}
+
+/// `exp` (RFC 7519 §4.1.4: now must be before exp, plus leeway) and `nbf` (§4.1.5: now
+/// must be at or after nbf, minus leeway), with our clock.
+pub(crate) fn check_times(
+    claims: &Map<String, Value>,
+    now: SystemTime,
+    leeway_secs: u64,
+    exp_required: bool,
+) -> Result<(), TokenError> {
+    let now = unix_seconds(now);
+    let bad = |_| TokenError::Invalid(InvalidReason::BadClaim);
+    match numeric_date(claims, "exp").map_err(bad)? {
+        Some(exp) if now >= exp.saturating_add(leeway_secs) => return Err(TokenError::Expired),
+        Some(_) => {}
+        None if exp_required => return Err(TokenError::Invalid(InvalidReason::MissingClaim)),
+        None => {}
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf").map_err(bad)? {
+        if nbf > now.saturating_add(leeway_secs) {
+            return Err(TokenError::Invalid(InvalidReason::NotYetValid));
+        }
+    }
+    Ok(())
+}
+
+fn map_jwt_error(kind: ErrorKind) -> TokenError {
+    use InvalidReason as R;
+    match kind {
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => TokenError::Malformed,
+        ErrorKind::InvalidSignature => TokenError::Invalid(R::BadSignature),
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::InvalidIssuer => TokenError::Invalid(R::WrongIssuer),
+        ErrorKind::InvalidAudience => TokenError::Invalid(R::WrongAudience),
+        ErrorKind::ImmatureSignature => TokenError::Invalid(R::NotYetValid),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            TokenError::Invalid(R::KeyAlgorithmMismatch)
+        }
+        ErrorKind::MissingRequiredClaim(_) => TokenError::Invalid(R::MissingClaim),
+        ErrorKind::InvalidClaimFormat(_) | ErrorKind::InvalidSubject => {
+            TokenError::Invalid(R::BadClaim)
+        }
+        // Key format problems, missing crypto provider and future error kinds: the token is
+        // not accepted (fail closed).
+        _ => TokenError::Invalid(R::BadSignature),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(v: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    fn tok(h: Value, p: Value) -> String {
+        format!("{}.{}.c2ln", enc(&h), enc(&p))
+    }
+
+    #[test]
+    fn alg_none_refused_in_every_spelling() {
+        for alg in ["none", "None", "NONE", "nOnE", " none"] {
+            let t = tok(
+                serde_json::json!({"alg": alg, "typ": "JWT"}),
+                serde_json::json!({"iss": "x"}),
+            );
+            assert!(
+                matches!(
+                    parse_unverified(&t),
+                    Err(TokenError::Invalid(InvalidReason::AlgNone))
+                ),
+                "{alg}"
+            );
+        }
+        // An empty signature part under a real algorithm is no signature.
+        let t = format!(
+            "{}.{}.",
+            enc(&serde_json::json!({"alg": "RS256"})),
+            enc(&serde_json::json!({}))
+        );
+        assert!(matches!(
+            parse_unverified(&t),
+            Err(TokenError::Invalid(InvalidReason::BadSignature))
+        ));
+    }
+
+    #[test]
+    fn header_checks() {
+        let p = serde_json::json!({"iss": "https://i/"});
+        let ok = parse_unverified(&tok(
+            serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "at+JWT"}),
+            p.clone(),
+        ))
+        .unwrap();
+        assert_eq!(ok.alg, Algorithm::ES256);
+        assert_eq!(ok.kid.as_deref(), Some("k1"));
+        assert_eq!(ok.iss.as_deref(), Some("https://i/"));
+        for (h, want) in [
+            (
+                serde_json::json!({"alg": "RS1"}),
+                TokenError::Invalid(InvalidReason::UnsupportedAlgorithm),
+            ),
+            (
+                serde_json::json!({"alg": "rs256"}),
+                TokenError::Invalid(InvalidReason::UnsupportedAlgorithm),
+            ),
+            (
+                serde_json::json!({"alg": "RS256", "typ": "id_token+jwt"}),
+                TokenError::Invalid(InvalidReason::WrongType),
+            ),
+            (
+                serde_json::json!({"alg": "RS256", "typ": "dpop+jwt"}),
+                TokenError::Invalid(InvalidReason::WrongType),
+            ),
+            (
+                serde_json::json!({"alg": "RS256", "crit": ["exp"]}),
+                TokenError::Invalid(InvalidReason::UnsupportedCritical),
+            ),
+            (serde_json::json!({"typ": "JWT"}), TokenError::Malformed),
+            (serde_json::json!({"alg": 5}), TokenError::Malformed),
+            (
+                serde_json::json!({"alg": "RS256", "kid": 7}),
+                TokenError::Malformed,
+            ),
+        ] {
+            let got = parse_unverified(&tok(h.clone(), p.clone())).unwrap_err();
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{h}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        for t in [
+            "a.b.c",
+            "!!!.???.###",
+            "eyJhbGciOiJSUzI1NiJ9.%%%.sig",
+            "e30.e30.sig",
+            "..",
+        ] {
+            assert!(
+                matches!(parse_unverified(t), Err(TokenError::Malformed)),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn times_use_the_given_clock() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000);
+        let c = |v: Value| v.as_object().cloned().unwrap();
+        assert!(check_times(&c(serde_json::json!({"exp": 1001})), now, 0, true).is_ok());
+        assert!(matches!(
+            check_times(&c(serde_json::json!({"exp": 1000})), now, 0, true),
+            Err(TokenError::Expired)
+        ));
+        assert!(check_times(&c(serde_json::json!({"exp": 990})), now, 30, true).is_ok());
+        assert!(matches!(
+            check_times(
+                &c(serde_json::json!({"exp": 2000, "nbf": 1001})),
+                now,
+                0,
+                true
+            ),
+            Err(TokenError::Invalid(InvalidReason::NotYetValid))
+        ));
+        assert!(check_times(
+            &c(serde_json::json!({"exp": 2000, "nbf": 1000})),
+            now,
+            0,
+            true
+        )
+        .is_ok());
+        assert!(matches!(
+            check_times(&c(serde_json::json!({"exp": "2000"})), now, 0, true),
+            Err(TokenError::Invalid(InvalidReason::BadClaim))
+        ));
+        assert!(matches!(
+            check_times(&c(serde_json::json!({})), now, 0, true),
+            Err(TokenError::Invalid(InvalidReason::MissingClaim))
+        ));
+        assert!(check_times(&c(serde_json::json!({})), now, 0, false).is_ok());
+    }
+}
