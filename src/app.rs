@@ -11,8 +11,10 @@ use tokio::sync::{watch, Semaphore};
 use crate::admin::metrics::RouteMetrics;
 use crate::admin::{Metrics, ReadyCheck};
 use crate::config::Config;
+use crate::policy::{Allow, RoutePolicy};
 use crate::proxy::client::{self, UpstreamClient};
 use crate::proxy::headers::IdentityStrip;
+use crate::token::TokenValidator;
 
 /// One config generation and everything derived from it. Requests hold the `Arc` they
 /// started with, so a reload never changes a request half-way.
@@ -25,6 +27,12 @@ pub struct State {
     pub unmatched_metrics: Arc<RouteMetrics>,
     pub metrics: Arc<Metrics>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The route policies, by route index.
+    pub policies: Vec<RoutePolicy>,
+    /// Validates bearer tokens when any route needs them.
+    pub validator: Option<TokenValidator>,
+    /// The bearer config the validator was built from (to reuse it across reloads).
+    pub validator_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +50,8 @@ pub enum StartError {
     },
     #[error("cannot start runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("provider client: {0}")]
+    Transport(#[from] crate::oidc::transport::TransportError),
 }
 
 impl State {
@@ -50,6 +60,7 @@ impl State {
         config: Config,
         metrics: Arc<Metrics>,
         workers: usize,
+        previous: Option<&State>,
     ) -> Result<State, StartError> {
         let tls = match &config.server.tls {
             Some(files) => Some(crate::server::tls::acceptor(files).map_err(StartError::Tls)?),
@@ -63,7 +74,25 @@ impl State {
             .map(|r| metrics.route(&r.name))
             .collect();
         let unmatched_metrics = metrics.route(&Arc::from("-"));
+        let policies = config.routes.iter().map(route_policy).collect();
+        let (validator, validator_key) = match crate::config::token_config(&config) {
+            None => (None, None),
+            Some((bearer, transport, secrets)) => {
+                let key = format!("{bearer:?}{transport:?}{secrets}");
+                match previous.filter(|p| p.validator_key.as_deref() == Some(key.as_str())) {
+                    // Same bearer settings: keep the loaded keys and the token cache.
+                    Some(p) => (p.validator.clone(), Some(key)),
+                    None => {
+                        let transport = crate::oidc::transport::HttpTransport::new(transport)?;
+                        (Some(TokenValidator::new(bearer, transport)), Some(key))
+                    }
+                }
+            }
+        };
         Ok(State {
+            policies,
+            validator,
+            validator_key,
             strip: IdentityStrip::new(&config.headers.strip),
             config,
             clients,
@@ -138,10 +167,16 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), StartError> {
                     "server.listen, admin_listen, workers and turning TLS on or off take effect on restart only"
                 );
             }
-            State::build(c, metrics.clone(), current.clients.len())
+            State::build(c, metrics.clone(), current.clients.len(), Some(&current))
         });
     match result {
         Ok(state) => {
+            let fresh = state.validator.is_some() && state.validator_key != current.validator_key;
+            if fresh {
+                if let Some(v) = state.validator.clone() {
+                    start_validator(v);
+                }
+            }
             shared.state.store(Arc::new(state));
             metrics.reloads_ok.fetch_add(1, Relaxed);
             tracing::info!(config = %path.display(), "configuration reloaded");
@@ -162,7 +197,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
     let listen = config.server.listen;
     let admin_listen = config.server.admin_listen;
     let max_conns = config.server.limits.max_connections;
-    let state = State::build(config, metrics.clone(), workers)?;
+    let state = State::build(config, metrics.clone(), workers, None)?;
     let shared = Arc::new(Shared {
         state: ArcSwap::from_pointee(state),
     });
@@ -200,8 +235,14 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
                 .map_err(|source| StartError::Bind { addr: a, source })?
         };
         let ready: ReadyCheck = {
-            let metrics = metrics.clone();
-            Arc::new(move || metrics.ready.load(Relaxed))
+            let shared = shared.clone();
+            Arc::new(move || {
+                // Ready once listening and, when bearer tokens are needed, once every
+                // issuer's metadata and keys are loaded.
+                let state = shared.state.load();
+                state.metrics.ready.load(Relaxed)
+                    && state.validator.as_ref().is_none_or(|v| v.is_ready())
+            })
         };
         control.spawn(crate::admin::serve(
             listener,
@@ -210,8 +251,19 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
             shutdown_rx.clone(),
         ));
     }
-    // Nothing to load in this build before serving: ready once listening.
     metrics.ready.store(true, Relaxed);
+    {
+        let shared = shared.clone();
+        metrics.add_source(Arc::new(move |out: &mut String| {
+            if let Some(v) = &shared.state.load().validator {
+                out.push_str(&v.render_metrics());
+            }
+        }));
+    }
+    if let Some(v) = shared.state.load().validator.clone() {
+        let _g = control.enter();
+        start_validator(v);
+    }
 
     if let Some(path) = config_path {
         let shared = shared.clone();
@@ -289,4 +341,33 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartErro
     running.wait();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads provider metadata and keys in the background (requests that need them get 503
+/// until then) and keeps them fresh.
+fn start_validator(v: TokenValidator) {
+    let refresh = v.clone();
+    tokio::spawn(async move {
+        match v.start().await {
+            Ok(()) => tracing::info!("bearer token validation ready"),
+            Err(e) => {
+                tracing::error!(error = %e, cause = ?std::error::Error::source(&e).map(|s| s.to_string()), "token issuer not ready yet; retrying in the background")
+            }
+        }
+    });
+    refresh.spawn_refresh();
+}
+
+fn route_policy(r: &crate::config::RouteConfig) -> RoutePolicy {
+    RoutePolicy {
+        scopes: r.scopes.clone(),
+        method_scopes: r.method_scopes.clone(),
+        allow: r.allow.as_ref().map(|a| Allow {
+            groups: a.groups.clone().unwrap_or_default(),
+            emails: a.emails.clone().unwrap_or_default(),
+            email_domains: a.email_domains.clone().unwrap_or_default(),
+            claims: a.claims.clone().unwrap_or_default(),
+        }),
+        allow_preflight: r.allow_preflight,
+    }
 }

@@ -14,6 +14,8 @@ pub enum Reject {
     /// Malformed or ambiguous request (path, headers): client fault.
     BadRequest(&'static str),
     NotFound,
+    /// The identity is known but not allowed here.
+    Forbidden,
     UriTooLong,
     HeadersTooLarge,
     /// The client was too slow sending its body.
@@ -33,6 +35,7 @@ impl Reject {
         match self {
             Reject::BadRequest(_) => StatusCode::BAD_REQUEST,
             Reject::NotFound => StatusCode::NOT_FOUND,
+            Reject::Forbidden => StatusCode::FORBIDDEN,
             Reject::UriTooLong => StatusCode::URI_TOO_LONG,
             Reject::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -48,6 +51,10 @@ impl Reject {
         match self {
             Reject::BadRequest(why) => ("invalid_request", why),
             Reject::NotFound => ("not_found", "no route for this path"),
+            Reject::Forbidden => (
+                "access_denied",
+                "you are not allowed to access this resource",
+            ),
             Reject::UriTooLong => ("uri_too_long", "the request target is too long"),
             Reject::HeadersTooLarge => ("headers_too_large", "the request headers are too large"),
             Reject::RequestTimeout => (

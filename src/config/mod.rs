@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod secret;
+mod token_map;
 mod types;
 mod validate;
 
@@ -15,6 +16,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use secret::Secret;
+pub use token_map::token_config;
 pub use types::*;
 
 /// One problem in a config file, with the key it concerns.

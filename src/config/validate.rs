@@ -275,14 +275,20 @@ fn validate(f: FileConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
                     );
                     continue;
                 }
-                if matches!(r.auth, AuthMode::Bearer | AuthMode::Either)
-                    && provider.is_none()
-                    && bearer.as_ref().is_none_or(|b| b.issuers.is_empty())
-                {
-                    cx.err(
-                        &key,
-                        "bearer tokens need [provider].issuer or at least one [[bearer.issuers]]",
-                    );
+                if matches!(r.auth, AuthMode::Bearer | AuthMode::Either) {
+                    if bearer.is_none() {
+                        cx.err(
+                            &key,
+                            "bearer tokens need a [bearer] section (at least its audiences)",
+                        );
+                    } else if provider.is_none()
+                        && bearer.as_ref().is_none_or(|b| b.issuers.is_empty())
+                    {
+                        cx.err(
+                            &key,
+                            "bearer tokens need [provider].issuer or at least one [[bearer.issuers]]",
+                        );
+                    }
                 }
                 if matches!(r.auth, AuthMode::Login | AuthMode::Either) {
                     if server.public_url.is_none() {
@@ -333,7 +339,7 @@ fn validate(f: FileConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
 
 /// The auth modes this build can enforce. A route with any other mode is refused at
 /// `check` and at start: never served as if it were public.
-pub const SUPPORTED_AUTH: &[AuthMode] = &[AuthMode::Public];
+pub const SUPPORTED_AUTH: &[AuthMode] = &[AuthMode::Public, AuthMode::Bearer];
 
 fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
     let listen = socket_addr(cx, "server.listen", s.listen.as_deref(), "127.0.0.1:8080");
