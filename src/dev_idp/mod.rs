@@ -21,7 +21,7 @@
 //!
 //! Test knobs are methods of [`DevIdp`]: lifetimes, refresh rotation, opaque access tokens,
 //! signing algorithm, a clock offset, key rotation, forced failures per [`Endpoint`] and
-//! request counts.
+//! request counts. The sample upstream app of the demo is in [`sample_app`].
 
 mod authorize;
 mod config;
@@ -31,6 +31,7 @@ mod keys;
 mod knobs;
 mod logout;
 mod resource;
+pub mod sample_app;
 mod store;
 mod token;
 mod web;
@@ -58,6 +59,7 @@ pub use config::{
 };
 pub use keys::KeyError;
 pub use knobs::{Endpoint, Fail, Times};
+pub use sample_app::SampleApp;
 
 use keys::{KeySet, SigningKey};
 use knobs::Knobs;
