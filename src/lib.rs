@@ -17,6 +17,7 @@ pub mod config;
 pub mod ctx;
 pub mod error;
 pub mod identity;
+pub mod oidc;
 pub mod policy;
 pub mod proxy;
 pub mod router;

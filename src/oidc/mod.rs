@@ -1,0 +1,3 @@
+//! OpenID Connect: the browser login flow and what it needs.
+
+pub mod redirect;
