@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod router;
 pub mod routing;
 pub mod server;
+pub mod session;
 pub mod stack;
 pub mod telemetry;
 pub mod token;

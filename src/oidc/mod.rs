@@ -1,5 +1,6 @@
-//! OpenID Connect with the provider: discovery and the HTTP transport every provider call
-//! goes through.
+//! OpenID Connect with the provider: discovery, the HTTP transport every provider call
+//! goes through, and the browser login flow.
 
 pub mod discovery;
+pub mod redirect;
 pub mod transport;
