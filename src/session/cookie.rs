@@ -528,7 +528,7 @@ mod tests {
         assert_eq!(set.len(), 1);
         let loaded = st.load(&cookie_header(&set), t(NOW + 5)).unwrap();
         assert_same(&loaded, &s);
-        assert_eq!(loaded.identity().subject.as_ref(), "auth0|abc123");
+        assert_eq!(loaded.identity().subject(), "auth0|abc123");
     }
 
     #[test]

@@ -171,22 +171,23 @@ impl Session {
 
     /// The identity this session stands for, for policy and identity headers.
     pub fn identity(&self) -> Identity {
-        Identity {
-            issuer: Arc::from(self.issuer.as_str()),
-            subject: self.sub.as_str().into(),
-            email: self.email.as_deref().map(Into::into),
-            email_verified: self.email_verified,
-            preferred_username: self.preferred_username.as_deref().map(Into::into),
-            name: self.name.as_deref().map(Into::into),
-            groups: self.groups.iter().map(|g| g.as_str().into()).collect(),
-            scopes: self.scopes.iter().map(|s| s.as_str().into()).collect(),
-            claims: self
-                .claims
-                .iter()
-                .map(|(k, v)| (Arc::from(k.as_str()), v.as_str().into()))
-                .collect(),
-            expires_at: Some(self.expires_at),
-        }
+        let mut id = Identity::new(
+            Arc::from(self.issuer.as_str()),
+            &self.sub,
+            self.email.as_deref(),
+            self.preferred_username.as_deref(),
+            self.name.as_deref(),
+        );
+        id.email_verified = self.email_verified;
+        id.groups = self.groups.iter().map(|g| Arc::<str>::from(g.as_str())).collect();
+        id.scopes = self.scopes.iter().map(|s| Arc::<str>::from(s.as_str())).collect();
+        id.claims = self
+            .claims
+            .iter()
+            .map(|(k, v)| (Arc::from(k.as_str()), v.as_str().into()))
+            .collect();
+        id.expires_at = Some(self.expires_at);
+        id
     }
 
     /// Within its lifetime and idle timeout at `now`?
