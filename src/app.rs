@@ -33,6 +33,8 @@ pub struct State {
     pub validator: Option<TokenValidator>,
     /// The bearer config the validator was built from (to reuse it across reloads).
     pub validator_key: Option<String>,
+    /// Browser login and sessions, when any route needs them.
+    pub login: Option<Arc<crate::oidc::login::Login>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,8 @@ pub enum StartError {
     Runtime(std::io::Error),
     #[error("provider client: {0}")]
     Transport(#[from] crate::oidc::transport::TransportError),
+    #[error("login: {0}")]
+    Login(#[from] crate::oidc::login::LoginBuildError),
 }
 
 impl State {
@@ -89,7 +93,9 @@ impl State {
                 }
             }
         };
+        let login = crate::oidc::login::Login::build(&config)?.map(Arc::new);
         Ok(State {
+            login,
             policies,
             validator,
             validator_key,
@@ -242,6 +248,10 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
                 let state = shared.state.load();
                 state.metrics.ready.load(Relaxed)
                     && state.validator.as_ref().is_none_or(|v| v.is_ready())
+                    && state
+                        .login
+                        .as_ref()
+                        .is_none_or(|l| l.id_validator.is_ready())
             })
         };
         control.spawn(crate::admin::serve(
@@ -260,9 +270,14 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
             }
         }));
     }
-    if let Some(v) = shared.state.load().validator.clone() {
+    {
         let _g = control.enter();
-        start_validator(v);
+        if let Some(v) = shared.state.load().validator.clone() {
+            start_validator(v);
+        }
+        if let Some(l) = shared.state.load().login.clone() {
+            start_validator(l.id_validator.clone());
+        }
     }
 
     if let Some(path) = config_path {

@@ -5,11 +5,10 @@
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Method, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Version};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::RespBody;
 use crate::ctx::{ctx, with_info, Matched, Req, Resp, RespFuture};
 use crate::error::{respond, wants_html, Reject};
 use crate::router::{normalize_host, normalize_path, Router};
@@ -126,21 +125,15 @@ where
                 return reject(&req, Reject::BadRequest("ambiguous or malformed path"));
             }
         };
-        // The proxy's own endpoints. Only `ping` exists in this build; the rest of the
-        // prefix is reserved and never proxied.
+        // The proxy's own endpoints, before header hygiene and auth.
         let prefix = &state.config.server.proxy_prefix;
         if let Some(rest) = path.strip_prefix(prefix.as_str()) {
             if rest.is_empty() || rest.starts_with('/') {
-                if rest == "/ping" && matches!(*req.method(), Method::GET | Method::HEAD) {
-                    let mut r = Response::new(RespBody::full("OK"));
-                    *r.status_mut() = StatusCode::OK;
-                    r.headers_mut().insert(
-                        http::header::CACHE_CONTROL,
-                        http::HeaderValue::from_static("no-store"),
-                    );
-                    return Box::pin(async move { Ok(r) });
-                }
-                return reject(&req, Reject::NotFound);
+                let rest = rest.to_string();
+                let ctx = c.clone();
+                return Box::pin(async move {
+                    Ok(crate::oidc::endpoints::handle(&rest, req, &ctx).await)
+                });
             }
         }
         let Some(route) = Router::new(&state.config.routes).find(host.as_deref(), &path) else {

@@ -1,19 +1,20 @@
-//! The authentication gate. Each route's `auth` mode decides what a request must carry;
-//! a mode this build cannot enforce is refused (fail closed), never treated as public.
+//! The authentication gate. Each route's `auth` mode decides what a request must carry
+//! ([`gate::authenticate`]); then identity headers are written and the proxy's cookies
+//! and the token's `Authorization` header are removed before forwarding.
 
 pub mod bearer;
+pub mod gate;
 pub mod identity_headers;
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
+use http::header::SET_COOKIE;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::config::AuthMode;
 use crate::ctx::{with_info, Ctx, Matched, Req, Resp, RespFuture};
 use crate::error::{respond, wants_html, Reject};
-use crate::policy::{decide, preflight_passes, Decision};
 
 #[derive(Clone, Default)]
 pub struct AuthLayer;
@@ -28,10 +29,6 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-}
-
-fn ready(r: Resp) -> RespFuture {
-    Box::pin(async move { Ok(r) })
 }
 
 impl<S> Service<Req> for Auth<S>
@@ -54,95 +51,71 @@ where
             req.extensions().get::<Ctx>().cloned(),
             req.extensions().get::<Matched>().map(|m| m.route),
         ) else {
-            return ready(respond(Reject::Internal, "-", false));
+            return Box::pin(async { Ok(respond(Reject::Internal, "-", false)) });
         };
-        let state = ctx.state.clone();
-        let Some(rc) = state.config.routes.get(route) else {
-            return ready(respond(Reject::Internal, ctx.request_id_str(), false));
-        };
-        match rc.auth {
-            AuthMode::Public => {
-                // Nothing proves anything on a public route: the Authorization header is
-                // the client's business with the app, identity headers are already gone.
-                self.inner.call(req)
-            }
-            AuthMode::Bearer => {
-                let policy = &state.policies[route];
-                if preflight_passes(policy, req.method(), req.headers()) {
-                    return self.inner.call(req);
-                }
-                let Some(validator) = state.validator.clone() else {
-                    tracing::error!(request_id = %ctx.request_id_str(), "bearer route without a token validator; refusing");
-                    return ready(respond(Reject::Internal, ctx.request_id_str(), false));
-                };
-                let token = match bearer::extract(req.headers()) {
-                    bearer::Extracted::Token(t) => t.to_string(),
-                    bearer::Extracted::Missing => {
-                        return ready(bearer::missing(ctx.request_id_str()))
-                    }
-                    bearer::Extracted::Malformed => {
-                        return ready(bearer::malformed(ctx.request_id_str()))
-                    }
-                };
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(async move {
-                    let rid = ctx.request_id_str();
-                    let id = match validator.validate(&token).await {
-                        Ok(id) => id,
-                        Err(e) => {
-                            if e.is_unavailable() {
-                                tracing::warn!(request_id = %rid, error = %e, "token could not be checked: provider unavailable");
-                            } else {
-                                tracing::debug!(request_id = %rid, reason = %e, "bearer token refused");
-                            }
-                            return Ok(bearer::refused(&e, rid));
-                        }
-                    };
-                    let user: Box<str> = id.subject().into();
-                    let policy = &state.policies[route];
-                    match decide(policy, req.method(), &id) {
-                        Decision::Allow => {}
-                        Decision::InsufficientScope { required } => {
-                            return Ok(with_info(
-                                bearer::insufficient_scope(&required, rid),
-                                |i| i.user = Some(user),
-                            ));
-                        }
-                        Decision::Forbidden => {
-                            let html = wants_html(req.headers());
-                            return Ok(with_info(respond(Reject::Forbidden, rid, html), |i| {
-                                i.user = Some(user)
-                            }));
-                        }
-                    }
-                    if let Err(e) = identity_headers::apply(
-                        req.headers_mut(),
-                        &state.config.headers,
-                        &id,
-                        Some(&token),
-                    ) {
-                        tracing::warn!(request_id = %rid, error = %e, user = %user, "identity refused: unsafe header value");
-                        let html = wants_html(req.headers());
-                        return Ok(with_info(respond(Reject::Forbidden, rid, html), |i| {
-                            i.user = Some(user)
-                        }));
-                    }
-                    let resp = inner.call(req).await?;
-                    Ok(with_info(resp, |i| i.user = Some(user)))
-                })
-            }
-            // Config validation refuses these modes in this build; should one get here
-            // anyway, the request is refused, never forwarded.
-            AuthMode::Login | AuthMode::Either => {
-                tracing::error!(request_id = %ctx.request_id_str(), "route auth mode not available in this build; refusing");
-                let resp = respond(
-                    Reject::Internal,
-                    ctx.request_id_str(),
-                    wants_html(req.headers()),
-                );
-                ready(resp)
-            }
+        // Public routes: nothing to prove, no await.
+        if ctx.state.config.routes.get(route).map(|r| r.auth)
+            == Some(crate::config::AuthMode::Public)
+        {
+            strip_own_cookies(&ctx, &mut req);
+            return self.inner.call(req);
         }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let state = &ctx.state;
+            let rid = ctx.request_id_str();
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            let passed = match gate::authenticate(
+                state,
+                route,
+                req.method(),
+                req.headers(),
+                &pq,
+                rid,
+                false,
+            )
+            .await
+            {
+                Ok(p) => p,
+                Err(resp) => return Ok(resp),
+            };
+            // Authentication has read the session: the proxy's cookies go no further.
+            strip_own_cookies(&ctx, &mut req);
+            let Some(identity) = passed.identity else {
+                // A CORS preflight let through by allow_preflight.
+                return inner.call(req).await;
+            };
+            let user: Box<str> = identity.subject().into();
+            if let Err(e) = identity_headers::apply(
+                req.headers_mut(),
+                &state.config.headers,
+                &identity,
+                passed.access_token.as_deref(),
+            ) {
+                tracing::warn!(request_id = %rid, error = %e, user = %user, "identity refused: unsafe header value");
+                let html = wants_html(req.headers());
+                return Ok(with_info(respond(Reject::Forbidden, rid, html), |i| {
+                    i.user = Some(user)
+                }));
+            }
+            let mut resp = inner.call(req).await?;
+            for c in passed.set_cookies {
+                resp.headers_mut().append(SET_COOKIE, c);
+            }
+            Ok(with_info(resp, |i| i.user = Some(user)))
+        })
+    }
+}
+
+/// The proxy's own cookies (session and its chunks, login transactions) never reach an
+/// upstream, on any route; other cookies pass untouched.
+fn strip_own_cookies(ctx: &Ctx, req: &mut Req) {
+    if let Some(login) = &ctx.state.login {
+        crate::session::strip::strip_proxy_cookies(req.headers_mut(), &login.cookie_bases());
     }
 }

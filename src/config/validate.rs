@@ -339,7 +339,12 @@ fn validate(f: FileConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
 
 /// The auth modes this build can enforce. A route with any other mode is refused at
 /// `check` and at start: never served as if it were public.
-pub const SUPPORTED_AUTH: &[AuthMode] = &[AuthMode::Public, AuthMode::Bearer];
+pub const SUPPORTED_AUTH: &[AuthMode] = &[
+    AuthMode::Public,
+    AuthMode::Bearer,
+    AuthMode::Login,
+    AuthMode::Either,
+];
 
 fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
     let listen = socket_addr(cx, "server.listen", s.listen.as_deref(), "127.0.0.1:8080");

@@ -179,8 +179,16 @@ impl Session {
             self.name.as_deref(),
         );
         id.email_verified = self.email_verified;
-        id.groups = self.groups.iter().map(|g| Arc::<str>::from(g.as_str())).collect();
-        id.scopes = self.scopes.iter().map(|s| Arc::<str>::from(s.as_str())).collect();
+        id.groups = self
+            .groups
+            .iter()
+            .map(|g| Arc::<str>::from(g.as_str()))
+            .collect();
+        id.scopes = self
+            .scopes
+            .iter()
+            .map(|s| Arc::<str>::from(s.as_str()))
+            .collect();
         id.claims = self
             .claims
             .iter()
