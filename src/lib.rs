@@ -15,6 +15,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod ctx;
+pub mod demo;
 pub mod dev_idp;
 pub mod error;
 pub mod identity;

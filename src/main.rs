@@ -35,6 +35,18 @@ enum Command {
     Run,
     /// Validate a config file and exit: 0 when valid, 1 with the problems otherwise.
     Check,
+    /// Try it: a development OpenID provider, a sample app and the proxy, on 127.0.0.1.
+    Demo {
+        /// The proxy's port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Address to bind (the demo's logins are public: keep it on loopback).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// Print the generated config and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +72,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Demo {
+            port,
+            bind,
+            print_config,
+        } => {
+            if !print_config {
+                telemetry::init(cli.log_format);
+            }
+            match portcullis::demo::run(portcullis::demo::DemoOptions {
+                port,
+                bind,
+                print_config,
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run => {
             telemetry::init(cli.log_format);
             let config = match Config::load(&cli.config) {
