@@ -303,8 +303,13 @@ fn validate(f: FileConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
                             if p.client_id.is_none() {
                                 cx.err(&key, "login needs provider.client_id");
                             }
+                            let secret_file_given = f
+                                .provider
+                                .as_ref()
+                                .is_some_and(|p| p.client_secret_file.is_some());
                             if p.client_auth != ClientAuth::PrivateKeyJwt
                                 && p.client_secret.is_none()
+                                && !secret_file_given
                             {
                                 cx.err(
                                     &key,
@@ -871,7 +876,7 @@ fn session(cx: &mut Ctx<'_>, s: &SessionFile) -> SessionConfig {
             ),
         }
     }
-    if raw.is_empty() {
+    if raw.is_empty() && s.secrets_file.is_none() {
         cx.err(
             "session.secrets",
             "at least one secret is required (32 random bytes, base64; e.g. `openssl rand -base64 32`)",
