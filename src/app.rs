@@ -115,6 +115,17 @@ pub struct Shared {
     pub state: ArcSwap<State>,
 }
 
+impl Shared {
+    /// Ready once listening and, when tokens or logins are configured, once every
+    /// issuer's metadata and keys are loaded (what `/readyz` reports).
+    pub fn is_ready(&self) -> bool {
+        let state = self.state.load();
+        state.metrics.ready.load(Relaxed)
+            && state.validator.as_ref().is_none_or(|v| v.is_ready())
+            && state.login.as_ref().is_none_or(|l| l.id_validator.is_ready())
+    }
+}
+
 /// A running proxy: addresses it listens on, and the handle that stops it.
 pub struct Running {
     pub addr: std::net::SocketAddr,
@@ -242,17 +253,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
         };
         let ready: ReadyCheck = {
             let shared = shared.clone();
-            Arc::new(move || {
-                // Ready once listening and, when bearer tokens are needed, once every
-                // issuer's metadata and keys are loaded.
-                let state = shared.state.load();
-                state.metrics.ready.load(Relaxed)
-                    && state.validator.as_ref().is_none_or(|v| v.is_ready())
-                    && state
-                        .login
-                        .as_ref()
-                        .is_none_or(|l| l.id_validator.is_ready())
-            })
+            Arc::new(move || shared.is_ready())
         };
         control.spawn(crate::admin::serve(
             listener,

@@ -163,6 +163,14 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
         })?;
     let config = Config::from_toml(&text, &dir)?;
     let running = crate::app::start(config, Some(path.clone()))?;
+    // Print the banner only once a login can work (provider metadata and keys loaded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !running.shared.is_ready() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if !running.shared.is_ready() {
+        tracing::warn!("the proxy is not ready yet; logins may fail for a moment");
+    }
     let url = format!("http://{host}:{}", running.addr.port());
     let token_url = format!("{}/token", idp.issuer());
     println!(
