@@ -1,6 +1,8 @@
 //! From verified claims (a JWT payload, an introspection or userinfo response) to the
 //! compact [`Identity`]: only what configuration asks for is kept.
 
+use std::collections::HashMap;
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,16 +22,21 @@ pub(crate) struct ClaimRules {
 }
 
 /// Interns lists of scopes and groups: the same list in many tokens is stored once.
-/// Bounded; lists beyond the bound are simply not shared.
+/// Looked up by a hash of the items and then compared item by item (no allocation on a
+/// hit); bounded (the table is emptied when full, lists made afterwards are shared anew).
 pub(crate) struct Interner {
-    lists: moka::sync::Cache<Box<str>, Arc<[Arc<str>]>>,
+    lists: std::sync::Mutex<HashMap<u64, Arc<[Arc<str>]>>>,
+    hasher: std::collections::hash_map::RandomState,
+    capacity: usize,
     empty: Arc<[Arc<str>]>,
 }
 
 impl Interner {
-    pub fn new(capacity: u64) -> Self {
+    pub fn new(capacity: usize) -> Self {
         Self {
-            lists: moka::sync::Cache::builder().max_capacity(capacity).build(),
+            lists: std::sync::Mutex::new(HashMap::new()),
+            hasher: std::collections::hash_map::RandomState::new(),
+            capacity,
             empty: Arc::from(Vec::new()),
         }
     }
@@ -38,18 +45,21 @@ impl Interner {
         if items.is_empty() {
             return self.empty.clone();
         }
-        // Length-prefixed key: unambiguous whatever bytes the items contain.
-        let mut key = String::with_capacity(items.iter().map(|s| s.len() + 4).sum());
-        for s in &items {
-            key.push_str(&s.len().to_string());
-            key.push(':');
-            key.push_str(s);
-        }
-        if let Some(found) = self.lists.get(key.as_str()) {
-            return found;
+        // `[&str]` hashes each item with its length: unambiguous whatever the bytes.
+        let h = self.hasher.hash_one(&items);
+        let mut lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = lists.get(&h) {
+            if found.len() == items.len() && found.iter().zip(&items).all(|(a, b)| &**a == *b) {
+                return found.clone();
+            }
+            // A hash collision: correct but not shared.
+            return items.into_iter().map(Arc::from).collect();
         }
         let list: Arc<[Arc<str>]> = items.into_iter().map(Arc::from).collect();
-        self.lists.insert(key.into_boxed_str(), list.clone());
+        if lists.len() >= self.capacity {
+            lists.clear();
+        }
+        lists.insert(h, list.clone());
         list
     }
 }

@@ -20,12 +20,14 @@ use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 /// Parsed keys kept at most; beyond that the map is emptied (keys are parsed again).
 const MAX_PARSED_KEYS: usize = 256;
 
-/// Cache key: the algorithm plus the exact key material, tagged by its kind so that
-/// `(n, e)` components and DER/raw bytes can never be confused.
-type ParsedKeyId = (Algorithm, Vec<u8>);
+/// Parsed keys by (algorithm, kind of key material) then by the key bytes (the RSA
+/// modulus, or the DER / raw public key); the RSA exponent is compared on lookup. Exact
+/// bytes, so two keys can never share an entry; the kind tag keeps `(n, e)` components and
+/// DER bytes apart.
+type ParsedKeys = HashMap<(Algorithm, u8), HashMap<Box<[u8]>, (Box<[u8]>, Arc<ParsedPublicKey>)>>;
 
-fn parsed_keys() -> &'static RwLock<HashMap<ParsedKeyId, Arc<ParsedPublicKey>>> {
-    static KEYS: OnceLock<RwLock<HashMap<ParsedKeyId, Arc<ParsedPublicKey>>>> = OnceLock::new();
+fn parsed_keys() -> &'static RwLock<ParsedKeys> {
+    static KEYS: OnceLock<RwLock<ParsedKeys>> = OnceLock::new();
     KEYS.get_or_init(|| RwLock::new(HashMap::new()))
 }
 
@@ -67,21 +69,12 @@ fn verification_algorithm(alg: Algorithm) -> Option<&'static dyn VerificationAlg
     })
 }
 
-fn key_id(alg: Algorithm, key: &DecodingKey) -> ParsedKeyId {
-    let mut bytes = Vec::new();
+/// (kind tag, main bytes, RSA exponent or empty).
+fn key_material(key: &DecodingKey) -> (u8, &[u8], &[u8]) {
     match key.kind() {
-        DecodingKeyKind::SecretOrDer(b) => {
-            bytes.push(0);
-            bytes.extend_from_slice(b);
-        }
-        DecodingKeyKind::RsaModulusExponent { n, e } => {
-            bytes.push(1);
-            bytes.extend_from_slice(&(n.len() as u32).to_be_bytes());
-            bytes.extend_from_slice(n);
-            bytes.extend_from_slice(e);
-        }
+        DecodingKeyKind::SecretOrDer(b) => (0, b, &[]),
+        DecodingKeyKind::RsaModulusExponent { n, e } => (1, n, e),
     }
-    (alg, bytes)
 }
 
 fn parse(params: &'static dyn VerificationAlgorithm, key: &DecodingKey) -> Option<ParsedPublicKey> {
@@ -104,12 +97,14 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
     if key.family() != alg.family() {
         return stock(alg, key);
     }
-    let id = key_id(*alg, key);
+    let (kind, main, exponent) = key_material(key);
     let cached = parsed_keys()
         .read()
         .unwrap_or_else(|p| p.into_inner())
-        .get(&id)
-        .cloned();
+        .get(&(*alg, kind))
+        .and_then(|m| m.get(main))
+        .filter(|(e, _)| &**e == exponent)
+        .map(|(_, p)| p.clone());
     let parsed = match cached {
         Some(p) => p,
         None => {
@@ -118,10 +113,12 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
             };
             let p = Arc::new(p);
             let mut map = parsed_keys().write().unwrap_or_else(|e| e.into_inner());
-            if map.len() >= MAX_PARSED_KEYS {
+            if map.values().map(HashMap::len).sum::<usize>() >= MAX_PARSED_KEYS {
                 map.clear();
             }
-            map.insert(id, p.clone());
+            map.entry((*alg, kind))
+                .or_default()
+                .insert(main.into(), (exponent.into(), p.clone()));
             p
         }
     };

@@ -3,6 +3,7 @@
 //! from the issuer's allow-list, the key from the issuer's own JWKS, and jsonwebtoken is
 //! configured explicitly (`exp`, `iss`, `aud` required; `nbf` validated).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::SystemTime;
 
@@ -26,26 +27,40 @@ pub(crate) struct Unverified {
     pub iss: Option<String>,
 }
 
-/// Three dot-separated parts (JWS compact serialization, RFC 7515 §7.1). A JWE (five parts)
-/// or anything else is not a JWT for us.
-pub(crate) fn looks_like_jwt(token: &str) -> bool {
-    token.bytes().filter(|b| *b == b'.').count() == 2
-}
-
-fn b64_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, TokenError> {
+fn b64(part: &str) -> Result<Vec<u8>, TokenError> {
     if part.is_empty() {
         return Err(TokenError::Malformed);
     }
-    let bytes = URL_SAFE_NO_PAD
+    URL_SAFE_NO_PAD
         .decode(part)
-        .map_err(|_| TokenError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
+        .map_err(|_| TokenError::Malformed)
 }
 
+/// The JOSE header members we act on. Strings borrow from the decoded bytes; a member of
+/// the wrong type, or a member given twice, makes the header malformed (RFC 7515 §4: names
+/// must be unique; we refuse rather than pick one).
 #[derive(Deserialize)]
-struct IssPeek {
-    #[serde(default)]
-    iss: Option<Value>,
+struct RawHeader<'a> {
+    #[serde(borrow, default)]
+    alg: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    typ: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kid: Option<Cow<'a, str>>,
+    /// Present at all (even `null`).
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// Only `iss`, to pick the issuer; every other claim is skipped without allocating.
+#[derive(Deserialize)]
+struct IssPeek<'a> {
+    #[serde(borrow, default)]
+    iss: Option<Cow<'a, str>>,
 }
 
 /// Reads the header and the unverified `iss` of a JWT.
@@ -56,12 +71,11 @@ pub(crate) fn parse_unverified(token: &str) -> Result<Unverified, TokenError> {
     else {
         return Err(TokenError::Malformed);
     };
-    let header: Map<String, Value> = b64_json(h)?;
+    let header_bytes = b64(h)?;
+    let header: RawHeader<'_> =
+        serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed)?;
 
-    let alg = match header.get("alg") {
-        Some(Value::String(a)) => a.as_str(),
-        _ => return Err(TokenError::Malformed),
-    };
+    let alg = header.alg.as_deref().ok_or(TokenError::Malformed)?;
     // RFC 8725 §3.1 / RFC 7518 §3.6: unsecured JWTs refused, whatever the spelling.
     if alg.trim().eq_ignore_ascii_case("none") {
         return Err(TokenError::Invalid(InvalidReason::AlgNone));
@@ -77,32 +91,29 @@ pub(crate) fn parse_unverified(token: &str) -> Result<Unverified, TokenError> {
     // RFC 8725 §3.11 / RFC 9068 §4: explicit typing. Plain JWT (Auth0) and at+jwt accepted;
     // other types (ID-token-as-typed, logout+jwt, dpop+jwt, ...) refused. Media types are
     // case-insensitive (RFC 7515 §4.1.9).
-    match header.get("typ") {
-        None => {}
-        Some(Value::String(t))
-            if ["JWT", "at+jwt", "application/at+jwt"]
-                .iter()
-                .any(|ok| t.eq_ignore_ascii_case(ok)) => {}
-        Some(_) => return Err(TokenError::Invalid(InvalidReason::WrongType)),
+    if let Some(t) = header.typ.as_deref() {
+        if !["JWT", "at+jwt", "application/at+jwt"]
+            .iter()
+            .any(|ok| t.eq_ignore_ascii_case(ok))
+        {
+            return Err(TokenError::Invalid(InvalidReason::WrongType));
+        }
     }
     // RFC 7515 §4.1.11: we understand no critical extensions, so any `crit` is refused.
-    if header.contains_key("crit") {
+    if header.crit {
         return Err(TokenError::Invalid(InvalidReason::UnsupportedCritical));
     }
     // `jwk`, `jku`, `x5u`, `x5c` are deliberately ignored: keys come only from the issuer's
     // configured JWKS (RFC 8725 §3.10, RFC 7515 §10.3).
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(k)) => Some(k.clone()),
-        Some(_) => return Err(TokenError::Malformed),
-    };
+    let kid = header.kid.map(Cow::into_owned);
 
-    let peek: IssPeek = b64_json(p)?;
-    let iss = match peek.iss {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    };
-    Ok(Unverified { alg, kid, iss })
+    let payload = b64(p)?;
+    let peek: IssPeek<'_> = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
+    Ok(Unverified {
+        alg,
+        kid,
+        iss: peek.iss.map(Cow::into_owned),
+    })
 }
 
 /// The jsonwebtoken validation for one issuer and one algorithm, set explicitly rather
@@ -282,6 +293,21 @@ mod tests {
             let got = parse_unverified(&tok(h.clone(), p.clone())).unwrap_err();
             assert_eq!(format!("{got:?}"), format!("{want:?}"), "{h}");
         }
+    }
+
+    #[test]
+    fn duplicate_members_and_null_crit_are_refused() {
+        let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","alg":"none"}"#);
+        let t = format!("{h}.{}.c2ln", enc(&serde_json::json!({})));
+        assert!(matches!(parse_unverified(&t), Err(TokenError::Malformed)));
+        let t = tok(
+            serde_json::json!({"alg": "RS256", "crit": null}),
+            serde_json::json!({}),
+        );
+        assert!(matches!(
+            parse_unverified(&t),
+            Err(TokenError::Invalid(InvalidReason::UnsupportedCritical))
+        ));
     }
 
     #[test]

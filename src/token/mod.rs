@@ -160,12 +160,37 @@ impl IssuerState {
 
 /// RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 pub fn is_b64token(token: &str) -> bool {
+    scan_token(token).is_some()
+}
+
+/// One pass over the token: `None` if it is not a b64token (RFC 6750 §2.1), else the
+/// number of `.` in it (2 for a JWS compact serialization).
+fn scan_token(token: &str) -> Option<usize> {
+    const fn table() -> [bool; 256] {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let b = i as u8;
+            t[i] =
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+            i += 1;
+        }
+        t
+    }
+    static B64TOKEN: [bool; 256] = table();
     let bytes = token.as_bytes();
     let body_end = bytes.iter().rposition(|b| *b != b'=').map_or(0, |i| i + 1);
-    body_end > 0
-        && bytes[..body_end].iter().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        })
+    if body_end == 0 {
+        return None;
+    }
+    let mut dots = 0;
+    for &b in &bytes[..body_end] {
+        if !B64TOKEN[b as usize] {
+            return None;
+        }
+        dots += usize::from(b == b'.');
+    }
+    Some(dots)
 }
 
 impl TokenValidator {
@@ -328,9 +353,9 @@ impl TokenValidator {
             bump(&inner.metrics.cache_hits);
             return Ok(id);
         }
-        if !is_b64token(token) {
+        let Some(dots) = scan_token(token) else {
             return Err(TokenError::Malformed);
-        }
+        };
         if let Some(err) = inner.cache.refused(&key) {
             bump(&inner.metrics.negative_hits);
             return Err(err);
@@ -341,7 +366,7 @@ impl TokenValidator {
             .cache
             .in_flight
             .try_get_with(key, async {
-                let id = Arc::new(inner.validate_uncached(token).await?);
+                let id = Arc::new(inner.validate_uncached(token, dots == 2).await?);
                 inner.cache.insert(key, id.clone());
                 Ok::<_, TokenError>(id)
             })
@@ -415,8 +440,10 @@ impl Inner {
         }
     }
 
-    async fn validate_uncached(&self, token: &str) -> Result<Identity, TokenError> {
-        if jwt::looks_like_jwt(token) {
+    async fn validate_uncached(&self, token: &str, jws: bool) -> Result<Identity, TokenError> {
+        // Three parts: a JWS compact serialization (RFC 7515 §7.1); a JWE (five parts) or
+        // anything else is opaque to us.
+        if jws {
             let parsed = jwt::parse_unverified(token)?;
             let issuer = parsed
                 .iss

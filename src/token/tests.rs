@@ -487,6 +487,16 @@ async fn typ_header_variants() {
     }
 }
 
+#[test]
+fn b64token_scan_counts_dots_and_allows_only_trailing_padding() {
+    assert_eq!(scan_token("a.b.c"), Some(2));
+    assert_eq!(scan_token("abc~+/-_=="), Some(0));
+    assert_eq!(scan_token("a.b.c.d.e"), Some(4));
+    for bad in ["", "===", "a=b", "a b", "a\nb", "é", "a,b", "a%2Fb"] {
+        assert_eq!(scan_token(bad), None, "{bad:?}");
+    }
+}
+
 #[tokio::test]
 async fn size_and_shape_are_checked_before_anything_else() {
     let idp = Idp::start().await;
