@@ -122,7 +122,10 @@ impl Shared {
         let state = self.state.load();
         state.metrics.ready.load(Relaxed)
             && state.validator.as_ref().is_none_or(|v| v.is_ready())
-            && state.login.as_ref().is_none_or(|l| l.id_validator.is_ready())
+            && state
+                .login
+                .as_ref()
+                .is_none_or(|l| l.id_validator.is_ready())
     }
 }
 

@@ -48,12 +48,25 @@ pub(crate) async fn introspect(
         (None, _, _) => {}
     }
     let resp = transport.post_form(endpoint, &form, basic).await?;
-    if !resp.status.is_success() {
-        // Including 401/403: our own credentials were refused, which says nothing about
-        // the token. Fail closed.
-        return Err(TokenError::Unavailable(Unavailable::Status(
-            resp.status.as_u16(),
-        )));
+    match resp.status.as_u16() {
+        200..=299 => {}
+        // 401/403: our own credentials were refused, which says nothing about the token:
+        // fail closed (503). 5xx and the rest: the provider cannot answer (503).
+        401 | 403 => {
+            tracing::error!(
+                status = resp.status.as_u16(),
+                "introspection refused our client credentials"
+            );
+            return Err(TokenError::Unavailable(Unavailable::Status(
+                resp.status.as_u16(),
+            )));
+        }
+        // Other 4xx (RFC 6749 §5.2 `invalid_request`, RFC 7009 `unsupported_token_type`):
+        // the server will not introspect this token. That is the token's fault, not the
+        // provider's: refuse it (401, remembered) rather than answer 503 to anyone who
+        // sends junk.
+        400..=499 => return Err(TokenError::Invalid(InvalidReason::Inactive)),
+        other => return Err(TokenError::Unavailable(Unavailable::Status(other))),
     }
     parse_object(&resp)
 }
@@ -73,12 +86,28 @@ pub(crate) fn check_introspection(
         Some(Value::Bool(false)) => return Err(TokenError::Invalid(InvalidReason::Inactive)),
         _ => return Err(TokenError::Unavailable(Unavailable::BadResponse)),
     }
-    // The server looks the token up in every store despite the hint: a refresh token is
-    // not an access token.
-    if let Some(Value::String(t)) = claims.get("token_type") {
-        if t.eq_ignore_ascii_case("refresh_token") {
-            return Err(TokenError::Invalid(InvalidReason::NotAnAccessToken));
-        }
+    // The server looks the token up in every store despite the hint: only an access token
+    // may pass. RFC 7662 §2.2 `token_type` is the access token's type (RFC 6749 §7.1:
+    // "Bearer"); Keycloak-style `typ` says "Bearer" or "Refresh". Without either, an
+    // answer must at least name an audience: oidc-provider introspects refresh tokens
+    // with neither, and a refresh token must never be a bearer credential.
+    let bearer_type = |v: &Value| {
+        v.as_str().is_some_and(|t| {
+            t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("access_token")
+        })
+    };
+    // Ory: `token_use`.
+    let markers: Vec<&Value> = ["token_type", "typ", "token_use"]
+        .iter()
+        .filter_map(|k| claims.get(*k))
+        .collect();
+    let typed_ok = if markers.is_empty() {
+        claims.contains_key("aud")
+    } else {
+        markers.iter().all(|v| bearer_type(v))
+    };
+    if !typed_ok {
+        return Err(TokenError::Invalid(InvalidReason::NotAnAccessToken));
     }
     // RFC 7662 §2.2 `iss`: when present, the issuer we asked.
     match claims.get("iss") {
@@ -142,7 +171,23 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let aud = vec!["api".to_string()];
         let check = |v: Value| check_introspection(&m(v), "https://i", &aud, now, 0);
-        assert!(check(json!({"active": true})).is_ok());
+        assert!(check(json!({"active": true, "token_type": "Bearer"})).is_ok());
+        assert!(check(json!({"active": true, "typ": "Bearer"})).is_ok());
+        assert!(check(json!({"active": true, "token_use": "access_token"})).is_ok());
+        // Nothing says it is an access token, and no audience: refused (a refresh token
+        // introspected by oidc-provider looks exactly like this).
+        for refresh in [
+            json!({"active": true}),
+            json!({"active": true, "sub": "u", "scope": "openid offline_access"}),
+            json!({"active": true, "typ": "Refresh"}),
+            json!({"active": true, "token_use": "refresh_token"}),
+            json!({"active": true, "token_type": "refresh_token", "aud": "api"}),
+        ] {
+            assert!(matches!(
+                check(refresh),
+                Err(TokenError::Invalid(InvalidReason::NotAnAccessToken))
+            ));
+        }
         assert!(check(
             json!({"active": true, "aud": ["x", "api"], "iss": "https://i", "exp": 2000})
         )
@@ -158,19 +203,19 @@ mod tests {
             ));
         }
         assert!(matches!(
-            check(json!({"active": true, "iss": "https://other"})),
+            check(json!({"active": true, "token_type": "Bearer", "iss": "https://other"})),
             Err(TokenError::Invalid(InvalidReason::WrongIssuer))
         ));
         assert!(matches!(
-            check(json!({"active": true, "aud": "other"})),
+            check(json!({"active": true, "token_type": "Bearer", "aud": "other"})),
             Err(TokenError::Invalid(InvalidReason::WrongAudience))
         ));
         assert!(matches!(
-            check(json!({"active": true, "exp": 999})),
+            check(json!({"active": true, "token_type": "Bearer", "exp": 999})),
             Err(TokenError::Expired)
         ));
         assert!(matches!(
-            check(json!({"active": true, "nbf": 5000})),
+            check(json!({"active": true, "token_type": "Bearer", "nbf": 5000})),
             Err(TokenError::Invalid(InvalidReason::NotYetValid))
         ));
         assert!(matches!(
@@ -178,7 +223,7 @@ mod tests {
             Err(TokenError::Invalid(InvalidReason::NotAnAccessToken))
         ));
         assert!(matches!(
-            check(json!({"active": true, "cnf": {"jkt": "x"}})),
+            check(json!({"active": true, "token_type": "Bearer", "cnf": {"jkt": "x"}})),
             Err(TokenError::SenderConstrained)
         ));
     }

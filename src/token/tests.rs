@@ -767,7 +767,7 @@ async fn concurrent_validations_of_one_opaque_token_cause_one_introspection() {
     let idp = Idp::start().await;
     idp.set_introspection(
         StubResponse::json(json!({
-            "active": true, "sub": "user-9", "scope": "read:items", "client_id": "app",
+            "active": true, "sub": "user-9", "scope": "read:items", "client_id": "app", "token_type": "Bearer",
             "exp": now_secs() + 300, "iss": idp.issuer(), "aud": API,
         }))
         .delayed(Duration::from_millis(200)),
@@ -816,7 +816,7 @@ async fn concurrent_validations_of_one_opaque_token_cause_one_introspection() {
 async fn introspection_client_secret_post() {
     let idp = Idp::start().await;
     idp.set_introspection(StubResponse::json(
-        json!({"active": true, "client_id": "m2m"}),
+        json!({"active": true, "client_id": "m2m", "token_type": "Bearer"}),
     ));
     let mut config = opaque_config(&idp, IntrospectionMode::Always);
     config.issuers[0].introspection_auth = ClientAuth::Post;
@@ -854,7 +854,8 @@ async fn introspection_failures_are_unavailable_and_inactive_is_invalid() {
         StubResponse::status(200, "<html>not json</html>"),
         StubResponse::json(json!(["not", "an", "object"])),
         StubResponse::json(json!({"active": "yes"})),
-        StubResponse::json(json!({"active": true})).delayed(Duration::from_secs(2)),
+        StubResponse::json(json!({"active": true, "token_type": "Bearer"}))
+            .delayed(Duration::from_secs(2)),
     ];
     for (i, resp) in unavailable.into_iter().enumerate() {
         idp.set_introspection(resp);

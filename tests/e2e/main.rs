@@ -4,11 +4,16 @@
 mod support;
 
 mod admin;
+mod bearer;
 mod check;
+mod demo;
 mod errors;
+mod forward_auth;
 mod forwarding;
 mod lifecycle;
 mod limits;
+mod login;
+mod login_browser;
 mod normalization;
 mod protocols;
 mod routing;

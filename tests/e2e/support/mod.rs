@@ -2,8 +2,11 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod client;
+pub mod cookies;
 pub mod echo;
+pub mod idp;
 pub mod proxy;
 pub mod raw;
 

@@ -1,0 +1,344 @@
+//! `/oauth2/auth` (forward-auth, issue 4): who may ask (only `trusted_proxies`), what it
+//! answers (202 + identity headers, 401 never a redirect, 403 for the route named by
+//! `X-Forwarded-Uri`), and the real thing: Debian's nginx with `auth_request` in front of
+//! the echo upstream, with a login route and a bearer API route.
+
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::login::{config, fixture, location_of, login, wait_ready, with_cookie, Setup};
+use crate::support::client::Resp;
+use crate::support::cookies::{Agent, API_CALL, NAVIGATE};
+use crate::support::idp::{Idp, Profile};
+use crate::support::proxy::free_port;
+use crate::support::*;
+
+/// `GET /oauth2/auth` with `cookie` and the headers a front proxy would add.
+async fn auth(http: &Http, proxy: &TestProxy, cookie: &str, headers: &[(&str, &str)]) -> Resp {
+    with_cookie(http, &proxy.url("/oauth2/auth"), cookie, headers).await
+}
+
+#[tokio::test]
+async fn forward_auth_from_an_untrusted_peer_is_403() {
+    let f = fixture(Profile::Standard, &[], &Setup::default()).await;
+    let mut a = Agent::new();
+    login(&mut a, &f.proxy.url("/"), "alice").await;
+    let cookie = a.jar.root_cookie_header();
+    let http = Http::new();
+    for headers in [
+        &[("x-forwarded-uri", "/app")][..],
+        &[("x-original-uri", "/app")][..],
+        &[][..],
+    ] {
+        let r = auth(&http, &f.proxy, &cookie, headers).await;
+        assert_eq!(r.status, 403, "{headers:?}: {}", r.text());
+        assert!(r.header("x-auth-request-user").is_none());
+    }
+}
+
+#[tokio::test]
+async fn forward_auth_from_a_trusted_proxy_is_202_401_or_403_never_a_redirect() {
+    let f = fixture(
+        Profile::Standard,
+        &[],
+        &Setup {
+            trusted: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let http = Http::new();
+    // No session: 401, even for a browser navigation (the front proxy redirects).
+    for headers in [
+        &[("x-forwarded-uri", "/app")][..],
+        &[("x-forwarded-uri", "/app"), NAVIGATE[0], NAVIGATE[1]][..],
+        &[("x-original-uri", "/admin/x")][..],
+    ] {
+        let r = auth(&http, &f.proxy, "", headers).await;
+        assert_eq!(r.status, 401, "{headers:?}: {}", r.text());
+        assert!(r.header("location").is_none(), "never a redirect");
+    }
+    // Without the URI it names nothing: 403.
+    let r = auth(&http, &f.proxy, "", &[]).await;
+    assert_eq!(r.status, 403);
+
+    let mut alice = Agent::new();
+    login(&mut alice, &f.proxy.url("/"), "alice").await;
+    let alice = alice.jar.root_cookie_header();
+    let mut bob = Agent::new();
+    login(&mut bob, &f.proxy.url("/"), "bob").await;
+    let bob = bob.jar.root_cookie_header();
+
+    let r = auth(&http, &f.proxy, &alice, &[("x-forwarded-uri", "/app?x=1")]).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.header("x-auth-request-user"), Some("user-alice"));
+    assert_eq!(r.header("x-auth-request-email"), Some("alice@example.com"));
+    assert!(r
+        .header("x-auth-request-groups")
+        .is_some_and(|g| g.contains("admins")));
+    let r = auth(
+        &http,
+        &f.proxy,
+        &alice,
+        &[("x-original-uri", "/admin/panel")],
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    // bob is not in `admins`: 403 for the admin route, by URI and after normalization.
+    let r = auth(&http, &f.proxy, &bob, &[("x-forwarded-uri", "/app")]).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.header("x-auth-request-user"), Some("user-bob"));
+    for uri in [
+        "/admin",
+        "/admin/x?y=1",
+        "/app/../admin/x",
+        "//admin/x",
+        "/./admin",
+    ] {
+        let r = auth(&http, &f.proxy, &bob, &[("x-forwarded-uri", uri)]).await;
+        assert_eq!(r.status, 403, "bob at {uri}: {}", r.text());
+        assert!(r.header("x-auth-request-user").is_none());
+    }
+    // A tampered cookie is no session: 401.
+    let r = auth(
+        &http,
+        &f.proxy,
+        "_portcullis=AAAA",
+        &[("x-forwarded-uri", "/app")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    // Spoofed identity headers on the auth request are not echoed back as the identity.
+    let r = auth(
+        &http,
+        &f.proxy,
+        &bob,
+        &[
+            ("x-forwarded-uri", "/app"),
+            ("x-auth-request-user", "user-alice"),
+        ],
+    )
+    .await;
+    assert_eq!(r.header("x-auth-request-user"), Some("user-bob"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Behind nginx auth_request
+// ---------------------------------------------------------------------------------------
+
+/// Debian's nginx as a foreground child (`daemon off`, `master_process off`: one process,
+/// killed by PID on drop), with a generated config, logs and pid file in a temp dir.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Nginx {
+    /// `body` is the `server { ... }` content; `@PORT@` is replaced by the listen port.
+    async fn start(port: u16, server_body: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let conf = format!(
+            "master_process off;\ndaemon off;\nworker_processes 1;\n\
+             error_log {d}/error.log info;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log {d}/access.log;\n\
+               client_body_temp_path {d}/client_body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+               scgi_temp_path {d}/scgi;\n\
+               large_client_header_buffers 8 32k;\n\
+               proxy_buffer_size 32k;\n  proxy_buffers 8 32k;\n\
+               server {{\n    listen 127.0.0.1:{port};\n{server_body}\n  }}\n}}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let log = File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn /usr/sbin/nginx (apt-get install -y nginx)");
+        let mut n = Nginx { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = n.child.try_wait() {
+                panic!("nginx exited ({st}):\n{}", n.logs());
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx not listening:\n{}",
+                n.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    fn logs(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+        format!("{}{}", read("stderr.log"), read("error.log"))
+    }
+}
+
+/// The oauth2-proxy-style nginx config: `/oauth2/` to portcullis, `/oauth2/auth` for the
+/// `auth_request` subrequest with the original URI and method, a login-protected `/`
+/// (401 → `/oauth2/start?rd=$request_uri`, refreshed cookies passed on), and an API `/api/`
+/// (bearer; 401 stays 401).
+fn nginx_server(proxy: &TestProxy, upstream: &str) -> String {
+    let p = proxy.addr;
+    format!(
+        "    location /oauth2/ {{\n\
+               proxy_pass http://{p};\n\
+               proxy_set_header Host $http_host;\n\
+               proxy_set_header X-Forwarded-Uri $request_uri;\n\
+             }}\n\
+             location = /oauth2/auth {{\n\
+               internal;\n\
+               proxy_pass http://{p};\n\
+               proxy_pass_request_body off;\n\
+               proxy_set_header Content-Length \"\";\n\
+               proxy_set_header Host $http_host;\n\
+               proxy_set_header X-Forwarded-Uri $request_uri;\n\
+               proxy_set_header X-Forwarded-Method $request_method;\n\
+             }}\n\
+             location @login {{\n\
+               return 302 /oauth2/start?rd=$request_uri;\n\
+             }}\n\
+             location /api/ {{\n\
+               auth_request /oauth2/auth;\n\
+               auth_request_set $user $upstream_http_x_auth_request_user;\n\
+               proxy_set_header X-User $user;\n\
+               proxy_pass {upstream};\n\
+             }}\n\
+             location / {{\n\
+               auth_request /oauth2/auth;\n\
+               auth_request_set $user $upstream_http_x_auth_request_user;\n\
+               auth_request_set $email $upstream_http_x_auth_request_email;\n\
+               auth_request_set $auth_cookie $upstream_http_set_cookie;\n\
+               add_header Set-Cookie $auth_cookie;\n\
+               error_page 401 = @login;\n\
+               proxy_set_header X-User $user;\n\
+               proxy_set_header X-Email $email;\n\
+               proxy_pass {upstream};\n\
+             }}\n"
+    )
+}
+
+#[tokio::test]
+async fn nginx_auth_request_with_a_login_route_and_an_api_route() {
+    // Access tokens live 5 s: every request through nginx refreshes the session, and the
+    // new cookie must come back through `auth_request_set` + `add_header`.
+    let idp = Idp::start_with(Profile::Standard, &["--access-token-ttl", "5"]).await;
+    let echo = EchoUpstream::start().await;
+    let nginx_port = free_port();
+    let public = format!("http://127.0.0.1:{nginx_port}");
+    let s = Setup {
+        trusted: true,
+        bearer: true,
+        public_url: Some(public.clone()),
+        ..Setup::default()
+    };
+    let proxy = TestProxy::start(&config(&idp, &echo, &s)).await;
+    wait_ready(&proxy).await;
+    let nginx = Nginx::start(nginx_port, &nginx_server(&proxy, &echo.url(""))).await;
+
+    // An unauthenticated browser is sent to the login...
+    let mut a = Agent::new();
+    let r = a.navigate(&nginx.url("/app/page")).await;
+    assert_eq!(r.status, 302, "{}\n{}", r.text(), nginx.logs());
+    assert_eq!(
+        location_of(&r),
+        format!("{public}/oauth2/start?rd=/app/page")
+    );
+    // ...logs in (callback through nginx), and reaches the upstream with X-User set.
+    let (url, r) = login(&mut a, &nginx.url("/app/page"), "alice").await;
+    assert_eq!(url, nginx.url("/app/page"));
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), nginx.logs());
+    let echo_json = r.json();
+    assert_eq!(
+        echo_header(&echo_json, "x-user").as_deref(),
+        Some("user-alice")
+    );
+    assert_eq!(
+        echo_header(&echo_json, "x-email").as_deref(),
+        Some("alice@example.com")
+    );
+    // The session refreshed during the auth subrequest comes back as a Set-Cookie.
+    let before = a.jar.get("_portcullis").unwrap();
+    let r = a.get(&nginx.url("/app/again"), API_CALL).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        echo_header(&r.json(), "x-user").as_deref(),
+        Some("user-alice")
+    );
+    assert!(
+        r.headers
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap_or("").starts_with("_portcullis=")),
+        "refreshed session not passed on by nginx: {:?}",
+        r.headers
+    );
+    assert_ne!(a.jar.get("_portcullis").unwrap(), before);
+    let r = a.get(&nginx.url("/app/third"), API_CALL).await;
+    assert_eq!(
+        echo_header(&r.json(), "x-user").as_deref(),
+        Some("user-alice")
+    );
+    // The forward-auth endpoint itself is not reachable from outside nginx.
+    let r = a.get(&nginx.url("/oauth2/auth"), API_CALL).await;
+    assert_eq!(r.status, 404);
+
+    // The API route: a bearer token, judged by portcullis through nginx.
+    let http = Http::new();
+    let token = idp.machine_jwt().await;
+    let r = with_cookie(
+        &http,
+        &nginx.url("/api/items"),
+        "",
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), nginx.logs());
+    assert_eq!(echo_header(&r.json(), "x-user").as_deref(), Some("machine"));
+    // No token or a bad one: 401 from nginx, not a redirect.
+    for auth in [None, Some("Bearer not.a.jwt")] {
+        let mut h = vec![NAVIGATE[0]];
+        if let Some(v) = auth {
+            h.push(("authorization", v));
+        }
+        let r = with_cookie(&http, &nginx.url("/api/items"), "", &h).await;
+        assert_eq!(r.status, 401, "{auth:?}: {}", r.text());
+        assert!(r.header("location").is_none());
+    }
+
+    // A browser that lost its session (tampered cookie) is sent to the login again.
+    let r = with_cookie(&http, &nginx.url("/app/page"), "_portcullis=AAAA", NAVIGATE).await;
+    assert_eq!(r.status, 302);
+    // (the 302 is nginx's @login; portcullis answered 401)
+}

@@ -1,0 +1,139 @@
+//! A real browser through the login (issue 4): headless Chromium (Debian's `chromium`,
+//! driven over the DevTools protocol) opens a protected page, is sent to the provider, fills
+//! its login form, lands on the app and sees its identity headers; then signs out and is
+//! back at the login. Screenshots go to `target/test-artifacts/`.
+
+use std::time::Duration;
+
+use crate::login::{fixture, Setup};
+use crate::support::browser::Chromium;
+use crate::support::idp::Profile;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn js_str(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+#[tokio::test]
+async fn chromium_logs_in_sees_its_identity_and_signs_out() {
+    let f = fixture(Profile::Standard, &[], &Setup::default()).await;
+    let mut b = Chromium::launch().await;
+
+    // On the proxy's origin without a session, a script's fetch() is an API call: 401, not
+    // a redirect to the provider (Sec-Fetch-Mode: cors, not navigate).
+    b.goto(&f.proxy.url("/oauth2/ping")).await;
+    b.wait_for(
+        "document.readyState === 'complete' && location.pathname === '/oauth2/ping'",
+        WAIT,
+    )
+    .await;
+    let status = b
+        .eval("fetch('/app/data', {credentials: 'same-origin', redirect: 'manual'}).then(r => r.status)")
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "fetch without a session");
+
+    // A navigation to a protected page ends on the provider's login form.
+    let app = f.proxy.url("/app/hello?x=1");
+    b.goto(&app).await;
+    b.wait_for("!!document.querySelector('#login-form')", WAIT)
+        .await;
+    let url = b.url().await;
+    assert!(url.starts_with(&f.idp.url("/interaction/")), "{url}");
+    b.screenshot("login-1-provider-form").await;
+
+    b.eval(
+        "document.querySelector('#login').value = 'alice';\
+         document.querySelector('#password').value = 'alice-pw';\
+         document.querySelector('#submit').click(); true",
+    )
+    .await
+    .unwrap();
+    // Back on the app, at the page first asked for, with the identity headers rendered
+    // (the echo upstream answers with the request it received, as JSON).
+    b.wait_for(
+        &format!(
+            "location.href === {} && document.body && document.body.innerText.includes('alice@example.com')",
+            js_str(&app)
+        ),
+        WAIT,
+    )
+    .await;
+    let text = b.text().await.to_ascii_lowercase();
+    for want in [
+        "x-auth-request-user",
+        "user-alice",
+        "x-auth-request-email",
+        "alice@example.com",
+        "x-auth-request-groups",
+    ] {
+        assert!(text.contains(want), "{want} not in the page:\n{text}");
+    }
+    assert!(
+        !text.contains("_portcullis"),
+        "the app saw the proxy's cookie:\n{text}"
+    );
+    b.screenshot("login-2-app-with-identity").await;
+    // The session cookie is HttpOnly: scripts can't read it.
+    let cookie = b.eval("document.cookie").await.unwrap();
+    assert!(
+        !cookie.as_str().unwrap_or("").contains("_portcullis"),
+        "{cookie}"
+    );
+    // Now a fetch() is let through too.
+    let status = b
+        .eval("fetch('/app/data', {credentials: 'same-origin'}).then(r => r.status)")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // Sign-out: RP-initiated logout at the provider, back to rd, which is protected: the
+    // login form again. The provider's confirmation page means to submit itself, but its
+    // script calls `f.submit()` on a form whose button has `id="submit"` (DOM clobbering:
+    // `f.submit` is that button, so the script throws) after adding a hidden `logout=yes`
+    // (so clicking the button then sends `logout` twice: invalid_request). Do what the
+    // script meant to do.
+    b.goto(&f.proxy.url("/oauth2/sign_out?rd=%2Fapp%2Fhello"))
+        .await;
+    let end = f.idp.endpoint("end_session_endpoint");
+    let at = b
+        .wait_for(
+            &format!(
+                "(location.href.startsWith({end}) && document.readyState === 'complete' \
+                 && !!document.querySelector('#submit') && 'confirm') \
+                 || (!!document.querySelector('#login-form') && 'login')",
+                end = js_str(&end)
+            ),
+            WAIT,
+        )
+        .await;
+    if at == "confirm" {
+        b.screenshot("login-3-provider-sign-out").await;
+        b.eval(
+            "HTMLFormElement.prototype.submit.call(document.getElementById('op.logoutForm')); true",
+        )
+        .await
+        .unwrap();
+    }
+    b.wait_for(
+        &format!(
+            "location.href.startsWith({}) && !!document.querySelector('#login-form')",
+            js_str(&f.idp.url("/interaction/"))
+        ),
+        WAIT,
+    )
+    .await;
+    b.screenshot("login-4-after-sign-out").await;
+    let r = f.idp.counts().await;
+    assert!(r["end_session"].as_u64().unwrap_or(0) >= 1, "{r}");
+    // And the proxy has no session for this browser any more.
+    b.goto(&f.proxy.url("/oauth2/ping")).await;
+    b.wait_for("location.pathname === '/oauth2/ping'", WAIT)
+        .await;
+    let status = b
+        .eval("fetch('/oauth2/userinfo').then(r => r.status)")
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+}

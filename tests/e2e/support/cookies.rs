@@ -1,0 +1,282 @@
+//! A tiny cookie jar and [`Agent`], a scripted "browser" over the hyper client that never
+//! follows redirects by itself.
+//!
+//! Cookies are kept as a browser keeps them for these tests (RFC 6265 §5.3, simplified):
+//! per host (the port is ignored, as browsers ignore it: the provider, the proxy and nginx
+//! all live on 127.0.0.1 and see each other's cookies), per path and name; `Max-Age <= 0`
+//! or an `Expires` in the past deletes; a cookie is sent when its path is a prefix of the
+//! request path. `Domain` and `Secure` are not needed here (plain http on 127.0.0.1).
+
+use std::collections::BTreeMap;
+
+use http::{HeaderMap, Request};
+
+use super::client::{empty, full, Http, Resp};
+
+#[derive(Debug, Clone, Default)]
+pub struct CookieJar {
+    /// (host, path, name) -> value
+    cookies: BTreeMap<(String, String, String), String>,
+}
+
+fn host_of(url: &url::Url) -> String {
+    url.host_str().unwrap_or("").to_ascii_lowercase()
+}
+
+/// RFC 6265 §5.1.4: the default path of a cookie set by `url` without a `Path`.
+fn default_path(url: &url::Url) -> String {
+    let p = url.path();
+    match p.rfind('/') {
+        Some(0) | None => "/".to_string(),
+        Some(i) => p[..i].to_string(),
+    }
+}
+
+fn path_matches(cookie_path: &str, request_path: &str) -> bool {
+    request_path == cookie_path
+        || (request_path.starts_with(cookie_path)
+            && (cookie_path.ends_with('/')
+                || request_path.as_bytes().get(cookie_path.len()) == Some(&b'/')))
+}
+
+impl CookieJar {
+    pub fn new() -> CookieJar {
+        CookieJar::default()
+    }
+
+    /// Takes in every `Set-Cookie` of a response to `url`.
+    pub fn store(&mut self, url: &url::Url, headers: &HeaderMap) {
+        for v in headers.get_all(http::header::SET_COOKIE) {
+            let Ok(v) = v.to_str() else { continue };
+            self.store_one(url, v);
+        }
+    }
+
+    pub fn store_one(&mut self, url: &url::Url, set_cookie: &str) {
+        let mut parts = set_cookie.split(';');
+        let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
+            return;
+        };
+        let (name, value) = (name.trim().to_string(), value.trim().to_string());
+        let mut path = None;
+        let mut delete = false;
+        for attr in parts {
+            let (k, v) = attr.split_once('=').unwrap_or((attr, ""));
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            match k.as_str() {
+                "path" if v.starts_with('/') => path = Some(v.to_string()),
+                "max-age" => delete |= v.parse::<i64>().map(|n| n <= 0).unwrap_or(false),
+                "expires" => delete |= expires_in_past(v),
+                _ => {}
+            }
+        }
+        let key = (
+            host_of(url),
+            path.unwrap_or_else(|| default_path(url)),
+            name,
+        );
+        if delete {
+            self.cookies.remove(&key);
+        } else {
+            self.cookies.insert(key, value);
+        }
+    }
+
+    /// The `Cookie` header a browser would send to `url` (None: no cookie).
+    pub fn header_for(&self, url: &url::Url) -> Option<String> {
+        let host = host_of(url);
+        let mut pairs: Vec<(&str, &str, &str)> = self
+            .cookies
+            .iter()
+            .filter(|((h, p, _), _)| *h == host && path_matches(p, url.path()))
+            .map(|((_, p, n), v)| (p.as_str(), n.as_str(), v.as_str()))
+            .collect();
+        // Longer paths first (RFC 6265 §5.4 step 2).
+        pairs.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        let s: Vec<String> = pairs.iter().map(|(_, n, v)| format!("{n}={v}")).collect();
+        (!s.is_empty()).then(|| s.join("; "))
+    }
+
+    /// The value of cookie `name` on 127.0.0.1 with path `/`.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.cookies
+            .get(&("127.0.0.1".into(), "/".into(), name.into()))
+            .cloned()
+    }
+
+    /// Sets (or replaces) cookie `name` on 127.0.0.1 with path `/`.
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.cookies
+            .insert(("127.0.0.1".into(), "/".into(), name.into()), value.into());
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.cookies
+            .retain(|(h, _, n), _| !(h == "127.0.0.1" && n == name));
+    }
+
+    /// Names of the cookies on 127.0.0.1 with path `/`, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.cookies
+            .keys()
+            .filter(|(h, p, _)| h == "127.0.0.1" && p == "/")
+            .map(|(_, _, n)| n.clone())
+            .collect()
+    }
+
+    /// `name=value; ...` of the cookies on 127.0.0.1 with path `/`, as a request would
+    /// carry them (to replay a browser's cookies later by hand).
+    pub fn root_cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .filter(|((h, p, _), _)| h == "127.0.0.1" && p == "/")
+            .map(|((_, _, n), v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+fn expires_in_past(v: &str) -> bool {
+    // IMF-fixdate, as Set-Cookie sends it; an unparsable date keeps the cookie.
+    httpdate_to_unix(v).is_some_and(|t| {
+        t < std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    })
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` -> seconds since the epoch.
+fn httpdate_to_unix(s: &str) -> Option<u64> {
+    let p: Vec<&str> = s.split_whitespace().collect();
+    if p.len() != 5 {
+        return None;
+    }
+    let day: u64 = p[1].parse().ok()?;
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = months.iter().position(|m| m.eq_ignore_ascii_case(p[2]))? as u64 + 1;
+    let year: u64 = p[3].parse().ok()?;
+    let hms: Vec<u64> = p[4].split(':').filter_map(|x| x.parse().ok()).collect();
+    if hms.len() != 3 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
+}
+
+/// A scripted browser: a cookie jar in front of [`Http`]; redirects are the caller's to
+/// follow ([`Agent::follow`]).
+#[derive(Clone)]
+pub struct Agent {
+    pub http: Http,
+    pub jar: CookieJar,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent::new()
+    }
+}
+
+/// Headers of a top-level browser navigation.
+pub const NAVIGATE: &[(&str, &str)] = &[
+    ("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"),
+    ("sec-fetch-mode", "navigate"),
+];
+
+/// Headers of an API call (fetch/XHR).
+pub const API_CALL: &[(&str, &str)] = &[("accept", "application/json")];
+
+/// `location` resolved against the URL it came from, as a browser resolves it.
+pub fn resolve(base: &str, location: &str) -> String {
+    url::Url::parse(base)
+        .unwrap()
+        .join(location)
+        .unwrap_or_else(|e| panic!("bad Location {location:?} from {base}: {e}"))
+        .to_string()
+}
+
+impl Agent {
+    pub fn new() -> Agent {
+        Agent {
+            http: Http::new(),
+            jar: CookieJar::new(),
+        }
+    }
+
+    /// One request with the jar's cookies (plus `headers`), storing what comes back.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        form_body: Option<String>,
+    ) -> Resp {
+        let u = url::Url::parse(url).unwrap_or_else(|e| panic!("bad URL {url}: {e}"));
+        let mut b = Request::builder().method(method).uri(url);
+        if let Some(c) = self.jar.header_for(&u) {
+            b = b.header("cookie", c);
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let body = match form_body {
+            Some(f) => {
+                b = b.header("content-type", "application/x-www-form-urlencoded");
+                full(f)
+            }
+            None => empty(),
+        };
+        let r = self
+            .http
+            .send(b.body(body).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        self.jar.store(&u, &r.headers);
+        r
+    }
+
+    pub async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> Resp {
+        self.request("GET", url, headers, None).await
+    }
+
+    /// A top-level navigation to `url`.
+    pub async fn navigate(&mut self, url: &str) -> Resp {
+        self.get(url, NAVIGATE).await
+    }
+
+    pub async fn post_form(&mut self, url: &str, body: String) -> Resp {
+        self.request("POST", url, NAVIGATE, Some(body)).await
+    }
+
+    /// Navigates to `url` and follows redirects (GET) until a non-redirect answer, at most
+    /// `max` hops. Returns the final URL, the answer, and every URL visited.
+    pub async fn follow(&mut self, url: &str, max: usize) -> (String, Resp, Vec<String>) {
+        let mut url = url.to_string();
+        let mut visited = vec![url.clone()];
+        for _ in 0..=max {
+            let r = self.navigate(&url).await;
+            if !r.status.is_redirection() {
+                return (url, r, visited);
+            }
+            let loc = r
+                .header("location")
+                .unwrap_or_else(|| panic!("{} without Location from {url}", r.status));
+            url = resolve(&url, loc);
+            visited.push(url.clone());
+        }
+        panic!("more than {max} redirects: {visited:#?}");
+    }
+}
