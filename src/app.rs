@@ -217,7 +217,18 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
     let listen = config.server.listen;
     let admin_listen = config.server.admin_listen;
     let max_conns = config.server.limits.max_connections;
-    let state = State::build(config, metrics.clone(), workers, None)?;
+    // The control runtime first: some state (the Redis session store) needs a runtime
+    // to be built in.
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("portcullis-control")
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let state = {
+        let _g = control.enter();
+        State::build(config, metrics.clone(), workers, None)?
+    };
     let shared = Arc::new(Shared {
         state: ArcSwap::from_pointee(state),
     });
@@ -233,13 +244,6 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
         })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(max_conns));
-
-    let control = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("portcullis-control")
-        .enable_all()
-        .build()
-        .map_err(StartError::Runtime)?;
 
     let mut admin_addr = None;
     if let Some(a) = admin_listen {

@@ -96,6 +96,8 @@ enum TokenCallError {
 /// A refreshed token set, shared by the requests that waited for it.
 #[derive(Debug)]
 pub struct Refreshed {
+    /// When the provider answered: `expires_in` counts from here.
+    fetched_at: SystemTime,
     access_token: String,
     refresh_token: Option<String>,
     id_token: Option<String>,
@@ -476,8 +478,32 @@ impl Login {
         fill_session(&mut session, &identity, &tokens, t);
         // A fresh session value on every login, whatever the browser brought (no fixation).
         let mut cookies = delete;
-        match self.store.save(&mut session, headers, t).await {
+        let mut saved = self.store.save(&mut session, headers, t).await;
+        if matches!(saved, Err(SessionError::TooLarge { .. })) && session.id_token.is_some() {
+            // The ID token is kept only as an id_token_hint for sign-out, where client_id
+            // also serves (RP-Initiated Logout 1.0 §2): drop it before giving up.
+            tracing::info!(
+                request_id,
+                "session too large for the cookie store; dropping the ID token"
+            );
+            session.id_token = None;
+            saved = self.store.save(&mut session, headers, t).await;
+        }
+        match saved {
             Ok(c) => cookies.extend(c),
+            Err(SessionError::TooLarge { bytes }) => {
+                tracing::error!(
+                    request_id,
+                    bytes,
+                    "session too large for the cookie store; use session.store = \"redis\""
+                );
+                return page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Your account carries more data (groups, claims) than fits in a session cookie. The administrator must switch this proxy to the Redis session store.",
+                    request_id,
+                    cookies,
+                );
+            }
             Err(SessionError::Unavailable(_)) => {
                 return page(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -540,7 +566,7 @@ impl Login {
                             session.id_token = Some(Secret::new(idt.clone()));
                         }
                         session.access_expires_at =
-                            r.expires_in.map(|s| t + Duration::from_secs(s));
+                            r.expires_in.map(|s| r.fetched_at + Duration::from_secs(s));
                         if let Some(scope) = &r.scope {
                             session.scopes = scope
                                 .split(' ')
@@ -614,6 +640,17 @@ impl Login {
                 .as_ref()
                 .try_into()
                 .unwrap_or([0; 32]);
+        // A shared result serves the requests that raced for it; once its own access token
+        // is near expiry it is stale (providers that do not rotate refresh tokens reuse the
+        // same key), and the next request refreshes again.
+        if let Some(r) = self.refreshes.get(&key).await {
+            let stale = r
+                .expires_in
+                .is_none_or(|s| r.fetched_at + Duration::from_secs(s) <= now() + REFRESH_MARGIN);
+            if stale {
+                self.refreshes.invalidate(&key).await;
+            }
+        }
         let rt = refresh_token.to_string();
         let result = self
             .refreshes
@@ -622,6 +659,7 @@ impl Login {
                     .token_call(&[("grant_type", "refresh_token"), ("refresh_token", &rt)])
                     .await?;
                 Ok::<_, TokenCallError>(Arc::new(Refreshed {
+                    fetched_at: now(),
                     access_token: t.access_token,
                     refresh_token: t.refresh_token,
                     id_token: t.id_token,

@@ -539,7 +539,9 @@ ${form}
 <button id="submit" type="submit" form="op.logoutForm" name="logout" value="yes">Yes, sign me out</button>
 <button id="stay" type="submit" form="op.logoutForm">No, stay signed in</button>
 <script>(function(){var f=document.getElementById('op.logoutForm');var i=document.createElement('input');
-i.type='hidden';i.name='logout';i.value='yes';f.appendChild(i);f.submit();})();</script>`);
+i.type='hidden';i.name='logout';i.value='yes';f.appendChild(i);
+document.getElementById('submit').removeAttribute('name');
+HTMLFormElement.prototype.submit.call(f);})();</script>`);
         },
         postLogoutSuccessSource: async (ctx) => {
           ctx.type = 'html';
