@@ -762,7 +762,7 @@ fn opaque_config(idp: &Idp, mode: IntrospectionMode) -> BearerConfig {
     config
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_validations_of_one_opaque_token_cause_one_introspection() {
     let idp = Idp::start().await;
     idp.set_introspection(
