@@ -18,6 +18,23 @@
 //! (Auth0: `scope` plus `permissions`). Opaque tokens go to the *primary* issuer: the first
 //! configured issuer that has an introspection (or, in `userinfo` mode, a userinfo)
 //! endpoint. A token's text never appears in errors, logs or metrics.
+//!
+//! Use from the proxy:
+//!
+//! ```ignore
+//! portcullis::token::install_jwt_crypto_provider(); // top of main, before any JWT use
+//! let transport = HttpTransport::new(TransportConfig { timeout, ca_file })?;
+//! let validator = TokenValidator::new(bearer_config, transport);
+//! if let Err(e) = validator.start().await { warn!(error = %e, "not ready yet") }
+//! let _refresh = validator.spawn_refresh();           // keys, metadata, cache sweep
+//! // per request (token = the text after "Bearer "):
+//! match validator.validate(token).await {
+//!     Ok(identity) => policy::decide(&route.policy, &method, &identity),
+//!     Err(e) if e.is_unavailable() => /* 503 */,
+//!     Err(e) => /* 401, error="invalid_token", error_description=e.description() */,
+//! }
+//! // /readyz: validator.is_ready(); /metrics: validator.render_metrics()
+//! ```
 
 pub mod cache;
 pub mod claims;
