@@ -103,11 +103,22 @@ impl Keys {
     /// The key for `kid`. Without a `kid`, the one key that fits `alg`, if exactly one does.
     pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> KeyLookup<'_> {
         match kid {
-            Some(kid) => match self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)) {
-                Some(k) if k.fits(alg) => KeyLookup::Found(k),
-                Some(_) => KeyLookup::Mismatch,
-                None => KeyLookup::Unknown,
-            },
+            Some(kid) => {
+                // A set may hold several keys under one kid (say RSA and EC): the one that
+                // fits the algorithm, if any.
+                let mut named = self
+                    .keys
+                    .iter()
+                    .filter(|k| k.kid.as_deref() == Some(kid))
+                    .peekable();
+                if named.peek().is_none() {
+                    return KeyLookup::Unknown;
+                }
+                match named.find(|k| k.fits(alg)) {
+                    Some(k) => KeyLookup::Found(k),
+                    None => KeyLookup::Mismatch,
+                }
+            }
             None => {
                 let mut fitting = self.keys.iter().filter(|k| k.fits(alg));
                 match (fitting.next(), fitting.next()) {
@@ -513,6 +524,20 @@ mod tests {
         assert!(matches!(
             keys.find(None, Algorithm::ES256),
             KeyLookup::Found(_)
+        ));
+        // One kid, two key types: the fitting one is found.
+        let doc = json!({"keys": [
+            {"kty": "RSA", "kid": "same", "n": URL_SAFE_NO_PAD.encode([0xC5u8; 256]), "e": "AQAB"},
+            {"kty": "EC", "crv": "P-256", "kid": "same", "x": URL_SAFE_NO_PAD.encode([1u8; 32]), "y": URL_SAFE_NO_PAD.encode([2u8; 32])},
+        ]});
+        let keys = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        match keys.find(Some("same"), Algorithm::ES256) {
+            KeyLookup::Found(k) => assert_eq!(k.family, AlgorithmFamily::Ec),
+            _ => panic!("EC key under a shared kid not found"),
+        }
+        assert!(matches!(
+            keys.find(Some("same"), Algorithm::EdDSA),
+            KeyLookup::Mismatch
         ));
     }
 

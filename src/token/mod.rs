@@ -18,6 +18,23 @@
 //! (Auth0: `scope` plus `permissions`). Opaque tokens go to the *primary* issuer: the first
 //! configured issuer that has an introspection (or, in `userinfo` mode, a userinfo)
 //! endpoint. A token's text never appears in errors, logs or metrics.
+//!
+//! Use from the proxy:
+//!
+//! ```ignore
+//! portcullis::token::install_jwt_crypto_provider(); // top of main, before any JWT use
+//! let transport = HttpTransport::new(TransportConfig { timeout, ca_file })?;
+//! let validator = TokenValidator::new(bearer_config, transport);
+//! if let Err(e) = validator.start().await { warn!(error = %e, "not ready yet") }
+//! let _refresh = validator.spawn_refresh();           // keys, metadata, cache sweep
+//! // per request (token = the text after "Bearer "):
+//! match validator.validate(token).await {
+//!     Ok(identity) => policy::decide(&route.policy, &method, &identity),
+//!     Err(e) if e.is_unavailable() => /* 503 */,
+//!     Err(e) => /* 401, error="invalid_token", error_description=e.description() */,
+//! }
+//! // /readyz: validator.is_ready(); /metrics: validator.render_metrics()
+//! ```
 
 pub mod cache;
 pub mod claims;
@@ -428,16 +445,23 @@ impl Inner {
         self.issuers.iter().find(|i| &*i.name == iss)
     }
 
-    fn not_ready_or(&self, otherwise: Unavailable) -> TokenError {
-        if self
-            .issuers
-            .iter()
-            .any(|i| i.config.discovery && i.metadata.load().is_none())
-        {
-            TokenError::Unavailable(Unavailable::NotReady)
-        } else {
-            TokenError::Unavailable(otherwise)
+    /// The issuer that checks opaque tokens: the first, in configuration order, with an
+    /// endpoint of that kind. An issuer whose discovery has not answered yet may turn out
+    /// to have one, so the search stops there (NotReady) rather than sending the token to
+    /// a later issuer's endpoint: a token is never shown to a party it may not be for.
+    fn opaque_checker(
+        &self,
+        endpoint: impl Fn(&IssuerState) -> Option<String>,
+    ) -> Result<(&IssuerState, String), TokenError> {
+        for issuer in &self.issuers {
+            if let Some(e) = endpoint(issuer) {
+                return Ok((issuer, e));
+            }
+            if issuer.config.discovery && issuer.metadata.load().is_none() {
+                return Err(TokenError::Unavailable(Unavailable::NotReady));
+            }
         }
+        Err(TokenError::Unavailable(Unavailable::NoEndpoint))
     }
 
     async fn validate_uncached(&self, token: &str, jws: bool) -> Result<Identity, TokenError> {
@@ -465,23 +489,12 @@ impl Inner {
         match self.mode {
             IntrospectionMode::Off => Err(TokenError::Invalid(InvalidReason::OpaqueNotAccepted)),
             IntrospectionMode::Opaque | IntrospectionMode::Always => {
-                let Some((issuer, endpoint)) = self
-                    .issuers
-                    .iter()
-                    .find_map(|i| Some((i, i.introspection_endpoint()?)))
-                else {
-                    return Err(self.not_ready_or(Unavailable::NoEndpoint));
-                };
+                let (issuer, endpoint) =
+                    self.opaque_checker(IssuerState::introspection_endpoint)?;
                 self.introspect(issuer, &endpoint, token).await
             }
             IntrospectionMode::Userinfo => {
-                let Some((issuer, endpoint)) = self
-                    .issuers
-                    .iter()
-                    .find_map(|i| Some((i, i.userinfo_endpoint()?)))
-                else {
-                    return Err(self.not_ready_or(Unavailable::NoEndpoint));
-                };
+                let (issuer, endpoint) = self.opaque_checker(IssuerState::userinfo_endpoint)?;
                 self.userinfo(issuer, &endpoint, token).await
             }
         }

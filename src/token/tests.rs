@@ -762,7 +762,7 @@ fn opaque_config(idp: &Idp, mode: IntrospectionMode) -> BearerConfig {
     config
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_validations_of_one_opaque_token_cause_one_introspection() {
     let idp = Idp::start().await;
     idp.set_introspection(
@@ -953,6 +953,32 @@ async fn not_ready_until_started_and_fail_closed_meanwhile() {
     }
     assert!(v.validate(&t).await.is_ok());
     task.abort();
+}
+
+#[tokio::test]
+async fn opaque_tokens_wait_for_the_primary_issuer_never_go_to_a_later_one() {
+    let primary = Idp::start().await;
+    primary.set_introspection(StubResponse::json(json!({"active": true, "sub": "p"})));
+    let other = Idp::start().await;
+    other.set_introspection(StubResponse::json(json!({"active": true, "sub": "o"})));
+    let mut config = opaque_config(&primary, IntrospectionMode::Opaque);
+    let mut second = IssuerConfig::new("https://other.example/", vec![API.into()]);
+    second.discovery = false;
+    second.jwks_uri = Some(other.server.url("/jwks"));
+    second.introspection_endpoint = Some(other.server.url("/introspect"));
+    config.issuers.push(second);
+    // Not started: the primary's discovery has not answered yet.
+    let v = TokenValidator::new(config, transport());
+    let e = v.validate("opaque-token").await.unwrap_err();
+    assert!(
+        matches!(e, TokenError::Unavailable(Unavailable::NotReady)),
+        "{e:?}"
+    );
+    assert_eq!(other.introspections(), 0, "token shown to another issuer");
+    v.start().await.unwrap();
+    let id = v.validate("opaque-token").await.unwrap();
+    assert_eq!(id.subject(), "p");
+    assert_eq!((primary.introspections(), other.introspections()), (1, 0));
 }
 
 #[tokio::test]
