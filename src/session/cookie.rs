@@ -404,7 +404,7 @@ impl CookieStore {
             tracing::debug!("session cookie refused (not authentic, foreign or expired)");
             return None;
         };
-        let s = wire::read(&opened.payload)?;
+        let s = wire::read(opened.payload())?;
         if !s.is_live(now, self.idle_timeout) {
             tracing::debug!("session expired or idle");
             return None;

@@ -221,6 +221,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn absurd_times_do_not_panic() {
+        let s = read(
+            br#"{"i":"i","s":"s","at":"a","ca":18446744073709551615,"ls":18446744073709551615,"ex":18446744073709551615,"ae":18446744073709551615}"#,
+        )
+        .unwrap();
+        assert!(!s.is_live(t(1_700_000_000), Duration::MAX));
+        let n = Session::new("i", "s", Secret::new("a".into()), t(5), Duration::MAX);
+        assert!(!n.is_live(t(5), Duration::from_secs(1)));
+    }
+
+    #[test]
     fn debug_never_shows_tokens() {
         let s = full_session(t(1_700_000_000));
         let d = format!("{s:?}");
