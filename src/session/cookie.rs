@@ -404,7 +404,7 @@ impl CookieStore {
             tracing::debug!("session cookie refused (not authentic, foreign or expired)");
             return None;
         };
-        let s = wire::read(&opened.payload)?;
+        let s = wire::read(opened.payload())?;
         if !s.is_live(now, self.idle_timeout) {
             tracing::debug!("session expired or idle");
             return None;
@@ -918,11 +918,11 @@ mod tests {
             ("200 groups", big_session(t(NOW))),
         ] {
             let (v, _) = st.seal(&s, t(NOW)).unwrap();
-            let mut json = Vec::new();
-            wire::write(&s, &mut json).unwrap();
+            let mut raw = Vec::new();
+            wire::write(&s, &mut raw).unwrap();
             println!(
-                "{label}: json {} bytes, sealed cookie {} chars",
-                json.len(),
+                "{label}: serialized {} bytes, sealed cookie {} chars",
+                raw.len(),
                 v.len()
             );
         }

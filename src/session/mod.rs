@@ -4,17 +4,29 @@
 //!
 //! # How the login flow uses this module
 //!
+//! Built once, inside the Tokio runtime, from `[session]` and `server.public_url`:
+//! `SessionStore::new(&cfg, &public_url)` and `TransactionCookies::from_config(&cfg, &public_url)`.
+//! `now` is always passed in (tests use a fixed clock).
+//!
 //! ```text
-//! every request   store.load(&req.headers(), now)      -> Ok(Some(session)) | Ok(None) | Err(Unavailable → 503)
-//!                 store.touch(&mut session, now)        -> true: call save and add its Set-Cookie
-//!                 strip_proxy_cookies(req.headers_mut(), &[store.cookie_name()])  before forwarding
-//! /oauth2/start   LoginTransaction::new(rd, now)        (rd already checked by oidc::redirect)
-//!                 tx_cookies.begin(&tx, &req.headers(), now)  -> Set-Cookie values (new + evicted)
-//! /oauth2/callback tx_cookies.take(&req.headers(), state, now) -> Some(Taken { tx, delete }) | None → 400
-//!                 Session::new(..); store.save(&mut session, &req.headers(), now) -> Set-Cookie values
-//! refresh         mutate the loaded session; store.save(..)   (Err(Ended): signed out meanwhile)
-//! /oauth2/sign_out store.clear(&req.headers(), now)            -> Set-Cookie values (on Err, still send
-//!                 store.expire_cookies(&req.headers()) and answer 503)
+//! every request     store.load(req.headers(), now)
+//!                     Ok(Some(s)) → session; Ok(None) → no session; Err(Unavailable) → 503
+//!                   if store.touch(&mut s, now) { add store.save(&mut s, req.headers(), now)?'s Set-Cookie }
+//!                   strip_proxy_cookies(req.headers_mut(), &[store.cookie_name()])  before forwarding
+//! /oauth2/start     rd = oidc::redirect::validate_redirect(rd, &allowed_hosts, &public_url)
+//!                   tx = LoginTransaction::new(rd, now)?   (state, nonce, tx.pkce_challenge())
+//!                   tx_cookies.begin(&tx, req.headers(), now)? → Set-Cookie values (new + evicted)
+//! /oauth2/callback  tx_cookies.take(req.headers(), state, now)
+//!                     None → 400 page, no session (do not expire the other tabs' transactions)
+//!                     Some(Taken { tx, delete }) → send `delete` on every outcome from here on
+//!                   s = Session::new(iss, sub, access_token, now, cfg.lifetime); fill the fields
+//!                   store.save(&mut s, req.headers(), now)? → Set-Cookie values (a fresh value
+//!                     or ticket whatever the browser brought: no session fixation)
+//! refresh           change the loaded session's tokens; store.save(&mut s, req.headers(), now)
+//!                     Err(Ended) → it was signed out meanwhile: no session
+//!                   (coalescing concurrent refreshes of one session is the caller's job)
+//! /oauth2/sign_out  store.clear(req.headers(), now) → Set-Cookie values; on Err(Unavailable)
+//!                     send store.expire_cookies(req.headers()) anyway and answer 503
 //! ```
 //!
 //! # Timeouts
@@ -164,7 +176,8 @@ impl Session {
             sid: None,
             created_at: now,
             last_seen: now,
-            expires_at: now + lifetime,
+            // An absurd lifetime that overflows gives an already-ended session.
+            expires_at: now.checked_add(lifetime).unwrap_or(now),
             ticket: None,
         }
     }
@@ -200,7 +213,11 @@ impl Session {
 
     /// Within its lifetime and idle timeout at `now`?
     pub fn is_live(&self, now: SystemTime, idle_timeout: Duration) -> bool {
-        now < self.expires_at && now < self.last_seen + idle_timeout
+        now < self.expires_at
+            && self
+                .last_seen
+                .checked_add(idle_timeout)
+                .is_some_and(|idle_end| now < idle_end)
     }
 }
 

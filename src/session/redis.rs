@@ -164,7 +164,7 @@ impl RedisStore {
         let fam = self.settings.session_cookies(request);
         fam.singles.iter().take(4).find_map(|v| {
             let o = self.tickets.open(self.settings.name(), v, unix(now))?;
-            Some((Ticket::from_bytes(&o.payload)?, o.expires_at))
+            Some((Ticket::from_bytes(o.payload())?, o.expires_at))
         })
     }
 

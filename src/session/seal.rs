@@ -60,14 +60,27 @@ pub(crate) fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The time `s` seconds after the epoch; the epoch itself if that is not representable
+/// (an "expired long ago" value: fail closed, never panic).
 pub(crate) fn from_unix(s: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(s)
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(s))
+        .unwrap_or(UNIX_EPOCH)
 }
 
-/// What a successful [`Sealer::open`] yields.
+/// What a successful [`Sealer::open`] yields: the decrypted buffer and where the payload
+/// lies in it (kept in place: no copy).
 pub(crate) struct Opened {
     pub expires_at: u64,
-    pub payload: Vec<u8>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Opened {
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
 }
 
 struct DerivedKey {
@@ -136,14 +149,14 @@ impl Sealer {
         issued_at: u64,
         expires_at: u64,
     ) -> Result<String, SessionError> {
-        let mut buf = Vec::with_capacity(TIMES_LEN + payload.len() + TAG_LEN);
-        buf.extend_from_slice(&issued_at.to_be_bytes());
-        buf.extend_from_slice(&expires_at.to_be_bytes());
-        buf.extend_from_slice(payload);
-        self.seal_buf(name, buf)
+        self.seal_with(name, issued_at, expires_at, payload.len(), |buf| {
+            buf.extend_from_slice(payload);
+            Ok(())
+        })
     }
 
-    /// Like [`Sealer::seal`], with the payload written by `write` (avoids a copy).
+    /// Like [`Sealer::seal`], with the payload written by `write` straight into the buffer
+    /// that is then encrypted in place (no copy).
     pub(crate) fn seal_with(
         &self,
         name: &str,
@@ -152,25 +165,24 @@ impl Sealer {
         size_hint: usize,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), SessionError>,
     ) -> Result<String, SessionError> {
-        let mut buf = Vec::with_capacity(TIMES_LEN + size_hint + TAG_LEN);
+        let k = self.keys.first().ok_or(SessionError::Crypto)?;
+        let mut buf = Vec::with_capacity(OVERHEAD + size_hint);
+        buf.push(VERSION);
+        buf.push(k.kid);
+        buf.extend_from_slice(&[0u8; NONCE_LEN]);
         buf.extend_from_slice(&issued_at.to_be_bytes());
         buf.extend_from_slice(&expires_at.to_be_bytes());
         write(&mut buf)?;
-        self.seal_buf(name, buf)
-    }
-
-    fn seal_buf(&self, name: &str, mut buf: Vec<u8>) -> Result<String, SessionError> {
-        let k = self.keys.first().ok_or(SessionError::Crypto)?;
-        let nonce = k
+        let (nonce, tag) = k
             .key
-            .seal_in_place_append_tag(Aad::from(aad(k.kid, name)), &mut buf)
+            .seal_in_place_separate_tag(
+                Aad::from(aad(k.kid, name)),
+                &mut buf[HEADER_LEN + NONCE_LEN..],
+            )
             .map_err(|_| SessionError::Crypto)?;
-        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + buf.len());
-        out.push(VERSION);
-        out.push(k.kid);
-        out.extend_from_slice(nonce.as_ref());
-        out.extend_from_slice(&buf);
-        Ok(URL_SAFE_NO_PAD.encode(out))
+        buf[HEADER_LEN..HEADER_LEN + NONCE_LEN].copy_from_slice(nonce.as_ref());
+        buf.extend_from_slice(tag.as_ref());
+        Ok(URL_SAFE_NO_PAD.encode(&buf))
     }
 
     /// Opens a value sealed by [`Sealer::seal`] for `name`; `None` unless it is authentic,
@@ -180,37 +192,51 @@ impl Sealer {
         if sealed.len() > 64 * 1024 {
             return None;
         }
-        let raw = URL_SAFE_NO_PAD.decode(sealed).ok()?;
+        let mut raw = URL_SAFE_NO_PAD.decode(sealed).ok()?;
         if raw.len() < OVERHEAD || raw[0] != VERSION {
             return None;
         }
         let kid = raw[1];
         let nonce: [u8; NONCE_LEN] = raw[HEADER_LEN..HEADER_LEN + NONCE_LEN].try_into().ok()?;
-        let body = &raw[HEADER_LEN + NONCE_LEN..];
-        for k in self.keys.iter().filter(|k| k.kid == kid) {
-            let mut work = body.to_vec();
+        let aad = aad(kid, name);
+        let body = HEADER_LEN + NONCE_LEN;
+        let candidates = self.keys.iter().filter(|k| k.kid == kid).count();
+        for (i, k) in self.keys.iter().filter(|k| k.kid == kid).enumerate() {
             let nonce = Nonce::assume_unique_for_key(nonce);
-            let Ok(plain) = k
-                .key
-                .open_in_place(nonce, Aad::from(aad(kid, name)), &mut work)
-            else {
-                continue;
-            };
-            let issued_at = u64::from_be_bytes(plain.get(0..8)?.try_into().ok()?);
-            let expires_at = u64::from_be_bytes(plain.get(8..16)?.try_into().ok()?);
-            if now >= expires_at || issued_at > now.saturating_add(MAX_CLOCK_SKEW) {
-                return None;
+            if i + 1 == candidates {
+                // The last (usually the only) key to try: open in place, no copy.
+                let n = k
+                    .key
+                    .open_in_place(nonce, Aad::from(&aad), &mut raw[body..])
+                    .ok()?
+                    .len();
+                return finish(raw, body, n, now);
             }
-            let plain_len = plain.len();
-            work.truncate(plain_len);
-            work.drain(..TIMES_LEN);
-            return Some(Opened {
-                expires_at,
-                payload: work,
-            });
+            // A failed open may scramble its buffer: earlier candidates work on a copy.
+            let mut copy = raw[body..].to_vec();
+            if let Ok(p) = k.key.open_in_place(nonce, Aad::from(&aad), &mut copy) {
+                let n = p.len();
+                return finish(copy, 0, n, now);
+            }
         }
         None
     }
+}
+
+/// Checks the sealed times of a plaintext at `buf[at..at + len]`.
+fn finish(buf: Vec<u8>, at: usize, len: usize, now: u64) -> Option<Opened> {
+    let plain = buf.get(at..at + len)?;
+    let issued_at = u64::from_be_bytes(plain.get(0..8)?.try_into().ok()?);
+    let expires_at = u64::from_be_bytes(plain.get(8..16)?.try_into().ok()?);
+    if now >= expires_at || issued_at > now.saturating_add(MAX_CLOCK_SKEW) {
+        return None;
+    }
+    Some(Opened {
+        expires_at,
+        start: at + TIMES_LEN,
+        end: at + len,
+        buf,
+    })
 }
 
 fn aad(kid: u8, name: &str) -> Vec<u8> {
@@ -286,7 +312,7 @@ mod tests {
         let s = Sealer::new(&[secret(1)], SESSION).unwrap();
         let v = s.seal("_p", b"hello", NOW, NOW + 60).unwrap();
         let o = s.open("_p", v.as_bytes(), NOW + 1).unwrap();
-        assert_eq!(o.payload, b"hello");
+        assert_eq!(o.payload(), b"hello");
         assert_eq!(o.expires_at, NOW + 60);
         assert!(!v.contains('=') && !v.contains('+') && !v.contains('/'));
     }

@@ -168,7 +168,7 @@ impl TransactionCookies {
 
     fn open(&self, logical: &str, value: &[u8], now: SystemTime) -> Option<LoginTransaction> {
         let opened = self.sealer.open(logical, value, unix(now))?;
-        let t: TxOwned = serde_json::from_slice(&opened.payload).ok()?;
+        let t: TxOwned = serde_json::from_slice(opened.payload()).ok()?;
         Some(LoginTransaction {
             state: Secret::new(t.s),
             nonce: Secret::new(t.n),
