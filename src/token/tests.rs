@@ -958,9 +958,13 @@ async fn not_ready_until_started_and_fail_closed_meanwhile() {
 #[tokio::test]
 async fn opaque_tokens_wait_for_the_primary_issuer_never_go_to_a_later_one() {
     let primary = Idp::start().await;
-    primary.set_introspection(StubResponse::json(json!({"active": true, "sub": "p"})));
+    primary.set_introspection(StubResponse::json(
+        json!({"active": true, "sub": "p", "token_type": "Bearer"}),
+    ));
     let other = Idp::start().await;
-    other.set_introspection(StubResponse::json(json!({"active": true, "sub": "o"})));
+    other.set_introspection(StubResponse::json(
+        json!({"active": true, "sub": "o", "token_type": "Bearer"}),
+    ));
     let mut config = opaque_config(&primary, IntrospectionMode::Opaque);
     let mut second = IssuerConfig::new("https://other.example/", vec![API.into()]);
     second.discovery = false;
