@@ -217,7 +217,9 @@ async fn sighup_with_a_bad_file_keeps_the_old_config_and_logs_the_key() {
 }
 
 #[tokio::test]
-async fn proxy_refuses_to_start_with_an_auth_mode_this_build_cannot_enforce() {
+/// A bearer route without the settings it needs is a config error at start: it is
+/// never served as if it were public.
+async fn proxy_refuses_to_start_with_a_bearer_route_it_cannot_enforce() {
     let echo = EchoUpstream::start().await;
     let config = simple_config(&echo.url(""), "").replace("auth = \"public\"", "auth = \"bearer\"");
     let dir = tempfile::tempdir().unwrap();
@@ -251,7 +253,7 @@ async fn proxy_refuses_to_start_with_an_auth_mode_this_build_cannot_enforce() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("route[0].auth: auth = \"bearer\" is not supported by this build yet"),
+        stderr.contains("route[0].auth: bearer tokens need a [bearer] section"),
         "{stderr}"
     );
 }
