@@ -465,8 +465,10 @@ impl Inner {
     }
 
     async fn validate_uncached(&self, token: &str, jws: bool) -> Result<Identity, TokenError> {
-        // Three parts: a JWS compact serialization (RFC 7515 §7.1); a JWE (five parts) or
-        // anything else is opaque to us.
+        // Three parts whose first is a JSON object: a JWS compact serialization (RFC 7515
+        // §7.1). A JWE (five parts), or an opaque token that happens to hold two dots, is
+        // opaque to us; with introspection off, a broken JWS is refused as malformed.
+        let jws = jws && (self.mode == IntrospectionMode::Off || jwt::has_json_header(token));
         if jws {
             let parsed = jwt::parse_unverified(token)?;
             let issuer = parsed
