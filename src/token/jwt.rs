@@ -63,6 +63,17 @@ struct IssPeek<'a> {
     iss: Option<Cow<'a, str>>,
 }
 
+/// Whether the first part is a base64url JSON object: what tells a JWS from an opaque
+/// token that merely has two dots in it.
+pub(crate) fn has_json_header(token: &str) -> bool {
+    let first = token.split('.').next().unwrap_or("");
+    let Ok(bytes) = b64(first) else {
+        return false;
+    };
+    bytes.trim_ascii_start().first() == Some(&b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok()
+}
+
 /// Reads the header and the unverified `iss` of a JWT.
 pub(crate) fn parse_unverified(token: &str) -> Result<Unverified, TokenError> {
     let mut parts = token.split('.');
@@ -308,6 +319,17 @@ mod tests {
             parse_unverified(&t),
             Err(TokenError::Invalid(InvalidReason::UnsupportedCritical))
         ));
+    }
+
+    #[test]
+    fn json_header_tells_a_jws_from_an_opaque_token() {
+        assert!(has_json_header(&tok(
+            serde_json::json!({"alg": "none"}),
+            serde_json::json!({})
+        )));
+        assert!(!has_json_header("v2.local.c29tZXRoaW5n"));
+        assert!(!has_json_header("WzFd.e30.sig")); // [1]: JSON, not an object
+        assert!(!has_json_header("!!!.e30.sig"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!   ├─ empty → Missing; > max_token_len → TooLong; not RFC 6750 b64token → Malformed
 //!   ├─ SHA-256(token) in the identity cache (and not past exp by our clock) → hit
 //!   ├─ in the negative cache → the remembered refusal
-//!   └─ miss: one validation per token however many callers (moka try_get_with)
+//!   └─ miss: one validation per token however many callers (single flight)
 //!        ├─ three parts: header read by us (alg none / allow-list / typ / crit),
 //!        │   issuer picked by the unverified iss, key by kid from *that* issuer's JWKS,
 //!        │   then jsonwebtoken + our clock; cnf refused
@@ -382,26 +382,24 @@ impl TokenValidator {
         let result = inner
             .cache
             .in_flight
-            .try_get_with(key, async {
+            .run(key, || async {
                 let id = Arc::new(inner.validate_uncached(token, dots == 2).await?);
                 inner.cache.insert(key, id.clone());
-                Ok::<_, TokenError>(id)
+                Ok(id)
             })
             .await;
+        // A shared answer may have been produced just before this caller joined: it
+        // must still be within exp (+ leeway) by our clock, as a fresh validation would.
+        let leeway = Duration::from_secs(inner.leeway_secs);
         let result = match result {
-            Ok(id) => {
-                // A coalesced answer may be up to a second old: it must still be within
-                // exp (+ leeway) by our clock, as a fresh validation would require.
-                let leeway = Duration::from_secs(inner.leeway_secs);
-                match id.expires_at {
-                    Some(exp) if exp + leeway <= inner.clock.now() => {
-                        inner.cache.in_flight.invalidate(&key).await;
-                        Err(TokenError::Expired)
-                    }
-                    _ => Ok(id),
-                }
+            Ok(id)
+                if id
+                    .expires_at
+                    .is_some_and(|exp| exp + leeway <= inner.clock.now()) =>
+            {
+                Err(TokenError::Expired)
             }
-            Err(shared) => Err(TokenError::clone(&shared)),
+            other => other,
         };
         match result {
             Ok(id) => Ok(id),
@@ -417,7 +415,7 @@ impl TokenValidator {
         self.inner.cache.clear();
     }
 
-    /// Number of identities in the cache (approximate, as moka counts).
+    /// Number of identities in the cache (expired ones included until swept).
     pub fn cache_entries(&self) -> u64 {
         self.inner.cache.entry_count()
     }
@@ -465,8 +463,10 @@ impl Inner {
     }
 
     async fn validate_uncached(&self, token: &str, jws: bool) -> Result<Identity, TokenError> {
-        // Three parts: a JWS compact serialization (RFC 7515 §7.1); a JWE (five parts) or
-        // anything else is opaque to us.
+        // Three parts whose first is a JSON object: a JWS compact serialization (RFC 7515
+        // §7.1). A JWE (five parts), or an opaque token that happens to hold two dots, is
+        // opaque to us; with introspection off, a broken JWS is refused as malformed.
+        let jws = jws && (self.mode == IntrospectionMode::Off || jwt::has_json_header(token));
         if jws {
             let parsed = jwt::parse_unverified(token)?;
             let issuer = parsed

@@ -835,6 +835,23 @@ async fn introspection_client_secret_post() {
 }
 
 #[tokio::test]
+async fn an_opaque_token_with_two_dots_is_introspected_but_alg_none_is_not() {
+    let idp = Idp::start().await;
+    idp.set_introspection(StubResponse::json(json!({"active": true, "sub": "u"})));
+    let v = started(&idp, opaque_config(&idp, IntrospectionMode::Opaque)).await;
+    // A PASETO-like reference token: three parts, the first no JOSE header.
+    let id = v.validate("v2.local.c29tZXRoaW5n").await.unwrap();
+    assert_eq!(id.subject(), "u");
+    assert_eq!(idp.introspections(), 1);
+    // A JWS header stays on the JWT path: alg none is refused, never introspected.
+    let t = forge(&json!({"alg": "none"}), &claims(&idp.issuer()), |_| {
+        Vec::new()
+    });
+    assert_eq!(err_of(&v, &t).await, invalid(InvalidReason::AlgNone));
+    assert_eq!(idp.introspections(), 1);
+}
+
+#[tokio::test]
 async fn introspection_failures_are_unavailable_and_inactive_is_invalid() {
     let idp = Idp::start().await;
     let mut config = opaque_config(&idp, IntrospectionMode::Opaque);
