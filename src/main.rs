@@ -53,6 +53,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // One crypto library for everything TLS and JWT: aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // jsonwebtoken on aws-lc-rs, with parsed keys kept between verifications.
+    portcullis::token::install_jwt_crypto_provider();
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => match Config::load(&cli.config) {
             Ok(c) => {

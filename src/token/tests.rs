@@ -837,7 +837,9 @@ async fn introspection_client_secret_post() {
 #[tokio::test]
 async fn an_opaque_token_with_two_dots_is_introspected_but_alg_none_is_not() {
     let idp = Idp::start().await;
-    idp.set_introspection(StubResponse::json(json!({"active": true, "sub": "u"})));
+    idp.set_introspection(StubResponse::json(
+        json!({"active": true, "sub": "u", "token_type": "Bearer"}),
+    ));
     let v = started(&idp, opaque_config(&idp, IntrospectionMode::Opaque)).await;
     // A PASETO-like reference token: three parts, the first no JOSE header.
     let id = v.validate("v2.local.c29tZXRoaW5n").await.unwrap();

@@ -1,0 +1,339 @@
+//! The authenticated side of `benches/load.sh`: runs the built-in development provider on
+//! 127.0.0.1 and, on commands read from stdin (one per line), mints valid RS256 access
+//! tokens and logs in through a running portcullis to obtain a session cookie.
+//!
+//! ```text
+//! cargo build --release --example bench_env
+//! target/release/examples/bench_env            # prints: ready <issuer> <audience>
+//!   token FILE                 -> one valid access token (the cached-bearer token) in FILE
+//!   mint N FILE                -> N distinct, valid, never-used access tokens, one a line
+//!                                 (signed on all cores); answers: ok N <seconds>
+//!   login PROXY_URL PATH FILE  -> browser login as alice through PROXY_URL (a portcullis
+//!                                 whose provider is this one), landing on PATH; writes the
+//!                                 `Cookie` header value of the session to FILE
+//! ```
+//!
+//! Every answer is one line, `ok ...` or `err <message>`. End of stdin (or SIGTERM) stops
+//! it. Tokens: `iss` = the provider, `aud` = its audience, `scope` = `read:items`,
+//! `exp` = now + 1 h, distinct `sub` and `jti`, header `typ: at+jwt`, signed with the
+//! provider's active RS256 key (the one its JWKS publishes). The provider's own access and
+//! ID tokens live 2 h here, so a session made before the run needs no refresh during it.
+//! For benchmarks only: the provider lists its users' passwords and well-known secrets.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use portcullis::dev_idp::{DevIdp, DevIdpConfig, Lifetimes, SigningAlg, MACHINE_CLIENT_ID};
+use serde_json::json;
+
+/// Distinct across all `mint` and `token` commands of one process.
+static SERIAL: AtomicU64 = AtomicU64::new(0);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// One valid access token, distinct from every other one this process makes.
+fn mint_one(idp: &DevIdp, run: &str) -> Result<String, String> {
+    let n = SERIAL.fetch_add(1, Ordering::Relaxed);
+    let iat = now();
+    let claims = json!({
+        "iss": idp.issuer(),
+        "sub": format!("bench-{n}"),
+        "aud": idp.audience(),
+        "client_id": MACHINE_CLIENT_ID,
+        "scope": "read:items",
+        "iat": iat,
+        "exp": iat + 3600,
+        "jti": format!("{run}-{n}"),
+    });
+    idp.sign_jwt("at+jwt", &claims).map_err(|e| e.to_string())
+}
+
+fn mint(idp: &DevIdp, run: &str, n: usize, file: &str) -> Result<String, String> {
+    let t0 = Instant::now();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16);
+    let per = n.div_ceil(threads);
+    let parts: Vec<Result<Vec<String>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let count = per.min(n.saturating_sub(i * per));
+                s.spawn(move || (0..count).map(|_| mint_one(idp, run)).collect())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("minting thread panicked".into()))
+            })
+            .collect()
+    });
+    let mut out =
+        std::io::BufWriter::new(std::fs::File::create(file).map_err(|e| format!("{file}: {e}"))?);
+    let mut written = 0usize;
+    for part in parts {
+        for t in part? {
+            out.write_all(t.as_bytes())
+                .and_then(|_| out.write_all(b"\n"))
+                .map_err(|e| format!("{file}: {e}"))?;
+            written += 1;
+        }
+    }
+    out.flush().map_err(|e| format!("{file}: {e}"))?;
+    Ok(format!("{written} {:.1}", t0.elapsed().as_secs_f64()))
+}
+
+/// A cookie jar for one host: name -> value.
+#[derive(Default)]
+struct Jar(HashMap<String, String>);
+
+impl Jar {
+    fn header(&self) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut pairs: Vec<_> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.sort();
+        Some(pairs.join("; "))
+    }
+
+    fn store(&mut self, headers: &HeaderMap) {
+        for sc in headers.get_all(header::SET_COOKIE) {
+            let Ok(sc) = sc.to_str() else { continue };
+            let (pair, attrs) = sc.split_once(';').unwrap_or((sc, ""));
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let gone = value.is_empty() || attrs.to_ascii_lowercase().contains("max-age=0");
+            if gone {
+                self.0.remove(name.trim());
+            } else {
+                self.0
+                    .insert(name.trim().to_string(), value.trim().to_string());
+            }
+        }
+    }
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn location(&self) -> Result<String, String> {
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                format!(
+                    "expected a redirect, got {}: {:.300}",
+                    self.status, self.body
+                )
+            })
+    }
+}
+
+async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    jar: &mut Jar,
+    method: Method,
+    url: &str,
+    form: Option<&[(&str, &str)]>,
+) -> Result<Resp, String> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(url)
+        .header(header::ACCEPT, "text/html")
+        .header("sec-fetch-mode", "navigate");
+    if let Some(c) = jar.header() {
+        b = b.header(header::COOKIE, c);
+    }
+    let body = match form {
+        Some(f) => {
+            b = b.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+            let s: String = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(f)
+                .finish();
+            Bytes::from(s)
+        }
+        None => Bytes::new(),
+    };
+    let req = b.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| format!("{url}: timed out"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?
+        .to_bytes();
+    jar.store(&parts.headers);
+    Ok(Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// The browser login of a `login` route, scripted: proxy start -> provider form -> form
+/// post -> proxy callback -> the page. Returns the session's `Cookie` header value.
+async fn login(idp: &DevIdp, proxy: &str, path: &str) -> Result<String, String> {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let (mut pjar, mut ijar) = (Jar::default(), Jar::default());
+    let proxy = proxy.trim_end_matches('/');
+    let start = format!(
+        "{proxy}/oauth2/start?rd={}",
+        url::form_urlencoded::byte_serialize(path.as_bytes()).collect::<String>()
+    );
+    let r = send(&client, &mut pjar, Method::GET, &start, None).await?;
+    let authorize = r.location()?;
+    if !authorize.starts_with(&idp.issuer()) {
+        return Err(format!(
+            "start redirected to {authorize}, not to the provider"
+        ));
+    }
+    let r = send(&client, &mut ijar, Method::GET, &authorize, None).await?;
+    let marker = "name=\"tx\" value=\"";
+    let tx = r
+        .body
+        .split_once(marker)
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(tx, _)| tx.to_string())
+        .ok_or_else(|| {
+            format!(
+                "no login form at the provider ({}): {:.300}",
+                r.status, r.body
+            )
+        })?;
+    let form = [
+        ("tx", tx.as_str()),
+        ("username", "alice"),
+        ("password", "alice"),
+    ];
+    let url = format!("{}/authorize/login", idp.issuer());
+    let r = send(&client, &mut ijar, Method::POST, &url, Some(&form)).await?;
+    let callback = r.location()?;
+    if !callback.starts_with(proxy) || !callback.contains("code=") {
+        return Err(format!(
+            "login answered {callback}, not a code for the proxy"
+        ));
+    }
+    let r = send(&client, &mut pjar, Method::GET, &callback, None).await?;
+    let landing = r.location()?;
+    if r.status != StatusCode::FOUND && r.status != StatusCode::SEE_OTHER {
+        return Err(format!("callback answered {}: {:.300}", r.status, r.body));
+    }
+    let cookie = pjar.header().ok_or("the callback set no session cookie")?;
+    // The session must open as is, without being re-sealed (a Set-Cookie on every request
+    // would be a different benchmark).
+    let target = if landing.starts_with('/') {
+        format!("{proxy}{landing}")
+    } else {
+        landing
+    };
+    let r = send(&client, &mut pjar, Method::GET, &target, None).await?;
+    if r.status != StatusCode::OK {
+        return Err(format!(
+            "{target} with the session answered {}: {:.300}",
+            r.status, r.body
+        ));
+    }
+    if r.headers.contains_key(header::SET_COOKIE) {
+        return Err(format!(
+            "{target} re-set the session cookie on a plain request"
+        ));
+    }
+    Ok(cookie)
+}
+
+fn main() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench_env: runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let long = Duration::from_secs(2 * 3600);
+    let idp = rt.block_on(DevIdp::start(DevIdpConfig {
+        signing_alg: SigningAlg::RS256,
+        lifetimes: Lifetimes {
+            access_token: long,
+            id_token: long,
+            ..Lifetimes::default()
+        },
+        ..DevIdpConfig::default()
+    }));
+    let idp = match idp {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("bench_env: development provider: {e}");
+            std::process::exit(1);
+        }
+    };
+    // Distinguishes this process's tokens from any other run's.
+    let run = format!(
+        "{:x}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    );
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "ready {} {}", idp.issuer(), idp.audience());
+    let _ = stdout.flush();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = match words.as_slice() {
+            [] => continue,
+            ["token", file] => mint_one(&idp, &run)
+                .and_then(|t| {
+                    std::fs::write(file, format!("{t}\n")).map_err(|e| format!("{file}: {e}"))
+                })
+                .map(|_| String::new()),
+            ["mint", n, file] => match n.parse::<usize>() {
+                Ok(n) => mint(&idp, &run, n, file),
+                Err(_) => Err(format!("not a count: {n}")),
+            },
+            ["login", proxy, path, file] => rt
+                .block_on(login(&idp, proxy, path))
+                .and_then(|c| {
+                    std::fs::write(file, format!("{c}\n")).map_err(|e| format!("{file}: {e}"))
+                })
+                .map(|_| String::new()),
+            _ => Err(format!("unknown command: {line}")),
+        };
+        let _ = match answer {
+            Ok(a) => writeln!(stdout, "ok {a}"),
+            Err(e) => writeln!(stdout, "err {}", e.replace('\n', " ")),
+        };
+        let _ = stdout.flush();
+    }
+    rt.block_on(idp.shutdown());
+}
