@@ -640,13 +640,14 @@ impl Login {
                 .as_ref()
                 .try_into()
                 .unwrap_or([0; 32]);
-        // A shared result serves the requests that raced for it; once its own access token
-        // is near expiry it is stale (providers that do not rotate refresh tokens reuse the
-        // same key), and the next request refreshes again.
+        // A shared result serves every request that still carries the refresh token it
+        // replaced (with rotation, using that token again would burn the grant), until its
+        // own access token has expired: then it is stale (providers that do not rotate
+        // reuse the same key) and the next request refreshes again.
         if let Some(r) = self.refreshes.get(&key).await {
             let stale = r
                 .expires_in
-                .is_none_or(|s| r.fetched_at + Duration::from_secs(s) <= now() + REFRESH_MARGIN);
+                .is_none_or(|s| r.fetched_at + Duration::from_secs(s) <= now());
             if stale {
                 self.refreshes.invalidate(&key).await;
             }

@@ -1,13 +1,20 @@
 //! Answers the proxy makes itself: upstream down (502), slow (504), oversize headers (431),
 //! URI too long (414); short bodies that leak no internals.
 
-use crate::support::proxy::free_port;
 use crate::support::raw;
 use crate::support::*;
 
 #[tokio::test]
 async fn upstream_down_is_502_with_a_body_that_leaks_no_address() {
-    let port = free_port(); // nothing listens here any more
+    // A socket bound but never listening: connections to it are refused, and while the
+    // test holds it no concurrently running test can take the port (a port merely freed
+    // by free_port() could be picked again, even as the proxy's own listen port).
+    let reserved =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    reserved
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = reserved.local_addr().unwrap().as_socket().unwrap().port();
     let p = TestProxy::start(&simple_config(&format!("http://127.0.0.1:{port}"), "")).await;
     for accept in ["application/json", "text/html"] {
         let r = raw::get_with(p.addr, "/down", &[&format!("Accept: {accept}")])

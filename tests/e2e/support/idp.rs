@@ -170,7 +170,9 @@ impl Idp {
             let _ = std::io::BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: on a loaded 2-core CI machine (Chromium and other providers starting
+        // in parallel tests) node can take a long time to load oidc-provider.
+        let deadline = Instant::now() + Duration::from_secs(90);
         let line = loop {
             if let Ok(line) = rx.try_recv() {
                 break line;
@@ -187,7 +189,7 @@ impl Idp {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("provider not ready after 30s:\n{}", self.logs());
+                panic!("provider not ready after 90s:\n{}", self.logs());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
