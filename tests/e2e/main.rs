@@ -18,3 +18,4 @@ mod normalization;
 mod protocols;
 mod routing;
 mod streaming;
+mod upstream_tls;
