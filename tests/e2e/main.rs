@@ -15,6 +15,7 @@ mod limits;
 mod login;
 mod login_browser;
 mod normalization;
+mod parity;
 mod protocols;
 mod routing;
 mod streaming;
