@@ -81,6 +81,9 @@ pub fn basic(id: &str, secret: &str) -> String {
     format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
 }
 
+/// `try_spawn`'s code for a process that printed no ready line in time (killed).
+const HUNG: i32 = -1000;
+
 impl Idp {
     pub async fn start(profile: Profile) -> Idp {
         Self::start_with(profile, &[]).await
@@ -121,12 +124,19 @@ impl Idp {
     /// Starts the process on `port` (0: ephemeral) and reads its ready line.
     async fn spawn(&mut self, port: u16, extra: &[&str]) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut hung = 0;
         loop {
             match self.try_spawn(port, extra).await {
                 Ok(()) => break,
                 // Status 1: the port is still taken (a restart on the same port); try again.
                 Err(Some(1)) if port != 0 && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // No ready line in time (seen about once in thirty starts on a loaded CI
+                // machine, with nothing logged): the process was killed; start another.
+                Err(Some(HUNG)) if hung < 2 => {
+                    hung += 1;
+                    eprintln!("provider start hung; retrying ({hung})");
                 }
                 Err(code) => panic!("provider did not start (exit {code:?}):\n{}", self.logs()),
             }
@@ -170,9 +180,9 @@ impl Idp {
             let _ = std::io::BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        // Generous: on a loaded 2-core CI machine (Chromium and other providers starting
-        // in parallel tests) node can take a long time to load oidc-provider.
-        let deadline = Instant::now() + Duration::from_secs(90);
+        // Generous: a loaded 2-core CI machine (Chromium and other providers starting in
+        // parallel tests) slows node's start; past this the start is retried.
+        let deadline = Instant::now() + Duration::from_secs(30);
         let line = loop {
             if let Ok(line) = rx.try_recv() {
                 break line;
@@ -189,7 +199,8 @@ impl Idp {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("provider not ready after 90s:\n{}", self.logs());
+                eprintln!("provider not ready after 30s:\n{}", self.logs());
+                return Err(Some(HUNG));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
