@@ -23,10 +23,11 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Headers that rewrite the path a backend believes it serves (IIS, Symfony, Spring,
-/// forward-auth): the upstream must see only the path that was authorized. Never forwarded,
-/// whoever sent them.
-const PATH_OVERRIDES: [&str; 7] = [
+/// Headers that rewrite the path or method a backend believes it serves (IIS, Symfony,
+/// Spring, Rails/Express method overrides, forward-auth): the upstream must see only the
+/// path and method that were authorized (a GET with `X-HTTP-Method-Override: DELETE` would
+/// otherwise dodge `method_scopes`). Never forwarded, whoever sent them.
+const PATH_OVERRIDES: [&str; 10] = [
     "x-original-url",
     "x-rewrite-url",
     "x-original-uri",
@@ -34,6 +35,9 @@ const PATH_OVERRIDES: [&str; 7] = [
     "x-forwarded-prefix",
     "x-forwarded-path",
     "x-original-method",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
 /// `X-Foo_Bar` and `x-foo-bar` are the same header to many backends (CGI, WSGI, PHP).
@@ -232,8 +236,10 @@ mod tests {
         h.append("x_auth_request_user", HeaderValue::from_static("b"));
         h.append("X_Auth-Request_User", HeaderValue::from_static("c"));
         h.append("x-original-url", HeaderValue::from_static("/admin"));
+        h.append("X-HTTP-Method-Override", HeaderValue::from_static("DELETE"));
+        h.append("x_http_method", HeaderValue::from_static("DELETE"));
         h.append("other", HeaderValue::from_static("x"));
-        assert_eq!(s.strip(&mut h), 4);
+        assert_eq!(s.strip(&mut h), 6);
         assert_eq!(h.len(), 1);
     }
 

@@ -154,6 +154,10 @@ async fn spoofed_identity_and_path_override_headers_are_stripped_on_a_public_rou
         "X-Forwarded-Uri: /admin",
         "X-Forwarded-Prefix: /admin",
         "X-Original-URI: /admin",
+        // Method overrides would let a GET be a DELETE to the app, past method_scopes.
+        "X-HTTP-Method-Override: admin-DELETE",
+        "x_http_method: admin-DELETE",
+        "X-Method-Override: admin-DELETE",
     ];
     let r = raw::get_with(p.addr, "/public/page", &spoofed)
         .await
