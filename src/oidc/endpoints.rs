@@ -24,7 +24,9 @@ pub async fn handle(rest: &str, req: Req, ctx: &Ctx) -> Resp {
                 .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
-        ("/auth", _) if get => forward_auth(req, ctx).await,
+        // Any method: nginx's auth_request and Traefik's forwardAuth send the subrequest
+        // with the original request's method.
+        ("/auth", _) => forward_auth(req, ctx).await,
         ("/start", Some(l)) if get => l.start(req.uri().query(), req.headers(), rid),
         ("/callback", Some(l)) if get => l.callback(req.uri().query(), req.headers(), rid).await,
         ("/sign_out", Some(l)) if get || method == Method::POST => {
@@ -62,9 +64,11 @@ async fn forward_auth(req: Req, ctx: &Ctx) -> Resp {
         tracing::warn!(request_id = rid, %peer, trusted, "forward-auth request without a trusted X-Forwarded-Uri; denied");
         return respond(Reject::Forbidden, rid, false);
     };
+    // The original method: named by the front proxy, else the subrequest's own (nginx
+    // auth_request keeps the original method).
     let method = header(&["x-forwarded-method", "x-original-method"])
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-        .unwrap_or(Method::GET);
+        .unwrap_or_else(|| req.method().clone());
     let host = header(&["x-forwarded-host"])
         .or_else(|| header(&["host"]))
         .and_then(|h| normalize_host(&h));

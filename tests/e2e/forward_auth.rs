@@ -89,6 +89,19 @@ async fn forward_auth_from_a_trusted_proxy_is_202_401_or_403_never_a_redirect() 
     let r = auth(&http, &f.proxy, &bob, &[("x-forwarded-uri", "/app")]).await;
     assert_eq!(r.status, 202);
     assert_eq!(r.header("x-auth-request-user"), Some("user-bob"));
+    // nginx's auth_request keeps the original method: a POST subrequest is answered too.
+    let r = http
+        .send(
+            http::Request::post(f.proxy.url("/oauth2/auth"))
+                .header("cookie", &bob)
+                .header("x-forwarded-uri", "/app/form")
+                .body(crate::support::client::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "POST forward-auth: {}", r.text());
+    assert_eq!(r.header("x-auth-request-user"), Some("user-bob"));
     for uri in [
         "/admin",
         "/admin/x?y=1",
