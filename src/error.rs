@@ -84,32 +84,51 @@ pub fn wants_html(headers: &http::HeaderMap) -> bool {
 pub fn respond(reject: Reject, request_id: &str, html: bool) -> Response<RespBody> {
     let (code, description) = reject.text();
     let status = reject.status();
-    let (ctype, body) = if html {
-        (
-            "text/html; charset=utf-8",
-            html_page(status, description, request_id),
-        )
-    } else {
-        (
-            "application/json",
-            serde_json::json!({
-                "error": code,
-                "error_description": description,
-                "request_id": request_id,
-            })
-            .to_string(),
-        )
-    };
-    let mut resp = Response::new(RespBody::full(body));
+    if !html {
+        return json_error(status, code, description, request_id);
+    }
+    let mut resp = Response::new(RespBody::full(html_page(status, description, request_id)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
     resp
+}
+
+/// A JSON answer of the proxy's own, never cached.
+pub fn json_response(status: StatusCode, body: String) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// The JSON error body of DESIGN §2: `{"error", "error_description", "request_id"}`.
+pub fn json_error(
+    status: StatusCode,
+    error: &str,
+    description: &str,
+    request_id: &str,
+) -> Response<RespBody> {
+    let body = serde_json::json!({
+        "error": error,
+        "error_description": description,
+        "request_id": request_id,
+    });
+    json_response(status, body.to_string())
 }
 
 /// HTML-escapes text for element content and attribute values.

@@ -2,9 +2,8 @@
 //! (RFC 6750), validated by the [`TokenValidator`] (JWKS or introspection, cached).
 
 use http::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, StatusCode};
 
-use crate::body::RespBody;
 use crate::ctx::Resp;
 use crate::token::TokenError;
 
@@ -57,25 +56,9 @@ fn json(
     request_id: &str,
     challenge: Option<String>,
 ) -> Resp {
-    let body = serde_json::json!({
-        "error": error,
-        "error_description": description,
-        "request_id": request_id,
-    })
-    .to_string();
-    let mut r = Response::new(RespBody::full(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
+    let mut r = crate::error::json_error(status, error, description, request_id);
     if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        h.insert(WWW_AUTHENTICATE, c);
+        r.headers_mut().insert(WWW_AUTHENTICATE, c);
     }
     r
 }

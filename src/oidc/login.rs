@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::body::RespBody;
 use crate::config::{ClientAuth, Config, Secret};
 use crate::ctx::Resp;
-use crate::error::html_page;
+use crate::error::{html_page, json_error, json_response};
 use crate::identity::Identity;
 use crate::oidc::redirect::validate_redirect;
 use crate::oidc::transport::{form_urlencode, HttpTransport, TransportConfig};
@@ -816,7 +816,11 @@ impl Login {
     /// `GET /oauth2/userinfo`: the session's identity, never its tokens.
     pub async fn userinfo(&self, headers: &HeaderMap, request_id: &str) -> Resp {
         match self.check(headers, request_id).await {
-            SessionCheck::Valid { identity, set_cookies, .. } => {
+            SessionCheck::Valid {
+                identity,
+                set_cookies,
+                ..
+            } => {
                 let body = serde_json::json!({
                     "iss": &*identity.issuer,
                     "sub": identity.subject(),
@@ -833,18 +837,22 @@ impl Login {
                 r
             }
             SessionCheck::None { set_cookies } => {
-                let mut r = json_response(
+                let mut r = json_error(
                     StatusCode::UNAUTHORIZED,
-                    serde_json::json!({"error": "unauthorized", "error_description": "no session", "request_id": request_id}).to_string(),
+                    "unauthorized",
+                    "no session",
+                    request_id,
                 );
                 for c in set_cookies {
                     r.headers_mut().append(SET_COOKIE, c);
                 }
                 r
             }
-            SessionCheck::Unavailable => json_response(
+            SessionCheck::Unavailable => json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": "temporarily_unavailable", "error_description": "session store unavailable", "request_id": request_id}).to_string(),
+                "temporarily_unavailable",
+                "session store unavailable",
+                request_id,
             ),
         }
     }
@@ -943,15 +951,5 @@ pub fn page(
         r.headers_mut().append(SET_COOKIE, c);
     }
     flow_headers(r.headers_mut());
-    r
-}
-
-fn json_response(status: StatusCode, body: String) -> Resp {
-    let mut r = Response::new(RespBody::full(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
