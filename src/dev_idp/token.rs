@@ -329,19 +329,7 @@ fn refresh_grant(state: &State, client: &DevClient, params: &Params) -> Result<V
         ));
     }
     // RFC 6749 §6: a narrower scope may be asked for, never a wider one.
-    let scopes: Vec<String> = match params.get("scope") {
-        None => rec.scopes.clone(),
-        Some(s) => {
-            let asked: Vec<String> = s.split_ascii_whitespace().map(String::from).collect();
-            if let Some(extra) = asked.iter().find(|a| !rec.scopes.contains(a)) {
-                return Err(bad(
-                    "invalid_scope",
-                    format!("scope {extra} was not granted originally"),
-                ));
-            }
-            asked
-        }
-    };
+    let scopes = narrow_scopes(params, &rec.scopes, "was not granted originally")?;
     let Some(user) = state.user(&rec.username) else {
         return Err(bad("invalid_grant", "the user no longer exists"));
     };
@@ -406,19 +394,7 @@ fn client_credentials_grant(
         ));
     }
     // RFC 6749 §3.3: no scope asked for means the client's default (all it may have).
-    let scopes: Vec<String> = match params.get("scope") {
-        None => client.scopes.clone(),
-        Some(s) => {
-            let asked: Vec<String> = s.split_ascii_whitespace().map(String::from).collect();
-            if let Some(extra) = asked.iter().find(|a| !client.scopes.contains(a)) {
-                return Err(bad(
-                    "invalid_scope",
-                    format!("scope {extra} is not allowed for this client"),
-                ));
-            }
-            asked
-        }
-    };
+    let scopes = narrow_scopes(params, &client.scopes, "is not allowed for this client")?;
     let now = state.now();
     let mut store = state.store();
     let grant_id = random_token(16);
@@ -602,6 +578,23 @@ fn issue_refresh(
         },
     );
     token
+}
+
+/// The `scope` parameter, which may only narrow `allowed` (RFC 6749 §3.3, §6); absent, all
+/// of `allowed`. A scope outside it is `invalid_scope`, named with `why`.
+fn narrow_scopes(
+    params: &Params,
+    allowed: &[String],
+    why: &str,
+) -> Result<Vec<String>, TokenError> {
+    let Some(s) = params.get("scope") else {
+        return Ok(allowed.to_vec());
+    };
+    let asked: Vec<String> = s.split_ascii_whitespace().map(String::from).collect();
+    if let Some(extra) = asked.iter().find(|a| !allowed.contains(a)) {
+        return Err(bad("invalid_scope", format!("scope {extra} {why}")));
+    }
+    Ok(asked)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! call, a cap on the response size, and no redirects followed.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +16,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 
 /// Default cap on a provider response body.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -96,13 +94,15 @@ impl HttpTransport {
     /// aws-lc-rs, HTTP/1.1 and HTTP/2 by ALPN.
     pub fn new(config: TransportConfig) -> Result<Self, TransportError> {
         let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            // A system store may hold a few certificates rustls cannot parse; skip them.
-            let _ = roots.add(cert);
-        }
+        // A system store may hold a few certificates rustls cannot parse; skip them.
+        roots.add_parsable_certificates(crate::proxy::client::native_roots().iter().cloned());
         if let Some(path) = &config.ca_file {
-            for cert in load_pem_certs(path)? {
+            let certs =
+                crate::proxy::client::load_certs(path).map_err(|e| TransportError::CaFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            for cert in certs {
                 roots.add(cert).map_err(|e| TransportError::CaFile {
                     path: path.clone(),
                     reason: e.to_string(),
@@ -249,21 +249,6 @@ impl HttpTransport {
             Err(_) => Err(TransportError::Timeout(self.timeout)),
         }
     }
-}
-
-fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
-    let fail = |reason: String| TransportError::CaFile {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail("no certificates found".into()));
-    }
-    Ok(certs)
 }
 
 /// Parses `url` and refuses plain http except to a loopback host (tests, sidecars).

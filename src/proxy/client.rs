@@ -30,8 +30,8 @@ pub enum ClientBuildError {
     Tls(#[from] rustls::Error),
 }
 
-/// The system's trust roots, loaded once per process.
-fn native_roots() -> &'static Vec<CertificateDer<'static>> {
+/// The system's trust roots, loaded once per process (upstream and provider clients).
+pub fn native_roots() -> &'static Vec<CertificateDer<'static>> {
     static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let res = rustls_native_certs::load_native_certs();
