@@ -1,4 +1,4 @@
-//! Builds the shared state, spawns the proxy workers and the admin server, and owns
+//! Builds the first config generation, spawns the proxy workers and the admin server, and owns
 //! shutdown (SIGTERM/SIGINT) and reload (SIGHUP).
 
 use std::path::{Path, PathBuf};
@@ -8,43 +8,19 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Semaphore};
 
-use crate::admin::metrics::RouteMetrics;
 use crate::admin::{Metrics, ReadyCheck};
 use crate::config::Config;
-use crate::policy::{Allow, RoutePolicy};
-use crate::proxy::client::{self, UpstreamClient};
-use crate::proxy::headers::IdentityStrip;
+use crate::generation::{BuildError, Fresh, Generation};
+use crate::server::Current;
 use crate::token::TokenValidator;
-
-/// One config generation and everything derived from it. Requests hold the `Arc` they
-/// started with, so a reload never changes a request half-way.
-pub struct State {
-    pub config: Config,
-    pub strip: IdentityStrip,
-    /// `[worker][upstream]`
-    pub clients: Arc<Vec<Vec<UpstreamClient>>>,
-    pub route_metrics: Vec<Arc<RouteMetrics>>,
-    pub unmatched_metrics: Arc<RouteMetrics>,
-    pub metrics: Arc<Metrics>,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// The route policies, by route index.
-    pub policies: Vec<RoutePolicy>,
-    /// Validates bearer tokens when any route needs them.
-    pub validator: Option<TokenValidator>,
-    /// The bearer config the validator was built from (to reuse it across reloads).
-    pub validator_key: Option<String>,
-    /// Browser login and sessions, when any route needs them.
-    pub login: Option<Arc<crate::oidc::login::Login>>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigErrors),
-    #[error("server.tls: {0}")]
-    Tls(crate::proxy::client::ClientBuildError),
-    #[error("upstream TLS: {0}")]
-    Upstream(crate::proxy::client::ClientBuildError),
+    /// Building the config's parts (TLS, upstream clients, provider client, login).
+    #[error(transparent)]
+    Build(Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -52,94 +28,37 @@ pub enum StartError {
     },
     #[error("cannot start runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("provider client: {0}")]
-    Transport(#[from] crate::oidc::transport::TransportError),
-    #[error("login: {0}")]
-    Login(#[from] crate::oidc::login::LoginBuildError),
 }
 
-impl State {
-    /// Everything a config needs before it can serve: TLS material, upstream clients.
-    pub fn build(
-        config: Config,
-        metrics: Arc<Metrics>,
-        workers: usize,
-        previous: Option<&State>,
-    ) -> Result<State, StartError> {
-        let tls = match &config.server.tls {
-            Some(files) => Some(crate::server::tls::acceptor(files).map_err(StartError::Tls)?),
-            None => None,
-        };
-        let clients =
-            client::build_all(&config.upstreams, workers).map_err(StartError::Upstream)?;
-        let route_metrics = config
-            .routes
-            .iter()
-            .map(|r| metrics.route(&r.name))
-            .collect();
-        let unmatched_metrics = metrics.route(&Arc::from("-"));
-        let policies = config.routes.iter().map(route_policy).collect();
-        let (validator, validator_key) = match crate::config::token_config(&config) {
-            None => (None, None),
-            Some((bearer, transport, secrets)) => {
-                let key = format!("{bearer:?}{transport:?}{secrets}");
-                match previous.filter(|p| p.validator_key.as_deref() == Some(key.as_str())) {
-                    // Same bearer settings: keep the loaded keys and the token cache.
-                    Some(p) => (p.validator.clone(), Some(key)),
-                    None => {
-                        let transport = crate::oidc::transport::HttpTransport::new(transport)?;
-                        (Some(TokenValidator::new(bearer, transport)), Some(key))
-                    }
-                }
-            }
-        };
-        let login = crate::oidc::login::Login::build(&config)?.map(Arc::new);
-        Ok(State {
-            login,
-            policies,
-            validator,
-            validator_key,
-            strip: IdentityStrip::new(&config.headers.strip),
-            config,
-            clients,
-            route_metrics,
-            unmatched_metrics,
-            metrics,
-            tls,
-        })
+impl From<BuildError> for StartError {
+    fn from(e: BuildError) -> Self {
+        StartError::Build(Box::new(e))
     }
 }
 
-/// Process-wide: the current config generation.
-pub struct Shared {
-    pub state: ArcSwap<State>,
-}
-
-impl Shared {
-    /// Ready once listening and, when tokens or logins are configured, once every
-    /// issuer's metadata and keys are loaded (what `/readyz` reports).
-    pub fn is_ready(&self) -> bool {
-        let state = self.state.load();
-        state.metrics.ready.load(Relaxed)
-            && state.validator.as_ref().is_none_or(|v| v.is_ready())
-            && state
-                .login
-                .as_ref()
-                .is_none_or(|l| l.id_validator.is_ready())
-    }
+/// Ready once listening and, when tokens or logins are configured, once every issuer's
+/// metadata and keys are loaded (what `/readyz` reports).
+fn is_ready(current: &Current) -> bool {
+    let g = current.load();
+    g.metrics.ready.load(Relaxed) && g.is_ready()
 }
 
 /// A running proxy: addresses it listens on, and the handle that stops it.
 pub struct Running {
     pub addr: std::net::SocketAddr,
     pub admin_addr: Option<std::net::SocketAddr>,
-    pub shared: Arc<Shared>,
+    pub(crate) current: Current,
     shutdown: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     control: Option<tokio::runtime::Runtime>,
 }
 
 impl Running {
+    /// Listening, and every issuer's metadata and keys loaded (what `/readyz` says).
+    pub fn is_ready(&self) -> bool {
+        is_ready(&self.current)
+    }
+
     /// Stops accepting, drains in-flight requests (up to the drain timeout), and waits.
     pub fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
@@ -167,17 +86,19 @@ impl Running {
 
     /// Reloads the config file; on any error the running config stays.
     pub fn reload(&self, path: &Path) -> Result<(), StartError> {
-        reload(&self.shared, path)
+        reload(&self.current, path)
     }
 }
 
-pub fn reload(shared: &Shared, path: &Path) -> Result<(), StartError> {
-    let current = shared.state.load_full();
-    let metrics = current.metrics.clone();
+/// Reloads the config file into a new generation; on any error the running one stays.
+/// Must run inside the control runtime (validators start there).
+pub fn reload(current: &Current, path: &Path) -> Result<(), StartError> {
+    let running = current.load_full();
+    let metrics = running.metrics.clone();
     let result = Config::load(path)
         .map_err(StartError::from)
         .and_then(|c| {
-            let old = &current.config.server;
+            let old = &running.config.server;
             if c.server.listen != old.listen
                 || c.server.admin_listen != old.admin_listen
                 || c.server.workers != old.workers
@@ -187,17 +108,17 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), StartError> {
                     "server.listen, admin_listen, workers and turning TLS on or off take effect on restart only"
                 );
             }
-            State::build(c, metrics.clone(), current.clients.len(), Some(&current))
+            Ok(Generation::build(
+                c,
+                metrics.clone(),
+                running.workers(),
+                Some(&running),
+            )?)
         });
     match result {
-        Ok(state) => {
-            let fresh = state.validator.is_some() && state.validator_key != current.validator_key;
-            if fresh {
-                if let Some(v) = state.validator.clone() {
-                    start_validator(v);
-                }
-            }
-            shared.state.store(Arc::new(state));
+        Ok((generation, fresh)) => {
+            start_validators(fresh);
+            current.store(Arc::new(generation));
             metrics.reloads_ok.fetch_add(1, Relaxed);
             tracing::info!(config = %path.display(), "configuration reloaded");
             Ok(())
@@ -225,13 +146,13 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
-    let state = {
+    // Request ids draw their seed now, not on a worker's first request.
+    crate::exchange::process_seed();
+    let (generation, fresh) = {
         let _g = control.enter();
-        State::build(config, metrics.clone(), workers, None)?
+        Generation::build(config, metrics.clone(), workers, None)?
     };
-    let shared = Arc::new(Shared {
-        state: ArcSwap::from_pointee(state),
-    });
+    let current: Current = Arc::new(ArcSwap::from_pointee(generation));
     let listeners = crate::server::bind(listen, workers).map_err(|source| StartError::Bind {
         addr: listen,
         source,
@@ -259,8 +180,8 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
                 .map_err(|source| StartError::Bind { addr: a, source })?
         };
         let ready: ReadyCheck = {
-            let shared = shared.clone();
-            Arc::new(move || shared.is_ready())
+            let current = current.clone();
+            Arc::new(move || is_ready(&current))
         };
         control.spawn(crate::admin::serve(
             listener,
@@ -271,25 +192,20 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
     }
     metrics.ready.store(true, Relaxed);
     {
-        let shared = shared.clone();
+        let current = current.clone();
         metrics.add_source(Arc::new(move |out: &mut String| {
-            if let Some(v) = &shared.state.load().validator {
+            if let Some(v) = current.load().tokens() {
                 out.push_str(&v.render_metrics());
             }
         }));
     }
     {
         let _g = control.enter();
-        if let Some(v) = shared.state.load().validator.clone() {
-            start_validator(v);
-        }
-        if let Some(l) = shared.state.load().login.clone() {
-            start_validator(l.id_validator.clone());
-        }
+        start_validators(fresh);
     }
 
     if let Some(path) = config_path {
-        let shared = shared.clone();
+        let current = current.clone();
         let mut stop = shutdown_rx.clone();
         control.spawn(async move {
             let Ok(mut hup) =
@@ -302,7 +218,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
                 tokio::select! {
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading configuration");
-                        let _ = reload(&shared, &path);
+                        let _ = reload(&current, &path);
                     }
                     _ = stop.changed() => return,
                 }
@@ -312,7 +228,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
 
     let mut threads = Vec::with_capacity(workers);
     for (id, listener) in listeners.into_iter().enumerate() {
-        let shared = shared.clone();
+        let current = current.clone();
         let limit = limit.clone();
         let shutdown = shutdown_rx.clone();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -322,7 +238,9 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
         let t = std::thread::Builder::new()
             .name(format!("portcullis-worker-{id}"))
             .spawn(move || {
-                rt.block_on(crate::server::worker(id, listener, shared, limit, shutdown));
+                rt.block_on(crate::server::worker(
+                    id, listener, current, limit, shutdown,
+                ));
             })
             .map_err(StartError::Runtime)?;
         threads.push(t);
@@ -331,7 +249,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
     Ok(Running {
         addr,
         admin_addr,
-        shared,
+        current,
         shutdown: shutdown_tx,
         threads,
         control: Some(control),
@@ -366,31 +284,23 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartErro
     Ok(())
 }
 
-/// Loads provider metadata and keys in the background (requests that need them get 503
-/// until then) and keeps them fresh.
+/// Loads provider metadata and keys of a new generation's validators in the background
+/// (requests that need them get 503 until then) and keeps them fresh.
+fn start_validators(fresh: Fresh) {
+    for v in fresh.validators {
+        start_validator(v);
+    }
+}
+
 fn start_validator(v: TokenValidator) {
     let refresh = v.clone();
     tokio::spawn(async move {
         match v.start().await {
-            Ok(()) => tracing::info!("bearer token validation ready"),
+            Ok(()) => tracing::info!("token validation ready"),
             Err(e) => {
                 tracing::error!(error = %e, cause = ?std::error::Error::source(&e).map(|s| s.to_string()), "token issuer not ready yet; retrying in the background")
             }
         }
     });
     refresh.spawn_refresh();
-}
-
-fn route_policy(r: &crate::config::RouteConfig) -> RoutePolicy {
-    RoutePolicy {
-        scopes: r.scopes.clone(),
-        method_scopes: r.method_scopes.clone(),
-        allow: r.allow.as_ref().map(|a| Allow {
-            groups: a.groups.clone().unwrap_or_default(),
-            emails: a.emails.clone().unwrap_or_default(),
-            email_domains: a.email_domains.clone().unwrap_or_default(),
-            claims: a.claims.clone().unwrap_or_default(),
-        }),
-        allow_preflight: r.allow_preflight,
-    }
 }

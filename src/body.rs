@@ -13,6 +13,9 @@ use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A response of the request path.
+pub type Resp = http::Response<RespBody>;
+
 pin_project! {
     /// The body of a response sent to the client.
     #[project = RespProj]

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use base64::Engine;
 
-use crate::config::Config;
-use crate::dev_idp::{
+use portcullis::config::Config;
+use portcullis::dev_idp::{
     DevIdp, DevIdpConfig, SampleApp, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, INTROSPECTION_CLIENT_ID,
     INTROSPECTION_CLIENT_SECRET, MACHINE_CLIENT_ID, MACHINE_CLIENT_SECRET,
 };
@@ -26,14 +26,14 @@ pub enum DemoError {
     #[error("sample app: {0}")]
     App(std::io::Error),
     #[error("generated config is invalid (a bug): {0}")]
-    Config(#[from] crate::config::ConfigErrors),
+    Config(#[from] portcullis::config::ConfigErrors),
     #[error("cannot write the config to {path}: {source}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{0}")]
-    Start(#[from] crate::app::StartError),
+    Start(#[from] portcullis::app::StartError),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -162,13 +162,13 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
             source,
         })?;
     let config = Config::from_toml(&text, &dir)?;
-    let running = crate::app::start(config, Some(path.clone()))?;
+    let running = portcullis::app::start(config, Some(path.clone()))?;
     // Print the banner only once a login can work (provider metadata and keys loaded).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !running.shared.is_ready() && std::time::Instant::now() < deadline {
+    while !running.is_ready() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    if !running.shared.is_ready() {
+    if !running.is_ready() {
         tracing::warn!("the proxy is not ready yet; logins may fail for a moment");
     }
     let url = format!("http://{host}:{}", running.addr.port());

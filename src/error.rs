@@ -1,134 +1,410 @@
-//! The one place where refusals and failures become status codes and safe bodies.
+//! The one rescue: every answer the proxy gives instead of the upstream's is a [`Refusal`],
+//! rendered here to HTML or JSON, with the request id, and logged by one rule.
 //!
-//! Bodies are short and generic, with the request id; they never carry upstream addresses,
-//! token contents or error chains (those go to the log).
+//! - **Whose fault** ([`Fault`]) decides the log level: the client's → `debug` (it is
+//!   their problem and they are many), the provider's or the upstream's → `warn` (an
+//!   operator should look), ours (config, a bug) → `error`.
+//! - **The page format** ([`wants_html`]): `Accept` mentioning `text/html` gets a small
+//!   HTML page, everything else the JSON body of DESIGN §2. Bearer-token refusals are
+//!   always JSON with their RFC 6750 challenge: only API clients send tokens.
+//! - **Redirect or 401** ([`is_navigation`], DESIGN §1.2): only a top-level browser
+//!   navigation is sent to the login; `fetch`/XHR/API calls get 401 so apps can handle it.
+//!
+//! Bodies are short and generic; they never carry upstream addresses, token contents or
+//! error chains (those go to the log, with the request id).
 
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use http::{Response, StatusCode};
+use std::borrow::Cow;
+use std::sync::Arc;
 
-use crate::body::RespBody;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use http::{HeaderMap, Method, Response, StatusCode};
 
-/// Why the proxy answers a request itself.
+use crate::body::{BoxError, Resp, RespBody};
+
+/// The RFC 6750 §1.2 realm named in bearer challenges.
+pub const REALM: &str = "portcullis";
+
+/// Whose fault a refusal is: decides the log level (and, for operators, where to look).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
-    /// Malformed or ambiguous request (path, headers): client fault.
-    BadRequest(&'static str),
-    NotFound,
-    /// The identity is known but not allowed here.
-    Forbidden,
-    UriTooLong,
-    HeadersTooLarge,
-    /// The client was too slow sending its body.
-    RequestTimeout,
-    /// The upstream refused, reset or could not be reached.
-    BadGateway,
-    /// The upstream did not answer in time.
-    GatewayTimeout,
-    /// A dependency the request needs (provider, JWKS, introspection) is unavailable.
-    Unavailable(&'static str),
-    /// A bug or an impossible state: fail closed.
+pub enum Fault {
+    /// A malformed, unauthenticated or unauthorized request: `debug`.
+    Client,
+    /// The identity provider (discovery, JWKS, token, introspection) or the session store
+    /// could not answer, or answered something unusable: `warn`.
+    Provider,
+    /// The upstream application refused, reset, or was too slow: `warn`.
+    Upstream,
+    /// The configuration or the proxy itself: `error`.
     Internal,
 }
 
-impl Reject {
-    pub fn status(self) -> StatusCode {
+/// Why the proxy answers a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    // ---- the client's fault -------------------------------------------------------------
+    /// Malformed or ambiguous request (path, host, headers).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("no route for this path")]
+    NotFound,
+    #[error("request target too long")]
+    UriTooLong,
+    #[error("request head too large")]
+    HeadersTooLarge,
+    /// The client paused too long while sending its body.
+    #[error("request body not received in time")]
+    RequestTimeout,
+    /// The identity is known but not allowed here.
+    #[error("identity not allowed on this route")]
+    Forbidden,
+    /// No identity on a route that needs one. A navigation is sent to `login` (the
+    /// `/oauth2/start?rd=...` of this request) when there is one; anything else gets 401
+    /// with a bare bearer challenge (RFC 6750 §3.1: no error code without a token).
+    #[error("no identity")]
+    SignInRequired { login: Option<String> },
+    /// A malformed `Authorization` header (RFC 6750 §3.1 `invalid_request`, 400).
+    #[error("malformed Authorization header")]
+    TokenMalformed,
+    /// The bearer token is not valid (RFC 6750 §3.1 `invalid_token`, 401).
+    #[error("bearer token refused: {0}")]
+    TokenRefused(#[source] crate::token::TokenError),
+    /// The token lacks scopes this request needs (RFC 6750 §3.1 `insufficient_scope`, 403);
+    /// `required` is every scope the request needs, space separated.
+    #[error("insufficient scope")]
+    InsufficientScope { required: String },
+
+    // ---- the provider's (or session store's) fault ----------------------------------------
+    /// A token could not be checked: the provider, its JWKS or introspection is unavailable.
+    /// Fail closed: 503, never a pass.
+    #[error("token could not be checked")]
+    TokenUnavailable(#[source] crate::token::TokenError),
+    /// A dependency the request needs is unavailable (503).
+    #[error("unavailable: {0}")]
+    Unavailable(&'static str),
+    /// The identity has a value that cannot be sent in a header (a control character in a
+    /// claim): refused (403), never split or forwarded.
+    #[error("identity refused")]
+    UnsafeIdentity(#[source] crate::auth::identity_headers::UnsafeValue),
+
+    // ---- the upstream's fault ---------------------------------------------------------------
+    /// The upstream (named) refused, reset or could not be reached.
+    #[error("upstream {0} request failed")]
+    BadGateway(Arc<str>, #[source] Option<BoxError>),
+    /// The upstream (named) did not answer in time.
+    #[error("upstream {0} timed out")]
+    GatewayTimeout(Arc<str>),
+
+    // ---- ours ---------------------------------------------------------------------------------
+    /// A bug or an impossible state: fail closed.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+
+    // ---- the login flow's pages (always HTML) -------------------------------------------------
+    /// A page of `/oauth2/start`, `/oauth2/callback`: the user reads `message`.
+    #[error("login flow: {message}")]
+    Flow {
+        status: StatusCode,
+        fault: Fault,
+        message: Cow<'static, str>,
+    },
+}
+
+impl Refusal {
+    /// A login-flow page. `fault` follows from the status: 4xx the client's, 500 ours,
+    /// other 5xx the provider's (or session store's).
+    pub fn flow(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Refusal {
+        let fault = match status.as_u16() {
+            500 => Fault::Internal,
+            s if s >= 500 => Fault::Provider,
+            _ => Fault::Client,
+        };
+        Refusal::Flow {
+            status,
+            fault,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
         match self {
-            Reject::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Reject::NotFound => StatusCode::NOT_FOUND,
-            Reject::Forbidden => StatusCode::FORBIDDEN,
-            Reject::UriTooLong => StatusCode::URI_TOO_LONG,
-            Reject::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Reject::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Reject::BadGateway => StatusCode::BAD_GATEWAY,
-            Reject::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Reject::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Reject::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Refusal::BadRequest(_) | Refusal::TokenMalformed => StatusCode::BAD_REQUEST,
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
+            Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Forbidden | Refusal::InsufficientScope { .. } | Refusal::UnsafeIdentity(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Refusal::SignInRequired { .. } | Refusal::TokenRefused(_) => StatusCode::UNAUTHORIZED,
+            Refusal::TokenUnavailable(_) | Refusal::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Refusal::BadGateway(..) => StatusCode::BAD_GATEWAY,
+            Refusal::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Refusal::Flow { status, .. } => *status,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            Refusal::BadRequest(_)
+            | Refusal::NotFound
+            | Refusal::UriTooLong
+            | Refusal::HeadersTooLarge
+            | Refusal::RequestTimeout
+            | Refusal::Forbidden
+            | Refusal::SignInRequired { .. }
+            | Refusal::TokenMalformed
+            | Refusal::TokenRefused(_)
+            | Refusal::InsufficientScope { .. } => Fault::Client,
+            Refusal::TokenUnavailable(_) | Refusal::Unavailable(_) | Refusal::UnsafeIdentity(_) => {
+                Fault::Provider
+            }
+            Refusal::BadGateway(..) | Refusal::GatewayTimeout(_) => Fault::Upstream,
+            Refusal::Internal(_) => Fault::Internal,
+            Refusal::Flow { fault, .. } => *fault,
         }
     }
 
     /// (`error` code, human description): safe to show to anyone.
-    fn text(self) -> (&'static str, &'static str) {
+    fn text(&self) -> (&'static str, Cow<'_, str>) {
+        let t = |code, d: &'static str| (code, Cow::Borrowed(d));
         match self {
-            Reject::BadRequest(why) => ("invalid_request", why),
-            Reject::NotFound => ("not_found", "no route for this path"),
-            Reject::Forbidden => (
-                "access_denied",
-                "you are not allowed to access this resource",
-            ),
-            Reject::UriTooLong => ("uri_too_long", "the request target is too long"),
-            Reject::HeadersTooLarge => ("headers_too_large", "the request headers are too large"),
-            Reject::RequestTimeout => (
+            Refusal::BadRequest(why) => t("invalid_request", why),
+            Refusal::NotFound => t("not_found", "no route for this path"),
+            Refusal::UriTooLong => t("uri_too_long", "the request target is too long"),
+            Refusal::HeadersTooLarge => t("headers_too_large", "the request headers are too large"),
+            Refusal::RequestTimeout => t(
                 "request_timeout",
                 "the request body was not received in time",
             ),
-            Reject::BadGateway => ("bad_gateway", "the upstream service is unavailable"),
-            Reject::GatewayTimeout => (
+            Refusal::Forbidden | Refusal::UnsafeIdentity(_) => t(
+                "access_denied",
+                "you are not allowed to access this resource",
+            ),
+            Refusal::SignInRequired { .. } => t("unauthorized", "a bearer token is required"),
+            Refusal::TokenMalformed => t("invalid_request", "malformed Authorization header"),
+            Refusal::TokenRefused(e) => t("invalid_token", e.description()),
+            Refusal::InsufficientScope { .. } => t(
+                "insufficient_scope",
+                "the token lacks a scope this request needs",
+            ),
+            Refusal::TokenUnavailable(e) => t("temporarily_unavailable", e.description()),
+            Refusal::Unavailable(why) => t("temporarily_unavailable", why),
+            Refusal::BadGateway(..) => t("bad_gateway", "the upstream service is unavailable"),
+            Refusal::GatewayTimeout(_) => t(
                 "gateway_timeout",
                 "the upstream service did not answer in time",
             ),
-            Reject::Unavailable(why) => ("temporarily_unavailable", why),
-            Reject::Internal => ("server_error", "internal error"),
+            Refusal::Internal(_) => t("server_error", "internal error"),
+            Refusal::Flow { message, .. } => ("login_failed", Cow::Borrowed(message)),
         }
     }
+
+    /// The RFC 6750 §3 challenge of a bearer refusal; `None` for the others.
+    fn challenge(&self) -> Option<String> {
+        match self {
+            Refusal::SignInRequired { .. } => Some(format!("Bearer realm=\"{REALM}\"")),
+            Refusal::TokenMalformed => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_request\""
+            )),
+            Refusal::TokenRefused(e) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+                e.description()
+            )),
+            Refusal::InsufficientScope { required } => {
+                // Scope tokens cannot contain '"' or '\' (RFC 6749 §3.3), but be safe.
+                let scope: String = required
+                    .chars()
+                    .filter(|c| *c != '"' && *c != '\\')
+                    .collect();
+                Some(format!(
+                    "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{scope}\""
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Refusals that only API clients meet: always JSON, whatever `Accept` says.
+    fn api_only(&self) -> bool {
+        matches!(
+            self,
+            Refusal::SignInRequired { .. }
+                | Refusal::TokenMalformed
+                | Refusal::TokenRefused(_)
+                | Refusal::InsufficientScope { .. }
+                | Refusal::TokenUnavailable(_)
+        )
+    }
+
+    /// Logs the refusal by the rule of the module doc (the source chain goes to the log,
+    /// never to the client) and renders it for a request with `method` and `headers`.
+    pub fn respond(self, request_id: &str, method: &Method, headers: &HeaderMap) -> Resp {
+        if let Refusal::SignInRequired { login: Some(to) } = &self {
+            if is_navigation(method, headers) {
+                self.log(request_id);
+                return redirect(to, Vec::new());
+            }
+        }
+        let html = wants_html(headers);
+        self.respond_as(request_id, html)
+    }
+
+    /// Logs and renders the refusal for a client that `wants_html` (or not), when the
+    /// request itself is gone (it moved upstream). Login-flow pages are always HTML,
+    /// bearer refusals always JSON.
+    pub fn respond_as(self, request_id: &str, wants_html: bool) -> Resp {
+        self.log(request_id);
+        let html = match &self {
+            Refusal::Flow { .. } => true,
+            r if r.api_only() => false,
+            _ => wants_html,
+        };
+        self.render(request_id, html)
+    }
+
+    /// Like [`Refusal::respond`], for answers that carry cookies (a session ended or
+    /// cleared, a login transaction removed).
+    pub fn respond_with_cookies(
+        self,
+        request_id: &str,
+        method: &Method,
+        headers: &HeaderMap,
+        cookies: Vec<HeaderValue>,
+    ) -> Resp {
+        let mut r = self.respond(request_id, method, headers);
+        for c in cookies {
+            r.headers_mut().append(SET_COOKIE, c);
+        }
+        r
+    }
+
+    fn log(&self, request_id: &str) {
+        let status = self.status().as_u16();
+        let cause = std::error::Error::source(self).map(tracing::field::display);
+        match self.fault() {
+            Fault::Client => {
+                tracing::debug!(request_id, status, reason = %self, cause, "refused")
+            }
+            Fault::Provider => {
+                tracing::warn!(request_id, status, reason = %self, cause, "refused: provider")
+            }
+            Fault::Upstream => {
+                tracing::warn!(request_id, status, reason = %self, cause, "refused: upstream")
+            }
+            Fault::Internal => {
+                tracing::error!(request_id, status, reason = %self, cause, "refused: internal")
+            }
+        }
+    }
+
+    fn render(&self, request_id: &str, html: bool) -> Resp {
+        let status = self.status();
+        let (code, description) = self.text();
+        let mut resp = if html {
+            let mut r = Response::new(RespBody::full(html_page(status, &description, request_id)));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        } else {
+            json_error(status, code, &description, request_id)
+        };
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        if let Some(c) = self
+            .challenge()
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            h.insert(http::header::WWW_AUTHENTICATE, c);
+        }
+        if let Refusal::Flow { .. } = self {
+            flow_headers(h);
+        }
+        resp
+    }
 }
 
-/// Does the client prefer an HTML page (a browser navigation)?
-pub fn wants_html(headers: &http::HeaderMap) -> bool {
-    let accept = headers
+const X_CONTENT_TYPE_OPTIONS: http::HeaderName =
+    http::HeaderName::from_static("x-content-type-options");
+
+/// Which format for a page of ours? A client whose `Accept` mentions `text/html` (a
+/// browser) gets HTML; everything else JSON.
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    headers
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    accept.contains("text/html")
+        .is_some_and(|a| a.contains("text/html"))
 }
 
-pub fn respond(reject: Reject, request_id: &str, html: bool) -> Response<RespBody> {
-    let (code, description) = reject.text();
-    let status = reject.status();
-    if !html {
-        return json_error(status, code, description, request_id);
+/// Redirect to the login, or 401? Only a top-level browser navigation (DESIGN §1.2): a
+/// GET/HEAD with `Sec-Fetch-Mode: navigate`, or else `Accept` preferring `text/html`
+/// without `X-Requested-With`. `fetch`/XHR/API calls get 401 so that apps can handle it.
+pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return false;
     }
-    let mut resp = Response::new(RespBody::full(html_page(status, description, request_id)));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
+    if let Some(mode) = headers.get("sec-fetch-mode") {
+        return mode.as_bytes().eq_ignore_ascii_case(b"navigate");
+    }
+    if headers.contains_key("x-requested-with") {
+        return false;
+    }
+    wants_html(headers)
 }
 
 /// A JSON answer of the proxy's own, never cached.
-pub fn json_response(status: StatusCode, body: String) -> Response<RespBody> {
+pub fn json_response(status: StatusCode, body: String) -> Resp {
     let mut resp = Response::new(RespBody::full(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     resp
 }
 
 /// The JSON error body of DESIGN §2: `{"error", "error_description", "request_id"}`.
-pub fn json_error(
-    status: StatusCode,
-    error: &str,
-    description: &str,
-    request_id: &str,
-) -> Response<RespBody> {
+pub fn json_error(status: StatusCode, error: &str, description: &str, request_id: &str) -> Resp {
     let body = serde_json::json!({
         "error": error,
         "error_description": description,
         "request_id": request_id,
     });
     json_response(status, body.to_string())
+}
+
+/// Headers on every page and redirect of the login flow: not cached, no referrer leak,
+/// never framed.
+fn flow_headers(h: &mut HeaderMap) {
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+}
+
+/// A 302 of the login flow (to the provider, back to `rd`, to the login), with cookies.
+pub fn redirect(location: &str, cookies: Vec<HeaderValue>) -> Resp {
+    let mut r = Response::new(RespBody::empty());
+    *r.status_mut() = StatusCode::FOUND;
+    let location =
+        HeaderValue::from_str(location).unwrap_or_else(|_| HeaderValue::from_static("/"));
+    r.headers_mut().insert(LOCATION, location);
+    for c in cookies {
+        r.headers_mut().append(SET_COOKIE, c);
+    }
+    flow_headers(r.headers_mut());
+    r
 }
 
 /// HTML-escapes text for element content and attribute values.
@@ -173,6 +449,14 @@ h1{{font-size:1.4rem;margin:0 0 .75rem}}p{{margin:.5rem 0}}.id{{color:#6b7385;fo
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
     #[test]
     fn escapes() {
         assert_eq!(
@@ -182,8 +466,68 @@ mod tests {
     }
 
     #[test]
-    fn json_body_has_request_id_and_no_internals() {
-        let r = respond(Reject::BadGateway, "abc", false);
+    fn format_follows_accept_but_bearer_refusals_are_json() {
+        let html = headers(&[("accept", "text/html")]);
+        let r = Refusal::BadGateway("app".into(), None).respond("abc", &Method::GET, &html);
         assert_eq!(r.status(), 502);
+        assert_eq!(r.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+        let r =
+            Refusal::BadGateway("app".into(), None).respond("abc", &Method::GET, &HeaderMap::new());
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        let r = Refusal::TokenMalformed.respond("abc", &Method::GET, &html);
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(
+            r.headers()[http::header::WWW_AUTHENTICATE],
+            "Bearer realm=\"portcullis\", error=\"invalid_request\""
+        );
+    }
+
+    #[test]
+    fn sign_in_redirects_navigations_only() {
+        let nav = headers(&[("accept", "text/html"), ("sec-fetch-mode", "navigate")]);
+        let fetch = headers(&[("accept", "text/html"), ("sec-fetch-mode", "cors")]);
+        let xhr = headers(&[
+            ("accept", "text/html"),
+            ("x-requested-with", "XMLHttpRequest"),
+        ]);
+        let login = || Refusal::SignInRequired {
+            login: Some("/oauth2/start?rd=%2Fx".into()),
+        };
+        let r = login().respond("id", &Method::GET, &nav);
+        assert_eq!(r.status(), 302);
+        assert_eq!(r.headers()[LOCATION], "/oauth2/start?rd=%2Fx");
+        for (m, h) in [
+            (Method::GET, &fetch),
+            (Method::GET, &xhr),
+            (Method::POST, &nav),
+        ] {
+            let r = login().respond("id", &m, h);
+            assert_eq!(r.status(), 401, "{m} {h:?}");
+            assert_eq!(
+                r.headers()[http::header::WWW_AUTHENTICATE],
+                "Bearer realm=\"portcullis\""
+            );
+        }
+    }
+
+    #[test]
+    fn flow_pages_are_html_and_never_framed() {
+        let r = Refusal::flow(StatusCode::BAD_REQUEST, "Please <start> again.").respond(
+            "rid",
+            &Method::GET,
+            &HeaderMap::new(),
+        );
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.headers()["x-frame-options"], "DENY");
+        assert_eq!(r.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(
+            Refusal::flow(StatusCode::SERVICE_UNAVAILABLE, "x").fault(),
+            Fault::Provider
+        );
+        assert_eq!(
+            Refusal::flow(StatusCode::INTERNAL_SERVER_ERROR, "x").fault(),
+            Fault::Internal
+        );
     }
 }

@@ -1,34 +1,57 @@
 //! portcullis: an authenticating reverse proxy.
 //!
+//! The request path, and the module that does each step:
+//!
 //! ```text
-//! client ──TLS/TCP──▶ listener ─▶ request span ─▶ route match ─▶ authenticate ─▶ authorize ─▶ identity headers ─▶ upstream
-//!                                                     │                │
-//!                                                     │                └─ no identity: browser → 302 to login; API → 401
-//!                                                     └─ /oauth2/* endpoints
+//!             server          telemetry   routing          proxy::       auth          proxy::
+//!             (accept, TLS,   ::trace     (limits, host,   hygiene       (gate:        forward
+//!              limits)        (id, log,    path, route)    (headers)     token or      (upstream,
+//!                              metrics)        │                          session,      streaming,
+//! client ──TLS/TCP──▶ listener ─▶ request ─▶ route match ─▶ clean ─▶ authenticate ─▶ upgrades)
+//!                                  span          │                  ─▶ authorize ─▶ identity headers ─▶ upstream
+//!                                                │                        │
+//!                                                │                        └─ no identity: browser → 302 to login;
+//!                                                │                           API → 401 (error: the one rescue)
+//!                                                └─ /oauth2/* (oidc::endpoints: ping, forward auth, login,
+//!                                                   callback, sign-out, userinfo)
 //! ```
 //!
-//! The request path is assembled once, in [`stack`]; each concern is a tower layer.
+//! - `stack` writes the layer order once; `generation` builds one stack per worker
+//!   from a config and carries what outlives a reload; [`app`] starts the workers and the
+//!   admin listener and owns reload and shutdown (nothing imports it).
+//! - [`config`] reads and validates the file (it imports no behaviour); `path`
+//!   canonicalizes paths and hosts (it imports nothing of the crate).
+//! - [`token`] validates bearer tokens (JWKS, introspection, cache); `session` keeps
+//!   browser sessions; `oidc` is discovery, the login flow and the provider transport;
+//!   [`identity`] is the one identity type they make; `policy` judges it.
+//! - `error` renders every refusal; `exchange` is what travels with a request.
+//! - `admin` serves `/healthz`, `/readyz`, `/metrics`; `dev_idp` is the development
+//!   provider and sample app of `portcullis demo` (cargo feature `demo`, on by default).
 
-pub mod admin;
 pub mod app;
-pub mod auth;
-pub mod body;
 pub mod config;
-pub mod ctx;
-pub mod demo;
+#[cfg(feature = "demo")]
 pub mod dev_idp;
-pub mod error;
 pub mod identity;
 pub mod oidc;
-pub mod policy;
-pub mod proxy;
-pub mod router;
-pub mod routing;
-pub mod server;
-pub mod session;
-pub mod stack;
 pub mod telemetry;
 pub mod token;
 
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod body;
+pub(crate) mod error;
+pub(crate) mod exchange;
+pub(crate) mod generation;
+pub(crate) mod path;
+pub(crate) mod policy;
+pub(crate) mod proxy;
+pub(crate) mod routing;
+pub(crate) mod server;
+pub(crate) mod session;
+pub(crate) mod stack;
+
+#[cfg(test)]
+mod import_graph;
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -1,4 +1,4 @@
-//! The `portcullis` command: run, check.
+//! The `portcullis` command: run, check, demo (with the `demo` feature).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 // worker thread; glibc malloc spent ~10% of CPU there under load.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "demo")]
+mod demo;
+
 use portcullis::config::Config;
 use portcullis::telemetry::{self, LogFormat};
 
@@ -36,6 +39,7 @@ enum Command {
     /// Validate a config file and exit: 0 when valid, 1 with the problems otherwise.
     Check,
     /// Try it: a development OpenID provider, a sample app and the proxy, on 127.0.0.1.
+    #[cfg(feature = "demo")]
     Demo {
         /// The proxy's port.
         #[arg(long, default_value_t = 8080)]
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        #[cfg(feature = "demo")]
         Command::Demo {
             port,
             bind,
@@ -82,7 +87,7 @@ fn main() -> ExitCode {
             if !print_config {
                 telemetry::init(cli.log_format);
             }
-            match portcullis::demo::run(portcullis::demo::DemoOptions {
+            match demo::run(demo::DemoOptions {
                 port,
                 bind,
                 print_config,

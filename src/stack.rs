@@ -1,31 +1,86 @@
-//! THE layer order of the request path. The first layer added sees the request first.
+//! THE layer order of the request path, and where `/oauth2/*` turns off it. The first
+//! layer added sees the request first. Each layer is built with exactly the parts it
+//! uses, from one config generation (see `generation`); one stack is assembled per worker
+//! thread, so that its upstream clients stay on the runtime that opened their connections.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use tower::ServiceBuilder;
 
+use crate::admin::metrics::Metrics;
+use crate::auth::layer::OwnCookie;
 use crate::auth::{Auth, AuthLayer};
+use crate::config::HeadersConfig;
+use crate::oidc::endpoints::Endpoints;
+use crate::oidc::login::Login;
 use crate::proxy::forward::ProxyService;
-use crate::proxy::hygiene::{Hygiene, HygieneLayer};
-use crate::routing::{Route, RouteLayer};
+use crate::proxy::headers::IdentityStrip;
+use crate::proxy::hygiene::{Hygiene, HygieneLayer, TrustedProxies};
+use crate::routing::layer::HeadLimits;
+use crate::routing::{RouteTable, Routing, RoutingLayer};
 use crate::telemetry::{Trace, TraceLayer};
 
-/// The assembled request path. Every layer is stateless (config comes with each request
-/// in its [`crate::ctx::Ctx`]), so cloning it per connection costs nothing.
-pub type Stack = Trace<Route<Hygiene<Auth<ProxyService>>>>;
+/// The assembled request path of one worker, around the service that forwards upstream.
+pub type Stack<S = ProxyService> = Trace<Routing<Hygiene<Auth<S>>, Endpoints>>;
 
-pub fn build() -> Stack {
+/// Everything the layers are built from (one generation, one worker).
+pub struct Parts {
+    /// This worker's route table (each route holds the worker's upstream client).
+    pub table: Arc<RouteTable>,
+    pub limits: HeadLimits,
+    /// `server.proxy_prefix`.
+    pub prefix: Arc<str>,
+    /// Client headers that no request may bring (identity headers, path overrides).
+    pub strip: Arc<IdentityStrip>,
+    pub trusted: TrustedProxies,
+    /// The identity headers set on passed requests.
+    pub headers: Arc<HeadersConfig>,
+    pub login: Option<Arc<Login>>,
+    pub metrics: Arc<Metrics>,
+    pub body_read_timeout: Duration,
+}
+
+/// The production stack: forwards upstream.
+pub fn build(p: &Parts) -> Stack {
+    build_around(p, ProxyService::new(p.body_read_timeout, p.metrics.clone()))
+}
+
+/// The stack around any innermost service (stack tests put a recorder there).
+pub fn build_around<S>(p: &Parts, inner: S) -> Stack<S> {
+    let own_cookie: OwnCookie = p.login.as_ref().map(|l| Arc::from(l.store.cookie_name()));
+    // `/oauth2/*`: answered by the routing layer's side branch, after limits and path
+    // canonicalization, before header hygiene and auth (forward auth reads the trusted
+    // proxy's X-Forwarded-* headers; the login endpoints read the proxy's own cookies).
+    let endpoints = Endpoints::new(
+        p.login.clone(),
+        p.table.clone(),
+        p.trusted.clone(),
+        p.headers.clone(),
+    );
     ServiceBuilder::new()
-        // Request id, span, in-flight gauge, metrics and the access log: outermost, so
-        // that every answer, including refusals by the layers below, is counted and logged.
-        .layer(TraceLayer)
-        // Limits, host and path canonicalization, /oauth2/ping, route match: everything
-        // below sees only the canonical path, and ambiguous requests stop here (400).
-        .layer(RouteLayer)
+        // Request id, span, in-flight gauge, route counters and the access log: outermost,
+        // so that every answer, including refusals by the layers below, is counted and
+        // logged.
+        .layer(TraceLayer::new(p.metrics.clone()))
+        // Limits, host and path canonicalization, the proxy's own endpoints, route match:
+        // everything below sees only the canonical path, and ambiguous requests stop here
+        // (400).
+        .layer(RoutingLayer::new(
+            p.table.clone(),
+            p.limits,
+            p.prefix.clone(),
+            endpoints,
+        ))
         // Hop-by-hop, identity and forwarding headers stripped on every routed request,
         // public or not, before anything trusts a header.
-        .layer(HygieneLayer)
-        // The gate: the route's auth mode decides; a mode this build cannot enforce is
-        // refused, never passed.
-        .layer(AuthLayer)
+        .layer(HygieneLayer::new(p.strip.clone(), p.trusted.clone()))
+        // The gate: the route's auth mode (which holds its validator or login) decides;
+        // then identity headers are set and the proxy's cookies removed.
+        .layer(AuthLayer::new(p.headers.clone(), own_cookie))
         // Forward upstream and stream the answer back.
-        .service(ProxyService)
+        .service(inner)
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,8 +11,10 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Default)]
+/// One route label's counters; the same label keeps its counters across reloads.
 pub struct RouteMetrics {
+    /// The route's name: its label in metrics and the access log.
+    pub name: Arc<str>,
     /// By status class: 1xx..5xx.
     status: [AtomicU64; 5],
     buckets: [AtomicU64; BUCKETS.len()],
@@ -21,6 +23,16 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    fn new(name: Arc<str>) -> RouteMetrics {
+        RouteMetrics {
+            name,
+            status: Default::default(),
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
     pub fn record(&self, status: u16, latency: Duration) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.status[class].fetch_add(1, Relaxed);
@@ -51,7 +63,7 @@ pub struct Metrics {
     pub connections_open: AtomicI64,
     pub connections_total: AtomicU64,
     upstream_errors: [AtomicU64; 3],
-    routes: Mutex<Vec<(Arc<str>, Arc<RouteMetrics>)>>,
+    routes: Mutex<Vec<Arc<RouteMetrics>>>,
     sources: Mutex<Vec<MetricsSource>>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
@@ -62,11 +74,11 @@ impl Metrics {
     /// The counters of a route label; the same label keeps its counters across reloads.
     pub fn route(&self, name: &Arc<str>) -> Arc<RouteMetrics> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, m)) = routes.iter().find(|(n, _)| n == name) {
+        if let Some(m) = routes.iter().find(|m| &m.name == name) {
             return m.clone();
         }
-        let m = Arc::new(RouteMetrics::default());
-        routes.push((name.clone(), m.clone()));
+        let m = Arc::new(RouteMetrics::new(name.clone()));
+        routes.push(m.clone());
         m
     }
 
@@ -92,7 +104,8 @@ impl Metrics {
             "# HELP portcullis_requests_total Requests answered, by route and status class.\n",
         );
         o.push_str("# TYPE portcullis_requests_total counter\n");
-        for (name, m) in &routes {
+        for m in &routes {
+            let name = &m.name;
             for (i, c) in m.status.iter().enumerate() {
                 let _ = writeln!(
                     o,
@@ -107,7 +120,8 @@ impl Metrics {
             "# HELP portcullis_request_duration_seconds Time from request head to response head.\n",
         );
         o.push_str("# TYPE portcullis_request_duration_seconds histogram\n");
-        for (name, m) in &routes {
+        for m in &routes {
+            let name = &m.name;
             let mut cumulative = 0;
             for (i, b) in BUCKETS.iter().enumerate() {
                 cumulative += m.buckets[i].load(Relaxed);

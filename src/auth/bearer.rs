@@ -1,14 +1,9 @@
 //! `auth = "bearer"`: the request is judged on its `Authorization: Bearer` token alone
-//! (RFC 6750), validated by the [`TokenValidator`] (JWKS or introspection, cached).
+//! (RFC 6750), validated by the `TokenValidator` (JWKS or introspection, cached). The
+//! refusals and their challenges are `crate::error::Refusal`s.
 
-use http::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
-use http::{HeaderMap, StatusCode};
-
-use crate::ctx::Resp;
-use crate::token::TokenError;
-
-/// The RFC 6750 §1.2 realm named in challenges.
-pub const REALM: &str = "portcullis";
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
 
 /// The token of `Authorization: Bearer <token>`, or why there is none.
 pub enum Extracted<'a> {
@@ -49,88 +44,10 @@ pub fn extract(headers: &HeaderMap) -> Extracted<'_> {
     Extracted::Token(token)
 }
 
-fn json(
-    status: StatusCode,
-    error: &str,
-    description: &str,
-    request_id: &str,
-    challenge: Option<String>,
-) -> Resp {
-    let mut r = crate::error::json_error(status, error, description, request_id);
-    if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        r.headers_mut().insert(WWW_AUTHENTICATE, c);
-    }
-    r
-}
-
-/// 401 without any token: a bare challenge (RFC 6750 §3.1: no error code).
-pub fn missing(request_id: &str) -> Resp {
-    json(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "a bearer token is required",
-        request_id,
-        Some(format!("Bearer realm=\"{REALM}\"")),
-    )
-}
-
-/// 400 for a malformed Authorization header (RFC 6750 §3.1 invalid_request).
-pub fn malformed(request_id: &str) -> Resp {
-    json(
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        "malformed Authorization header",
-        request_id,
-        Some(format!(
-            "Bearer realm=\"{REALM}\", error=\"invalid_request\""
-        )),
-    )
-}
-
-/// 401 invalid_token, or 503 when the provider could not be asked (fail closed).
-pub fn refused(e: &TokenError, request_id: &str) -> Resp {
-    if e.is_unavailable() {
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            e.description(),
-            request_id,
-            None,
-        );
-    }
-    json(
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-        e.description(),
-        request_id,
-        Some(format!(
-            "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
-            e.description()
-        )),
-    )
-}
-
-/// 403 insufficient_scope (RFC 6750 §3.1), naming every scope the request needs.
-pub fn insufficient_scope(required: &str, request_id: &str) -> Resp {
-    // Scope tokens cannot contain '"' or '\' (RFC 6749 §3.3), but be safe.
-    let scope: String = required
-        .chars()
-        .filter(|c| *c != '"' && *c != '\\')
-        .collect();
-    json(
-        StatusCode::FORBIDDEN,
-        "insufficient_scope",
-        "the token lacks a scope this request needs",
-        request_id,
-        Some(format!(
-            "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{scope}\""
-        )),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn h(v: &[&str]) -> HeaderMap {
         let mut m = HeaderMap::new();

@@ -8,7 +8,6 @@
 
 pub mod file;
 pub mod secret;
-mod token_map;
 mod types;
 mod validate;
 
@@ -16,7 +15,6 @@ use std::fmt;
 use std::path::Path;
 
 pub use secret::Secret;
-pub use token_map::token_config;
 pub use types::*;
 
 /// One problem in a config file, with the key it concerns.

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use super::file::*;
 use super::types::*;
 use super::{ConfigError, ConfigErrors, Secret};
-use crate::router;
+use crate::path::{normalize_path, prefix_matches};
 
 /// Header names of every preset; all of them are stripped from client requests whatever
 /// the preset in use, so that switching presets never opens a spoofing hole.
@@ -425,7 +425,7 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
     if !proxy_prefix.starts_with('/')
         || proxy_prefix.len() < 2
         || proxy_prefix.ends_with('/')
-        || router::normalize_path(&proxy_prefix).ok().as_deref() != Some(proxy_prefix.as_str())
+        || normalize_path(&proxy_prefix).ok().as_deref() != Some(proxy_prefix.as_str())
     {
         cx.err(
             "server.proxy_prefix",
@@ -1216,8 +1216,8 @@ fn routes(
             }
             Some(p) => p,
         };
-        let canonical = match router::normalize_path(path) {
-            Ok(c) if path.starts_with('/') => c,
+        let canonical = match normalize_path(path) {
+            Ok(c) if path.starts_with('/') => c.into_owned(),
             Ok(_) => {
                 cx.err(format!("{key}.path"), "must start with '/'");
                 continue;
@@ -1358,7 +1358,7 @@ fn routes(
         // usually leaves something less protected than intended: refuse it.
         for (j, earlier) in out.iter().enumerate() {
             let host_covers = earlier.host.is_none() || earlier.host == host;
-            if host_covers && router::prefix_matches(&earlier.path, &prefix) {
+            if host_covers && prefix_matches(&earlier.path, &prefix) {
                 cx.err(
                     format!("{key}.path"),
                     format!(

@@ -9,14 +9,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
-use http::{HeaderMap, Response, StatusCode};
+use http::header::{HeaderValue, SET_COOKIE};
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use crate::body::RespBody;
+use crate::body::Resp;
 use crate::config::{ClientAuth, Config, Secret};
-use crate::ctx::Resp;
-use crate::error::{html_page, json_error, json_response};
+use crate::error::{json_error, json_response, redirect, Refusal};
 use crate::identity::Identity;
 use crate::oidc::redirect::validate_redirect;
 use crate::oidc::transport::{form_urlencode, HttpTransport, TransportConfig};
@@ -124,6 +123,64 @@ fn now() -> SystemTime {
 }
 
 impl Login {
+    /// A fingerprint of every setting [`Login::build`] reads (secrets included), or
+    /// `None` when no route needs logins. Equal fingerprints: the running login (its
+    /// provider metadata, keys and refresh single-flight) can serve the new config.
+    pub fn fingerprint(c: &Config) -> Option<String> {
+        let needs = c.routes.iter().any(|r| {
+            matches!(
+                r.auth,
+                crate::config::AuthMode::Login | crate::config::AuthMode::Either
+            )
+        });
+        if !needs {
+            return None;
+        }
+        let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut add = |b: &[u8]| {
+            d.update(&(b.len() as u64).to_be_bytes());
+            d.update(b);
+        };
+        add(format!("{:?}", c.provider).as_bytes());
+        add(format!("{:?}", c.session).as_bytes());
+        add(format!("{:?}", c.server.public_url).as_bytes());
+        add(c.server.proxy_prefix.as_bytes());
+        add(format!("{:?}", c.login).as_bytes());
+        add(format!("{:?}", c.headers.claims).as_bytes());
+        for r in &c.routes {
+            add(format!("{:?}", r.allow).as_bytes());
+        }
+        // Debug output redacts secrets: add them themselves.
+        if let Some(p) = &c.provider {
+            add(p
+                .client_secret
+                .as_ref()
+                .map_or(&[][..], |s| s.expose().as_bytes()));
+            if let Some(f) = &p.private_key_file {
+                add(&std::fs::read(f).unwrap_or_default());
+            }
+            if let Some(f) = &p.ca_file {
+                add(&std::fs::read(f).unwrap_or_default());
+            }
+        }
+        if let Some(s) = &c.session {
+            for k in &s.secrets {
+                add(k.expose());
+            }
+            add(s
+                .redis_url
+                .as_ref()
+                .map_or(&[][..], |u| u.expose().as_bytes()));
+        }
+        Some(
+            d.finish()
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+
     pub fn build(c: &Config) -> Result<Option<Login>, LoginBuildError> {
         let needs = c.routes.iter().any(|r| {
             matches!(
@@ -858,9 +915,12 @@ impl Login {
     }
 
     /// Where a browser without a session is sent: `/oauth2/start?rd=<path and query>`.
-    pub fn login_redirect(&self, path_and_query: &str, set_cookies: Vec<HeaderValue>) -> Resp {
-        let rd = form_urlencode(path_and_query);
-        redirect(&format!("{}/start?rd={rd}", self.prefix), set_cookies)
+    pub fn login_location(&self, path_and_query: &str) -> String {
+        format!(
+            "{}/start?rd={}",
+            self.prefix,
+            form_urlencode(path_and_query)
+        )
     }
 }
 
@@ -903,53 +963,11 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Headers on every page of the flow: not cached, no referrer leak, never framed.
-fn flow_headers(h: &mut HeaderMap) {
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    h.insert(
-        "content-security-policy",
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-        ),
-    );
-    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-}
-
-pub fn redirect(location: &str, cookies: Vec<HeaderValue>) -> Resp {
-    let mut r = Response::new(RespBody::empty());
-    *r.status_mut() = StatusCode::FOUND;
-    match HeaderValue::from_str(location) {
-        Ok(v) => {
-            r.headers_mut().insert(LOCATION, v);
-        }
-        Err(_) => {
-            r.headers_mut()
-                .insert(LOCATION, HeaderValue::from_static("/"));
-        }
-    }
+/// A page of the login flow: rendered by the one rescue (`crate::error`), with cookies.
+fn page(status: StatusCode, message: &str, request_id: &str, cookies: Vec<HeaderValue>) -> Resp {
+    let mut r = Refusal::flow(status, message.to_string()).respond_as(request_id, true);
     for c in cookies {
         r.headers_mut().append(SET_COOKIE, c);
     }
-    flow_headers(r.headers_mut());
-    r
-}
-
-pub fn page(
-    status: StatusCode,
-    message: &str,
-    request_id: &str,
-    cookies: Vec<HeaderValue>,
-) -> Resp {
-    let mut r = Response::new(RespBody::full(html_page(status, message, request_id)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    for c in cookies {
-        r.headers_mut().append(SET_COOKIE, c);
-    }
-    flow_headers(r.headers_mut());
     r
 }

@@ -2,7 +2,7 @@
 //! goes through, and the browser login flow.
 
 pub mod discovery;
-pub mod endpoints;
-pub mod login;
-pub mod redirect;
+pub(crate) mod endpoints;
+pub(crate) mod login;
+pub(crate) mod redirect;
 pub mod transport;

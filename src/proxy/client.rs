@@ -3,7 +3,7 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use hyper_rustls::HttpsConnector;
@@ -124,20 +124,4 @@ pub fn build(u: &UpstreamConfig) -> Result<UpstreamClient, ClientBuildError> {
         b.http2_only(true);
     }
     Ok(b.build(connector))
-}
-
-/// Clients for every upstream, for each of `workers` threads: `[worker][upstream]`.
-pub fn build_all(
-    upstreams: &[UpstreamConfig],
-    workers: usize,
-) -> Result<Arc<Vec<Vec<UpstreamClient>>>, ClientBuildError> {
-    let mut all = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let mut set = Vec::with_capacity(upstreams.len());
-        for u in upstreams {
-            set.push(build(u)?);
-        }
-        all.push(set);
-    }
-    Ok(Arc::new(all))
 }

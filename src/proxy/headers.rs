@@ -1,27 +1,23 @@
 //! Header hygiene for requests going upstream and responses coming back.
 //!
-//! Order (issue #2, DESIGN §1 step 4): headers named in `Connection` and the hop-by-hop set
-//! go first; then every identity header the proxy may set (names compared
-//! case-insensitively with `_` and `-` alike); then forwarding headers from untrusted peers;
-//! only then does the proxy add its own.
+//! One pass over the request's header names decides what goes (DESIGN §1 step 4):
+//! headers named in `Connection` and the hop-by-hop set; every identity header the proxy
+//! may set (names compared case-insensitively with `_` and `-` alike); headers that
+//! rewrite the path or method; forwarding headers from untrusted peers. Only then does the
+//! proxy add its own. Names are compared as `HeaderName`s or bytes: nothing is parsed or
+//! formatted per request.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 
-/// RFC 9110 §7.6.1 and the usual extras: never forwarded by a proxy.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that rewrite the path or method a backend believes it serves (IIS, Symfony,
 /// Spring, Rails/Express method overrides, forward-auth): the upstream must see only the
@@ -40,50 +36,26 @@ const PATH_OVERRIDES: [&str; 10] = [
     "x-method-override",
 ];
 
-/// `X-Foo_Bar` and `x-foo-bar` are the same header to many backends (CGI, WSGI, PHP).
-fn normalized(name: &HeaderName) -> std::borrow::Cow<'_, str> {
-    let s = name.as_str(); // already lower case
-    if s.contains('_') {
-        s.replace('_', "-").into()
-    } else {
-        s.into()
-    }
+/// RFC 9110 §7.6.1 and the usual extras: never forwarded by a proxy.
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == CONNECTION
+        || n == TE
+        || n == TRAILER
+        || n == TRANSFER_ENCODING
+        || n == UPGRADE
+        || n == PROXY_AUTHORIZATION
+        || n == PROXY_AUTHENTICATE
+        || n.as_str() == "keep-alive"
+        || n.as_str() == "proxy-connection"
 }
 
-/// What was learnt while cleaning a request.
+/// What the hop-by-hop pass took out that the forwarder must restore on its own terms.
 #[derive(Debug, Default, Clone)]
-pub struct Cleaned {
+pub struct HopByHop {
     /// The `Upgrade` value of an HTTP/1.1 upgrade request (WebSocket), to be forwarded.
     pub upgrade: Option<HeaderValue>,
     /// `te: trailers` was sent (gRPC needs it upstream).
     pub te_trailers: bool,
-}
-
-/// Removes `Connection`-named and hop-by-hop headers (request or response).
-pub fn strip_hop_by_hop(h: &mut HeaderMap) -> Cleaned {
-    let mut out = Cleaned::default();
-    let wants_upgrade = connection_tokens(h).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    if wants_upgrade {
-        out.upgrade = h.get(UPGRADE).cloned();
-    }
-    out.te_trailers = h.get_all(TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    // Headers named in Connection (RFC 9110 §7.6.1); Host is never one of them.
-    let named: Vec<HeaderName> = connection_tokens(h)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| n != http::header::HOST)
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        h.remove(n);
-    }
-    out
 }
 
 fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -95,116 +67,170 @@ fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The set of identity header names (normalized) that no client may send.
-#[derive(Debug, Clone, Default)]
-pub struct IdentityStrip {
-    names: HashSet<Box<str>>,
+/// Named in a `Connection` header (RFC 9110 §7.6.1)? `Host` never counts.
+fn named_in_connection(h: &HeaderMap, n: &HeaderName) -> bool {
+    n != HOST && connection_tokens(h).any(|t| t.eq_ignore_ascii_case(n.as_str()))
 }
 
-impl IdentityStrip {
-    pub fn new(names: &[String]) -> Self {
-        IdentityStrip {
-            names: names.iter().map(|n| n.as_str().into()).collect(),
-        }
+fn hop_by_hop_facts(h: &HeaderMap) -> HopByHop {
+    let mut out = HopByHop::default();
+    if connection_tokens(h).any(|t| t.eq_ignore_ascii_case("upgrade")) {
+        out.upgrade = h.get(UPGRADE).cloned();
     }
+    out.te_trailers = h.get_all(TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    out
+}
 
-    /// Removes every client-sent copy of every identity header and every path override.
-    /// Returns how many were removed.
-    pub fn strip(&self, h: &mut HeaderMap) -> usize {
-        let mut doomed: Vec<HeaderName> = Vec::new();
-        for name in h.keys() {
-            let n = normalized(name);
-            if self.names.contains(n.as_ref()) || PATH_OVERRIDES.contains(&n.as_ref()) {
-                doomed.push(name.clone());
-            }
-        }
-        let count = doomed.len();
-        for n in doomed {
-            tracing::debug!(header = %n, "stripped client-sent identity or path header");
-            h.remove(n);
-        }
-        count
+/// Removes `Connection`-named and hop-by-hop headers (request or response).
+pub fn strip_hop_by_hop(h: &mut HeaderMap) -> HopByHop {
+    let out = hop_by_hop_facts(h);
+    let has_connection = h.contains_key(CONNECTION);
+    let doomed: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| is_hop_by_hop(n) || (has_connection && named_in_connection(h, n)))
+        .cloned()
+        .collect();
+    for n in doomed {
+        h.remove(n);
+    }
+    out
+}
+
+/// `X-Foo_Bar` and `x-foo-bar` are the same header to many backends (CGI, WSGI, PHP).
+fn normalized(name: &HeaderName) -> std::borrow::Cow<'_, str> {
+    let s = name.as_str(); // already lower case
+    if s.contains('_') {
+        s.replace('_', "-").into()
+    } else {
+        s.into()
     }
 }
 
-/// Is this a forwarding header that only a trusted proxy may send?
+/// Is this a forwarding header that only a trusted proxy may send? (`n` normalized.)
 fn is_forwarding(n: &str) -> bool {
     n.starts_with("x-forwarded-") || n == "forwarded" || n == "x-real-ip"
 }
 
-/// Rebuilds the forwarding headers. From an untrusted peer every copy is discarded and
-/// rebuilt from the TCP connection; a trusted proxy's are kept and the peer appended.
-pub fn set_forwarded(
-    h: &mut HeaderMap,
-    peer: IpAddr,
-    trusted: bool,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-) {
-    if !trusted {
-        let doomed: Vec<HeaderName> = h
-            .keys()
-            .filter(|n| is_forwarding(&normalized(n)))
-            .cloned()
-            .collect();
-        for n in doomed {
-            h.remove(n);
+/// The header names no client may send: every identity header any configuration or
+/// preset may set, and the path and method overrides. Built once per generation.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityStrip {
+    names: HashSet<Box<str>>,
+    /// Bit `n` set: some name of length `n` (capped at 63) is in `names`. Most request
+    /// headers are ruled out by their length alone, before any hashing.
+    lengths: u64,
+}
+
+impl IdentityStrip {
+    /// `names`: normalized (lowercase, `_` as `-`).
+    pub fn new(names: &[String]) -> Self {
+        let mut s = IdentityStrip::default();
+        for n in names.iter().map(String::as_str).chain(PATH_OVERRIDES) {
+            s.lengths |= 1 << n.len().min(63);
+            s.names.insert(n.into());
         }
-    } else {
-        // Underscore spellings are ambiguous even from a trusted proxy: drop them.
-        let doomed: Vec<HeaderName> = h
-            .keys()
-            .filter(|n| n.as_str().contains('_') && is_forwarding(&normalized(n)))
-            .cloned()
-            .collect();
-        for n in doomed {
-            h.remove(n);
-        }
+        s
     }
-    let peer_s = peer.to_string();
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let xff_value = match (trusted, h.get(&xff).and_then(|v| v.to_str().ok())) {
-        (true, Some(prev)) if !prev.trim().is_empty() => format!("{prev}, {peer_s}"),
-        _ => peer_s.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff_value) {
-        h.insert(xff, v);
-    }
-    let xfp = HeaderName::from_static("x-forwarded-proto");
-    if !trusted || !h.contains_key(&xfp) {
-        h.insert(xfp, HeaderValue::from_static(proto));
-    }
-    let xfh = HeaderName::from_static("x-forwarded-host");
-    if !trusted || !h.contains_key(&xfh) {
-        match host {
-            Some(v) => {
-                h.insert(xfh, v.clone());
-            }
-            None => {
-                h.remove(xfh);
-            }
-        }
-    }
-    let xri = HeaderName::from_static("x-real-ip");
-    if !trusted || !h.contains_key(&xri) {
-        if let Ok(v) = HeaderValue::from_str(&peer_s) {
-            h.insert(xri, v);
-        }
+
+    fn matches(&self, normalized: &str) -> bool {
+        self.lengths & (1 << normalized.len().min(63)) != 0 && self.names.contains(normalized)
     }
 }
 
-/// A request id from the client is kept when it is short and plain; else a new one is made.
-pub fn valid_request_id(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+/// Cleans a request from a client in one pass over its header names (see the module
+/// doc), then sets the forwarding headers: from an untrusted peer every copy is discarded
+/// and rebuilt from the connection; a trusted proxy's are kept (underscore spellings
+/// excepted) and the peer appended to `X-Forwarded-For`.
+pub fn clean_request(
+    h: &mut HeaderMap,
+    strip: &IdentityStrip,
+    forwarded: &Forwarded<'_>,
+) -> HopByHop {
+    let hop = hop_by_hop_facts(h);
+    let has_connection = h.contains_key(CONNECTION);
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for n in h.keys() {
+        if is_hop_by_hop(n) || (has_connection && named_in_connection(h, n)) {
+            doomed.push(n.clone());
+            continue;
+        }
+        let norm = normalized(n);
+        if strip.matches(&norm) {
+            tracing::debug!(header = %n, "stripped client-sent identity or path header");
+            doomed.push(n.clone());
+        } else if is_forwarding(&norm) && (!forwarded.trusted || n.as_str().contains('_')) {
+            // Underscore spellings are ambiguous even from a trusted proxy.
+            doomed.push(n.clone());
+        }
+    }
+    for n in doomed {
+        h.remove(n);
+    }
+    set_forwarded(h, forwarded);
+    hop
+}
+
+/// The facts the forwarding headers are built from.
+pub struct Forwarded<'a> {
+    /// The peer's address (as a header value).
+    pub peer: &'a HeaderValue,
+    /// The peer is one of `server.trusted_proxies`.
+    pub trusted: bool,
+    /// `http` or `https`: how the client reached the proxy.
+    pub proto: &'static str,
+    /// The authority the request was routed by.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `X-Real-IP` (after [`clean_request`] removed
+/// an untrusted peer's copies).
+fn set_forwarded(h: &mut HeaderMap, f: &Forwarded<'_>) {
+    let appended = match (f.trusted, h.get(X_FORWARDED_FOR)) {
+        (true, Some(prev)) if prev.to_str().is_ok_and(|p| !p.trim().is_empty()) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + f.peer.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(f.peer.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        _ => None,
+    };
+    h.insert(X_FORWARDED_FOR, appended.unwrap_or_else(|| f.peer.clone()));
+    if !f.trusted || !h.contains_key(X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
+    }
+    if !f.trusted || !h.contains_key(X_FORWARDED_HOST) {
+        match f.host {
+            Some(v) => {
+                h.insert(X_FORWARDED_HOST, v.clone());
+            }
+            None => {
+                h.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
+    if !f.trusted || !h.contains_key(X_REAL_IP) {
+        h.insert(X_REAL_IP, f.peer.clone());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn untrusted<'a>(peer: &'a HeaderValue, host: Option<&'a HeaderValue>) -> Forwarded<'a> {
+        Forwarded {
+            peer,
+            trusted: false,
+            proto: "http",
+            host,
+        }
+    }
 
     #[test]
     fn strips_connection_named_and_hop_by_hop() {
@@ -229,6 +255,16 @@ mod tests {
     }
 
     #[test]
+    fn connection_never_names_host() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("host, close"));
+        h.insert("host", HeaderValue::from_static("app"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["host"], "app");
+        assert!(!h.contains_key("connection"));
+    }
+
+    #[test]
     fn strips_identity_in_every_spelling() {
         let s = IdentityStrip::new(&["x-auth-request-user".into()]);
         let mut h = HeaderMap::new();
@@ -239,39 +275,72 @@ mod tests {
         h.append("X-HTTP-Method-Override", HeaderValue::from_static("DELETE"));
         h.append("x_http_method", HeaderValue::from_static("DELETE"));
         h.append("other", HeaderValue::from_static("x"));
-        assert_eq!(s.strip(&mut h), 6);
-        assert_eq!(h.len(), 1);
+        // Same length as an identity name, not one of them.
+        h.append("x-auth-request-usex", HeaderValue::from_static("kept"));
+        let peer = HeaderValue::from_static("10.0.0.9");
+        clean_request(&mut h, &s, &untrusted(&peer, None));
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "other",
+                "x-auth-request-usex",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-real-ip"
+            ]
+        );
     }
 
     #[test]
-    fn forwarded_untrusted_is_rebuilt() {
+    fn clean_request_does_all_in_one_pass() {
+        let s = IdentityStrip::new(&["x-auth-request-user".into()]);
         let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x_auth_request_user", HeaderValue::from_static("b"));
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("x_forwarded_host", HeaderValue::from_static("evil"));
         h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
         h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let peer = HeaderValue::from_static("10.0.0.9");
         let host = HeaderValue::from_static("app");
-        set_forwarded(
-            &mut h,
-            "10.0.0.9".parse().unwrap(),
-            false,
-            "http",
-            Some(&host),
-        );
+        clean_request(&mut h, &s, &untrusted(&peer, Some(&host)));
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-real-ip"], "10.0.0.9");
         assert_eq!(h["x-forwarded-host"], "app");
-        assert!(!h.contains_key("forwarded"));
-        assert!(!h.contains_key("x_forwarded_host"));
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["accept"], "*/*");
+        for gone in [
+            "forwarded",
+            "x_forwarded_host",
+            "x-hop",
+            "connection",
+            "x_auth_request_user",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
     }
 
     #[test]
     fn forwarded_trusted_is_appended() {
+        let s = IdentityStrip::new(&[]);
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), true, "http", None);
+        h.insert("x_forwarded_proto", HeaderValue::from_static("gopher"));
+        let peer = HeaderValue::from_static("10.0.0.9");
+        let f = Forwarded {
+            peer: &peer,
+            trusted: true,
+            proto: "http",
+            host: None,
+        };
+        clean_request(&mut h, &s, &f);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(!h.contains_key("x_forwarded_proto"));
     }
 }

@@ -2,90 +2,95 @@
 //! authentication, so nothing a client sends can pose as something the proxy set.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use ipnet::IpNet;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::headers::{set_forwarded, strip_hop_by_hop};
-use crate::ctx::{Ctx, Matched, Req, Resp, RespFuture};
+use super::headers::{clean_request, Forwarded, IdentityStrip};
+use crate::exchange::{Answer, X_REQUEST_ID};
+use crate::routing::Routed;
 
-#[derive(Clone, Default)]
-pub struct HygieneLayer;
+/// `server.trusted_proxies`: peers whose `X-Forwarded-*` are believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Arc<[IpNet]>);
+
+impl TrustedProxies {
+    pub fn new(nets: &[IpNet]) -> Self {
+        TrustedProxies(nets.into())
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[derive(Clone)]
+pub struct HygieneLayer {
+    strip: Arc<IdentityStrip>,
+    trusted: TrustedProxies,
+}
+
+impl HygieneLayer {
+    pub fn new(strip: Arc<IdentityStrip>, trusted: TrustedProxies) -> Self {
+        HygieneLayer { strip, trusted }
+    }
+}
 
 impl<S> Layer<S> for HygieneLayer {
     type Service = Hygiene<S>;
     fn layer(&self, inner: S) -> Hygiene<S> {
-        Hygiene { inner }
+        Hygiene {
+            inner,
+            strip: self.strip.clone(),
+            trusted: self.trusted.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Hygiene<S> {
     inner: S,
+    strip: Arc<IdentityStrip>,
+    trusted: TrustedProxies,
 }
 
-impl<S> Service<Req> for Hygiene<S>
+impl<S, B> Service<Routed<B>> for Hygiene<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible, Future = RespFuture>,
+    S: Service<Routed<B>, Response = Answer, Error = Infallible>,
 {
-    type Response = Resp;
+    type Response = Answer;
     type Error = Infallible;
-    type Future = RespFuture;
+    type Future = S::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Req) -> RespFuture {
-        let (state, peer, tls, request_id) = match req.extensions().get::<Ctx>() {
-            Some(c) => (c.state.clone(), c.peer, c.tls, c.request_id.clone()),
-            None => {
-                return Box::pin(async {
-                    Ok(crate::error::respond(
-                        crate::error::Reject::Internal,
-                        "-",
-                        false,
-                    ))
-                })
-            }
-        };
-        let host_value = req
-            .extensions()
-            .get::<Matched>()
-            .and_then(|m| m.authority.clone());
-        let headers = req.headers_mut();
+    fn call(&mut self, mut r: Routed<B>) -> S::Future {
+        let headers = r.req.headers_mut();
         // The upstream sees the host the request was routed by, nothing else.
-        match &host_value {
+        match &r.authority {
             Some(h) => {
-                headers.insert(http::header::HOST, h.clone());
+                if headers.get(http::header::HOST) != Some(h) {
+                    headers.insert(http::header::HOST, h.clone());
+                }
             }
             None => {
                 headers.remove(http::header::HOST);
             }
         }
-        // 1. Connection-named and hop-by-hop headers.
-        let cleaned = strip_hop_by_hop(headers);
-        // 2. Every identity header any configuration may set, in every spelling.
-        state.strip.strip(headers);
-        // 3. Forwarding headers: believed only from trusted proxies.
-        let peer_ip = peer.ip().to_canonical();
-        let trusted = state
-            .config
-            .server
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&peer_ip));
-        set_forwarded(
-            headers,
-            peer_ip,
-            trusted,
-            if tls { "https" } else { "http" },
-            host_value.as_ref(),
-        );
-        // 4. The proxy's own.
-        headers.insert("x-request-id", request_id);
-        req.extensions_mut().insert(cleaned);
-        self.inner.call(req)
+        let forwarded = Forwarded {
+            peer: r.conn.peer_ip_value(),
+            trusted: self.trusted.contains(r.conn.peer_ip()),
+            proto: r.conn.scheme(),
+            host: r.authority.as_ref(),
+        };
+        r.hop = clean_request(headers, &self.strip, &forwarded);
+        // The proxy's own.
+        headers.insert(X_REQUEST_ID, r.id.value().clone());
+        self.inner.call(r)
     }
 }

@@ -12,23 +12,28 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use arc_swap::ArcSwap;
+use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower_service::Service;
 
-use crate::app::Shared;
-use crate::body::RespBody;
-use crate::ctx::Ctx;
-use crate::stack::Stack;
+use crate::body::Resp;
+use crate::exchange::{Arrival, ConnInfo};
+use crate::generation::Generation;
 use io::{Activity, Tracked};
+
+/// The generation currently serving; swapped whole by a reload.
+pub type Current = Arc<ArcSwap<Generation>>;
 
 /// Binds `workers` listening sockets on one address (the first decides the port when
 /// `addr` has port 0).
@@ -57,7 +62,7 @@ pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::T
 pub async fn worker(
     id: usize,
     listener: std::net::TcpListener,
-    shared: Arc<Shared>,
+    current: Current,
     limit: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -94,17 +99,17 @@ pub async fn worker(
                 _ = shutdown.changed() => break,
             },
         };
-        let shared = shared.clone();
+        let current = current.clone();
         let drain = drain_rx.clone();
         conns.spawn(async move {
             let _permit = permit;
-            serve_connection(stream, peer, id, shared, drain).await;
+            serve_connection(stream, peer, id, current, drain).await;
         });
         while conns.try_join_next().is_some() {}
     }
     drop(listener);
     let _ = drain_tx.send(true);
-    let drain_timeout = shared.state.load().config.server.limits.drain_timeout;
+    let drain_timeout = current.load().limits().drain_timeout;
     if tokio::time::timeout(drain_timeout, async {
         while conns.join_next().await.is_some() {}
     })
@@ -132,19 +137,22 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     worker: usize,
-    shared: Arc<Shared>,
+    current: Current,
     drain: watch::Receiver<bool>,
 ) {
-    let state = shared.state.load_full();
-    let metrics = state.metrics.clone();
+    let generation = current.load_full();
+    let metrics = generation.metrics.clone();
     metrics.connections_total.fetch_add(1, Relaxed);
     metrics.connections_open.fetch_add(1, Relaxed);
     let _guard = ConnGuard(metrics);
     let _ = stream.set_nodelay(true);
-    let limits = state.config.server.limits.clone();
+    let limits = generation.limits().clone();
+    let tls = generation.tls.clone();
+    // The connection does not hold on to a generation: each request takes the current one.
+    drop(generation);
     let accepted = Instant::now();
     let activity = Arc::new(Activity::default());
-    match &state.tls {
+    match &tls {
         Some(acceptor) => {
             // The handshake counts against the header read timeout (slowloris over TLS).
             let tls =
@@ -152,7 +160,7 @@ async fn serve_connection(
             match tls {
                 Ok(Ok(s)) => {
                     let io = Tracked::new(s, activity.clone());
-                    drive(io, peer, worker, true, shared, activity, accepted, drain).await
+                    drive(io, peer, worker, true, current, activity, accepted, drain).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -160,20 +168,19 @@ async fn serve_connection(
         }
         None => {
             let io = Tracked::new(stream, activity.clone());
-            drive(io, peer, worker, false, shared, activity, accepted, drain).await
+            drive(io, peer, worker, false, current, activity, accepted, drain).await
         }
     }
 }
 
-/// hyper's per-connection service: attaches the request context and calls the stack.
+/// hyper's per-connection service: hands each request, with the connection's facts, to
+/// this worker's stack of the current generation.
 #[derive(Clone)]
 struct ConnService {
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    tls: bool,
+    current: Current,
+    conn: Arc<ConnInfo>,
     worker: usize,
     activity: Arc<Activity>,
-    stack: Stack,
 }
 
 struct InFlightGuard(Arc<Activity>);
@@ -184,30 +191,49 @@ impl Drop for InFlightGuard {
     }
 }
 
-impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<RespBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+type StackFuture = <crate::stack::Stack as Service<Arrival<Incoming>>>::Future;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+pin_project! {
+    /// The stack's answer; the connection counts the request done when it is dropped.
+    pub struct ConnFuture {
+        #[pin]
+        inner: StackFuture,
+        _guard: InFlightGuard,
+    }
+}
+
+impl Future for ConnFuture {
+    type Output = Result<Resp, Infallible>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = ConnFuture;
+
+    fn call(&self, req: Request<Incoming>) -> ConnFuture {
         self.activity.head_done();
         if req.version() == http::Version::HTTP_2 {
             self.activity.h2.store(true, Relaxed);
         }
         let guard = InFlightGuard(self.activity.clone());
-        req.extensions_mut().insert(Ctx {
-            state: self.shared.state.load_full(),
-            peer: self.peer,
-            tls: self.tls,
-            worker: self.worker,
-            request_id: http::HeaderValue::from_static("-"),
+        let mut stack = self.current.load().stack(self.worker).clone();
+        // Every layer of the stack is always ready (none applies back-pressure), so the
+        // readiness check cannot wait; it is made to keep tower's contract.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        debug_assert!(stack.poll_ready(&mut cx).is_ready());
+        let _ = stack.poll_ready(&mut cx);
+        let inner = stack.call(Arrival {
+            req,
+            conn: self.conn.clone(),
         });
-        let fut = self.stack.clone().oneshot(req);
-        Box::pin(async move {
-            let r = fut.await;
-            drop(guard);
-            r
-        })
+        ConnFuture {
+            inner,
+            _guard: guard,
+        }
     }
 }
 
@@ -217,23 +243,19 @@ async fn drive<I>(
     peer: SocketAddr,
     worker: usize,
     tls: bool,
-    shared: Arc<Shared>,
+    current: Current,
     activity: Arc<Activity>,
     accepted: Instant,
     mut drain: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = shared.state.load_full();
-    let limits = state.config.server.limits.clone();
-    drop(state);
+    let limits = current.load().limits().clone();
     let svc = ConnService {
-        shared,
-        peer,
-        tls,
+        current,
+        conn: Arc::new(ConnInfo::new(peer, tls)),
         worker,
         activity: activity.clone(),
-        stack: crate::stack::build(),
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // hyper's own header read timer is off: on a keep-alive connection it also runs while

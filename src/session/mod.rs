@@ -59,8 +59,6 @@ use crate::identity::Identity;
 
 pub use cookie::{CookieSettings, CookieStore};
 pub use redis::RedisStore;
-pub use strip::strip_proxy_cookies;
-pub use transaction::{LoginTransaction, Taken, TransactionCookies};
 
 /// Errors of the session machinery. A missing, tampered or expired cookie is *not* an error
 /// (it is `Ok(None)`: no session).

@@ -42,6 +42,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
+mod from_config;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
@@ -59,6 +60,7 @@ pub use self::clock::{Clock, ManualClock, SystemClock};
 pub use self::config::{BearerConfig, ClientAuth, IntrospectionMode, IssuerConfig, Secret};
 pub use self::crypto::install_jwt_crypto_provider;
 pub use self::error::{InvalidReason, TokenError, Unavailable};
+pub use self::from_config::token_config;
 pub use self::metrics::TokenMetrics;
 
 use self::cache::TokenCache;

@@ -1,12 +1,14 @@
-//! Path normalization and route matching (DESIGN §1.1), done once per request.
+//! Path and host canonicalization (DESIGN §1.1), with no imports from the rest of the
+//! crate: the one reading of a request's path and host that routes are matched against
+//! and that upstreams receive, so the proxy and the application cannot disagree about
+//! which path was authorized. Anything ambiguous is refused.
 //!
-//! [`normalize_path`] turns the raw request path into the one canonical form that is both
-//! matched against routes and sent upstream, so the proxy and the application can never
-//! disagree about which path was authorized. Anything ambiguous is refused.
+//! Also here, because they work on canonical paths only: prefix matching at segment
+//! boundaries ([`prefix_matches`]) and the path left after a route prefix is stripped
+//! ([`strip_route_prefix`]).
 
+use std::borrow::Cow;
 use std::fmt;
-
-use crate::config::RouteConfig;
 
 /// Why a path was refused (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,15 +70,15 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 ///   decoded, control characters, `..` above the root, dot segments with `;` parameters;
 /// - empty segments merged (`//x` is `/x`), dot segments removed (RFC 3986 §5.2.4);
 /// - raw non-ASCII bytes percent-encoded.
-pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
     if is_plain_canonical(bytes) {
-        return Ok(raw.to_string());
+        // The common case: already canonical, borrowed as it is.
+        return Ok(Cow::Borrowed(raw));
     }
-    // Fast path: already canonical (the common case) needs no allocation beyond the copy.
     let mut decoded_all: Vec<u8> = Vec::new(); // for the UTF-8 check of escaped bytes
     let mut has_escaped_high = false;
     // Pass 1: split into segments, canonicalizing each one's encoding.
@@ -152,7 +154,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     if out.is_empty() || trailing_slash {
         out.push('/');
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 /// Already canonical: printable ASCII without `%` or `\`, no empty, `.` or `..` segment.
@@ -234,32 +236,14 @@ fn matched_segments(prefix: &str, path: &str) -> Option<usize> {
     }
 }
 
-/// The route table: first match in file order.
-pub struct Router<'a> {
-    routes: &'a [RouteConfig],
-}
-
-impl<'a> Router<'a> {
-    pub fn new(routes: &'a [RouteConfig]) -> Self {
-        Router { routes }
+/// The path sent upstream for a route with prefix `prefix` (canonical): `path` itself, or
+/// with `strip = true` the rest after the prefix's segments (`/a/b/c` under `/a` is
+/// `/b/c`; nothing left is `/`).
+pub fn strip_route_prefix<'p>(prefix: &str, strip: bool, path: &'p str) -> &'p str {
+    if !strip || prefix == "/" {
+        return path;
     }
-
-    /// The index of the first route whose host (if set) and path prefix match.
-    /// `host` is lowercase without port.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        self.routes.iter().position(|r| {
-            r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.path, path)
-        })
-    }
-}
-
-/// The path sent upstream: the canonical path, minus the route prefix when stripped.
-pub fn upstream_path<'p>(route: &RouteConfig, path: &'p str) -> std::borrow::Cow<'p, str> {
-    if !route.strip_prefix || route.path == "/" {
-        return path.into();
-    }
-    let n = matched_segments(&route.path, path).unwrap_or(0);
-    // Skip the first n segments ("/a/b/c" with n=1 -> "/b/c").
+    let n = matched_segments(prefix, path).unwrap_or(0);
     let mut rest = path;
     for _ in 0..n {
         rest = match rest[1..].find('/') {
@@ -268,14 +252,14 @@ pub fn upstream_path<'p>(route: &RouteConfig, path: &'p str) -> std::borrow::Cow
         };
     }
     if rest.is_empty() {
-        "/".into()
+        "/"
     } else {
-        rest.into()
+        rest
     }
 }
 
 /// Request host for routing: lowercase, without port or trailing dot.
-pub fn normalize_host(h: &str) -> Option<String> {
+pub fn normalize_host(h: &str) -> Option<Cow<'_, str>> {
     let h = h.trim();
     let host = if let Some(rest) = h.strip_prefix('[') {
         // [v6]:port
@@ -296,7 +280,11 @@ pub fn normalize_host(h: &str) -> Option<String> {
     {
         return None;
     }
-    Some(host.to_ascii_lowercase())
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
 }
 
 #[cfg(test)]
@@ -356,7 +344,11 @@ mod tests {
             ("a/b", PathError::NotAbsolute),
         ];
         for (raw, want) in bad {
-            assert_eq!(normalize_path(raw), Err(want), "{raw}");
+            assert_eq!(
+                normalize_path(raw).map(|p| p.into_owned()),
+                Err(want),
+                "{raw}"
+            );
         }
     }
 
@@ -388,5 +380,21 @@ mod tests {
         assert_eq!(normalize_host("evil.com/x"), None);
         assert_eq!(normalize_host("t:99999"), None);
         assert_eq!(normalize_host("t:"), None);
+    }
+}
+
+#[cfg(test)]
+mod strip_tests {
+    use super::strip_route_prefix;
+
+    #[test]
+    fn strips_whole_segments() {
+        assert_eq!(strip_route_prefix("/a", true, "/a/b/c"), "/b/c");
+        assert_eq!(strip_route_prefix("/a", true, "/a"), "/");
+        assert_eq!(strip_route_prefix("/a", true, "/a/"), "/");
+        assert_eq!(strip_route_prefix("/a/b", true, "/a/b/c/"), "/c/");
+        assert_eq!(strip_route_prefix("/a", false, "/a/b"), "/a/b");
+        assert_eq!(strip_route_prefix("/", true, "/a/b"), "/a/b");
+        assert_eq!(strip_route_prefix("/admin", true, "/admin;x/y"), "/y");
     }
 }

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use jsonwebtoken::Algorithm;
 
-use super::types::*;
+use crate::config::{AuthMode, Config, IntrospectionSetting, Secret as ConfigSecret};
 use crate::oidc::transport::TransportConfig;
 use crate::token::{self, BearerConfig, IssuerConfig};
 
@@ -30,7 +30,7 @@ pub fn token_config(c: &Config) -> Option<(BearerConfig, TransportConfig, String
     let b = c.bearer.as_ref()?;
     let mut fingerprint = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut issuers = Vec::new();
-    let secret = |s: &Option<super::Secret<String>>, fp: &mut aws_lc_rs::digest::Context| {
+    let secret = |s: &Option<ConfigSecret<String>>, fp: &mut aws_lc_rs::digest::Context| {
         s.as_ref().map(|s| {
             fp.update(s.expose().as_bytes());
             fp.update(&[0]);

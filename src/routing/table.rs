@@ -1,0 +1,178 @@
+//! The route table: the config's `[[route]]`s compiled once per generation, for one
+//! worker (each entry holds that worker's upstream client). An entry carries everything a
+//! request on it needs (name, host, prefix, policy, auth mode with its validator or login
+//! object, upstream, timeout, counters), so no layer looks anything up by index and "a
+//! bearer route without a validator" cannot be built.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::admin::metrics::{Metrics, RouteMetrics};
+use crate::config::{AuthMode, RouteConfig};
+use crate::oidc::login::Login;
+use crate::path::{prefix_matches, strip_route_prefix};
+use crate::policy::{Allow, RoutePolicy};
+use crate::proxy::upstream::Upstream;
+use crate::token::TokenValidator;
+
+/// How a route authenticates, with what it needs to do so.
+#[derive(Clone)]
+pub enum RouteAuth {
+    /// No identity needed (identity headers are still stripped).
+    Public,
+    /// `Authorization: Bearer` only.
+    Bearer(TokenValidator),
+    /// The session cookie; browsers without one are sent to the login.
+    Login(Arc<Login>),
+    /// A request with a bearer token is judged on it alone; otherwise on the session.
+    Either {
+        tokens: TokenValidator,
+        login: Arc<Login>,
+    },
+}
+
+impl RouteAuth {
+    pub fn mode(&self) -> AuthMode {
+        match self {
+            RouteAuth::Public => AuthMode::Public,
+            RouteAuth::Bearer(_) => AuthMode::Bearer,
+            RouteAuth::Login(_) => AuthMode::Login,
+            RouteAuth::Either { .. } => AuthMode::Either,
+        }
+    }
+}
+
+pub struct Route {
+    /// Label in logs and metrics.
+    pub name: Arc<str>,
+    /// Lowercase host without port; `None` matches any host.
+    pub host: Option<Box<str>>,
+    /// Canonical prefix: starts with `/`, no trailing slash unless it is `/`.
+    pub prefix: Box<str>,
+    pub strip_prefix: bool,
+    pub policy: RoutePolicy,
+    pub auth: RouteAuth,
+    pub upstream: Arc<Upstream>,
+    /// The whole proxied exchange up to the response head (504 after).
+    pub timeout: Duration,
+    pub metrics: Arc<RouteMetrics>,
+}
+
+impl Route {
+    /// The path sent upstream: the canonical path, minus the prefix when stripped.
+    pub fn upstream_path<'p>(&self, path: &'p str) -> &'p str {
+        strip_route_prefix(&self.prefix, self.strip_prefix, path)
+    }
+
+    fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        self.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&self.prefix, path)
+    }
+}
+
+/// The routes in file order: the first match wins.
+pub struct RouteTable {
+    routes: Box<[Arc<Route>]>,
+}
+
+/// A config that validation accepted but that cannot be compiled: a bug in validation,
+/// reported instead of served.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("route[{index}] ({name}): auth = \"{mode}\" but no {what} was built")]
+    MissingAuth {
+        index: usize,
+        name: Arc<str>,
+        mode: &'static str,
+        what: &'static str,
+    },
+    #[error("route[{index}] ({name}): no upstream number {upstream}")]
+    MissingUpstream {
+        index: usize,
+        name: Arc<str>,
+        upstream: usize,
+    },
+}
+
+/// What routes are built from besides their own config.
+pub struct Parts<'a> {
+    /// Validates bearer tokens, when any route takes them.
+    pub tokens: Option<&'a TokenValidator>,
+    /// Browser login and sessions, when any route uses them.
+    pub login: Option<&'a Arc<Login>>,
+    /// This worker's upstreams, in config order.
+    pub upstreams: &'a [Arc<Upstream>],
+    pub metrics: &'a Metrics,
+}
+
+impl RouteTable {
+    pub fn compile(routes: &[RouteConfig], parts: &Parts<'_>) -> Result<RouteTable, CompileError> {
+        let mut out = Vec::with_capacity(routes.len());
+        for (index, r) in routes.iter().enumerate() {
+            let missing = |what| CompileError::MissingAuth {
+                index,
+                name: r.name.clone(),
+                mode: r.auth.as_str(),
+                what,
+            };
+            let auth = match r.auth {
+                AuthMode::Public => RouteAuth::Public,
+                AuthMode::Bearer => {
+                    RouteAuth::Bearer(parts.tokens.cloned().ok_or(missing("token validator"))?)
+                }
+                AuthMode::Login => RouteAuth::Login(parts.login.cloned().ok_or(missing("login"))?),
+                AuthMode::Either => RouteAuth::Either {
+                    tokens: parts.tokens.cloned().ok_or(missing("token validator"))?,
+                    login: parts.login.cloned().ok_or(missing("login"))?,
+                },
+            };
+            let upstream =
+                parts
+                    .upstreams
+                    .get(r.upstream)
+                    .cloned()
+                    .ok_or(CompileError::MissingUpstream {
+                        index,
+                        name: r.name.clone(),
+                        upstream: r.upstream,
+                    })?;
+            out.push(Arc::new(Route {
+                name: r.name.clone(),
+                host: r.host.as_deref().map(Box::from),
+                prefix: r.path.as_str().into(),
+                strip_prefix: r.strip_prefix,
+                policy: policy(r),
+                auth,
+                upstream,
+                timeout: r.timeout,
+                metrics: parts.metrics.route(&r.name),
+            }));
+        }
+        Ok(RouteTable {
+            routes: out.into_boxed_slice(),
+        })
+    }
+
+    /// The first route whose host (if set) and path prefix match. `host` is lowercase
+    /// without port; `path` canonical.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.matches(host, path))
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+}
+
+fn policy(r: &RouteConfig) -> RoutePolicy {
+    RoutePolicy {
+        scopes: r.scopes.clone(),
+        method_scopes: r.method_scopes.clone(),
+        allow: r.allow.as_ref().map(|a| Allow {
+            groups: a.groups.clone().unwrap_or_default(),
+            emails: a.emails.clone().unwrap_or_default(),
+            email_domains: a.email_domains.clone().unwrap_or_default(),
+            claims: a.claims.clone().unwrap_or_default(),
+        }),
+        allow_preflight: r.allow_preflight,
+    }
+}

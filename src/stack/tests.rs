@@ -1,0 +1,691 @@
+//! The stack tier: the assembled layers driven with `oneshot`, no sockets. The innermost
+//! service is a recorder that answers 200 and keeps what it was given, so each test sees
+//! both what the client got and what the upstream would have got.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use http::header::{HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode};
+use serde_json::json;
+use tower::ServiceExt;
+
+use super::{build_around, Parts, Stack};
+use crate::admin::metrics::Metrics;
+use crate::body::{Resp, RespBody};
+use crate::config::{Config, Secret};
+use crate::exchange::{Answer, Arrival, ConnInfo};
+use crate::oidc::login::Login;
+use crate::oidc::transport::{HttpTransport, TransportConfig};
+use crate::proxy::client;
+use crate::proxy::headers::IdentityStrip;
+use crate::proxy::hygiene::TrustedProxies;
+use crate::proxy::upstream::Upstream;
+use crate::routing::layer::HeadLimits;
+use crate::routing::table::Parts as RouteParts;
+use crate::routing::{RouteTable, Routed};
+use crate::session::Session;
+use crate::testutil::{forge, hs256, now_secs};
+use crate::token::{BearerConfig, IntrospectionMode, IssuerConfig, TokenValidator};
+
+const ISSUER: &str = "https://idp.test";
+const HS_KEY: &[u8] = b"stack-tests-shared-key-0123456789abcdef";
+const UNTRUSTED: &str = "203.0.113.9:5555";
+const TRUSTED: &str = "10.0.12.7:5555";
+
+/// What reached the innermost service.
+#[derive(Clone, Debug)]
+struct Seen {
+    route: String,
+    path: String,
+    upstream_path: String,
+    headers: HeaderMap,
+}
+
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Seen>>>);
+
+impl Recorder {
+    fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl<B> tower_service::Service<Routed<B>> for Recorder {
+    type Response = Answer;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Answer, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, r: Routed<B>) -> Self::Future {
+        self.0.lock().unwrap().push(Seen {
+            route: r.route.name.to_string(),
+            path: r.path().to_string(),
+            upstream_path: r.route.upstream_path(r.path()).to_string(),
+            headers: r.req.headers().clone(),
+        });
+        std::future::ready(Ok(Answer::from(Resp::new(RespBody::full("upstream")))))
+    }
+}
+
+fn base_config(routes: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "https://app.test"
+trusted_proxies = ["10.0.12.0/24"]
+
+[server.limits]
+max_headers = 20
+max_uri_length = 200
+
+[provider]
+issuer = "{ISSUER}"
+client_id = "portcullis"
+client_secret = "secret"
+
+[bearer]
+audiences = ["api"]
+algorithms = ["RS256"]
+introspection = "off"
+
+[session]
+secrets = ["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]
+
+[[upstream]]
+name = "app"
+url = "http://127.0.0.1:9"
+{routes}
+"#
+    )
+}
+
+const ROUTES: &str = r#"
+[[route]]
+name = "static"
+path = "/static"
+upstream = "app"
+auth = "public"
+strip_prefix = true
+
+[[route]]
+name = "api"
+host = "api.test"
+path = "/api"
+upstream = "app"
+auth = "bearer"
+scopes = ["read"]
+method_scopes = { DELETE = ["admin"] }
+allow_preflight = true
+
+[[route]]
+name = "admin"
+path = "/admin"
+upstream = "app"
+auth = "login"
+allow = { groups = ["staff"] }
+
+[[route]]
+name = "mixed"
+path = "/mixed"
+upstream = "app"
+auth = "either"
+
+[[route]]
+name = "pub"
+path = "/"
+upstream = "app"
+auth = "public"
+"#;
+
+/// A validator that needs no network: one issuer, no discovery, HS256 with a shared key.
+fn tokens() -> TokenValidator {
+    let mut issuer = IssuerConfig::new(ISSUER, vec!["api".into()]);
+    issuer.discovery = false;
+    issuer.algorithms = vec![jsonwebtoken::Algorithm::HS256];
+    issuer.hs_secret = Some(crate::token::Secret::new(HS_KEY.to_vec()));
+    let cfg = BearerConfig {
+        issuers: vec![issuer],
+        introspection: IntrospectionMode::Off,
+        ..BearerConfig::default()
+    };
+    let v = TokenValidator::new(cfg, HttpTransport::new(TransportConfig::default()).unwrap());
+    assert!(v.is_ready(), "a shared-key issuer needs nothing loaded");
+    v
+}
+
+fn token(claims: serde_json::Value) -> String {
+    forge(&json!({"alg": "HS256", "typ": "JWT"}), &claims, |m| {
+        hs256(HS_KEY, m)
+    })
+}
+
+fn claims(sub: &str, scope: &str) -> serde_json::Value {
+    let now = now_secs();
+    json!({"iss": ISSUER, "sub": sub, "aud": "api", "iat": now, "exp": now + 600, "scope": scope})
+}
+
+struct Harness {
+    stack: Stack<Recorder>,
+    seen: Recorder,
+    login: Arc<Login>,
+}
+
+fn harness() -> Harness {
+    let config = Config::from_toml(&base_config(ROUTES), std::path::Path::new(".")).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let upstreams: Vec<Arc<Upstream>> = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            Arc::new(Upstream {
+                name: u.name.as_str().into(),
+                scheme: u.scheme.clone(),
+                authority: u.authority.clone(),
+                base_path: u.base_path.as_str().into(),
+                preserve_host: u.preserve_host,
+                h2: u.h2,
+                client: Arc::new(client::build(u).unwrap()),
+            })
+        })
+        .collect();
+    let tokens = tokens();
+    let login = Arc::new(Login::build(&config).unwrap().unwrap());
+    let table = RouteTable::compile(
+        &config.routes,
+        &RouteParts {
+            tokens: Some(&tokens),
+            login: Some(&login),
+            upstreams: &upstreams,
+            metrics: &metrics,
+        },
+    )
+    .unwrap();
+    let limits = &config.server.limits;
+    let parts = Parts {
+        table: Arc::new(table),
+        limits: HeadLimits {
+            max_uri_length: limits.max_uri_length,
+            max_headers: limits.max_headers,
+            max_header_bytes: limits.max_header_bytes,
+        },
+        prefix: config.server.proxy_prefix.as_str().into(),
+        strip: Arc::new(IdentityStrip::new(&config.headers.strip)),
+        trusted: TrustedProxies::new(&config.server.trusted_proxies),
+        headers: Arc::new(config.headers.clone()),
+        login: Some(login.clone()),
+        metrics,
+        body_read_timeout: Duration::from_secs(5),
+    };
+    let seen = Recorder::default();
+    Harness {
+        stack: build_around(&parts, seen.clone()),
+        seen,
+        login,
+    }
+}
+
+impl Harness {
+    async fn send_from(&self, peer: &str, req: Request<()>) -> Resp {
+        let peer: SocketAddr = peer.parse().unwrap();
+        self.stack
+            .clone()
+            .oneshot(Arrival {
+                req,
+                conn: Arc::new(ConnInfo::new(peer, false)),
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn send(&self, req: Request<()>) -> Resp {
+        self.send_from(UNTRUSTED, req).await
+    }
+
+    async fn get(&self, uri: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send(request(Method::GET, uri, headers)).await
+    }
+
+    fn one_seen(&self) -> Seen {
+        let mut all = self.seen.take();
+        assert_eq!(all.len(), 1, "expected exactly one forwarded request");
+        all.remove(0)
+    }
+
+    fn nothing_seen(&self) {
+        assert!(self.seen.take().is_empty(), "the request was forwarded");
+    }
+
+    /// A sealed session cookie of the login's store, as a browser would send it.
+    async fn session_cookie(&self, sub: &str, groups: &[&str]) -> String {
+        let now = SystemTime::now();
+        let mut s = Session::new(
+            ISSUER,
+            sub,
+            Secret::new("session-access-token".into()),
+            now,
+            Duration::from_secs(3600),
+        );
+        s.groups = groups.iter().map(|g| g.to_string()).collect();
+        let set = self
+            .login
+            .store
+            .save(&mut s, &HeaderMap::new(), now)
+            .await
+            .unwrap();
+        set.iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+fn request(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+    let mut b = Request::builder().method(method).uri(uri);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        b = b.header("host", "app.test");
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap()
+}
+
+fn header<'a>(r: &'a Resp, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or("")
+}
+
+// ---- routing ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn first_matching_route_gets_the_canonical_path() {
+    let h = harness();
+    let r = h.get("/static//css/../app.css", &[]).await;
+    assert_eq!(r.status(), 200);
+    let seen = h.one_seen();
+    assert_eq!(seen.route, "static");
+    assert_eq!(seen.path, "/static/app.css");
+    assert_eq!(seen.upstream_path, "/app.css");
+    // Prefixes match at segment boundaries: /staticfiles is the catch-all's.
+    h.get("/staticfiles", &[]).await;
+    assert_eq!(h.one_seen().route, "pub");
+}
+
+#[tokio::test]
+async fn ambiguous_paths_stop_at_routing_with_400() {
+    let h = harness();
+    for p in [
+        "/%2e%2e/admin",
+        "/a%2Fb",
+        "/a%5cb",
+        "/public/..;/admin",
+        "/../x",
+    ] {
+        let r = h.get(p, &[]).await;
+        assert_eq!(r.status(), 400, "{p}");
+        assert_eq!(header(&r, "content-type"), "application/json", "{p}");
+        h.nothing_seen();
+    }
+    // Dot segments that stay under the root are resolved, and the route is chosen (and
+    // the upstream addressed) by the result: here the login route, not the public one.
+    assert_eq!(h.get("/static/%2e%2e/admin", &[]).await.status(), 401);
+    h.nothing_seen();
+}
+
+#[tokio::test]
+async fn host_routes_match_only_their_host() {
+    let h = harness();
+    let t = token(claims("svc", "read"));
+    let auth = format!("Bearer {t}");
+    h.get(
+        "/api/items",
+        &[("host", "API.test:8443"), ("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(h.one_seen().route, "api");
+    // Another host: the catch-all public route, never the bearer route's upstream.
+    h.get("/api/items", &[("host", "other.test")]).await;
+    assert_eq!(h.one_seen().route, "pub");
+}
+
+#[tokio::test]
+async fn head_limits_and_bad_hosts_are_refused() {
+    let h = harness();
+    let long = format!("/{}", "a".repeat(300));
+    assert_eq!(h.get(&long, &[]).await.status(), 414);
+    let many: Vec<(String, String)> = (0..25).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(h.get("/", &many).await.status(), 431);
+    let mut twice = request(Method::GET, "/", &[]);
+    twice
+        .headers_mut()
+        .append("host", HeaderValue::from_static("evil.test"));
+    assert_eq!(h.send(twice).await.status(), 400);
+    let no_host = Request::builder().uri("/").body(()).unwrap();
+    assert_eq!(h.send(no_host).await.status(), 400);
+    assert_eq!(
+        h.send(request(Method::CONNECT, "/", &[])).await.status(),
+        400
+    );
+    h.nothing_seen();
+}
+
+#[tokio::test]
+async fn own_endpoints_answer_before_any_route() {
+    let h = harness();
+    let r = h.get("/oauth2/ping", &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.get("/oauth2/nope", &[]).await.status(), 404);
+    // Forward auth from a client that is not a trusted proxy: denied, never guessed.
+    let r = h
+        .get("/oauth2/auth", &[("x-forwarded-uri", "/static/x")])
+        .await;
+    assert_eq!(r.status(), 403);
+    // From a trusted proxy, the named path's route decides.
+    let r = h
+        .send_from(
+            TRUSTED,
+            request(
+                Method::GET,
+                "/oauth2/auth",
+                &[("x-forwarded-uri", "/static/x")],
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let r = h
+        .send_from(
+            TRUSTED,
+            request(
+                Method::GET,
+                "/oauth2/auth",
+                &[("x-forwarded-uri", "/admin")],
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), 401, "forward auth never redirects");
+    h.nothing_seen();
+}
+
+// ---- hygiene -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn identity_and_forwarding_headers_from_clients_never_pass() {
+    let h = harness();
+    h.get(
+        "/page",
+        &[
+            ("x-auth-request-user", "admin"),
+            ("X_Auth_Request_Email", "admin@evil"),
+            ("x-forwarded-user", "admin"),
+            ("remote-user", "admin"),
+            ("x-original-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("accept", "*/*"),
+        ],
+    )
+    .await;
+    let seen = h.one_seen().headers;
+    for gone in [
+        "x-auth-request-user",
+        "x_auth_request_email",
+        "x-forwarded-user",
+        "remote-user",
+        "x-original-url",
+        "x-http-method-override",
+        "forwarded",
+        "connection",
+        "x-secret",
+    ] {
+        assert!(!seen.contains_key(gone), "{gone} reached the upstream");
+    }
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.9");
+    assert_eq!(seen["x-real-ip"], "203.0.113.9");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "app.test");
+    assert_eq!(seen["accept"], "*/*");
+}
+
+#[tokio::test]
+async fn trusted_proxies_forwarding_headers_are_kept_and_appended() {
+    let h = harness();
+    h.send_from(
+        TRUSTED,
+        request(
+            Method::GET,
+            "/",
+            &[
+                ("x-forwarded-for", "198.51.100.1"),
+                ("x-forwarded-proto", "https"),
+            ],
+        ),
+    )
+    .await;
+    let seen = h.one_seen().headers;
+    assert_eq!(seen["x-forwarded-for"], "198.51.100.1, 10.0.12.7");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+}
+
+#[tokio::test]
+async fn request_ids_go_upstream_and_back() {
+    let h = harness();
+    let r = h.get("/", &[("x-request-id", "trace-me-1")]).await;
+    assert_eq!(header(&r, "x-request-id"), "trace-me-1");
+    assert_eq!(h.one_seen().headers["x-request-id"], "trace-me-1");
+    let r = h.get("/", &[("x-request-id", "not plain!")]).await;
+    let id = header(&r, "x-request-id").to_string();
+    assert_eq!(id.len(), 32);
+    assert_eq!(h.one_seen().headers["x-request-id"], id.as_str());
+    // Refusals carry the id too, in the header and the body.
+    let r = h.get("/a%2Fb", &[("x-request-id", "refused-1")]).await;
+    assert_eq!(header(&r, "x-request-id"), "refused-1");
+}
+
+// ---- auth decisions ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bearer_route_refusals_are_json_challenges() {
+    let h = harness();
+    let api = [("host", "api.test")];
+    let r = h.get("/api/x", &api).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        "Bearer realm=\"portcullis\""
+    );
+    let r = h
+        .get(
+            "/api/x",
+            &[("host", "api.test"), ("authorization", "Bearer")],
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let mut bad = token(claims("svc", "read"));
+    bad.push('x');
+    let auth = format!("Bearer {bad}");
+    let r = h
+        .get(
+            "/api/x",
+            &[
+                ("host", "api.test"),
+                ("authorization", &auth),
+                ("accept", "text/html"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(&r, "content-type"), "application/json");
+    assert!(header(&r, "www-authenticate").contains("error=\"invalid_token\""));
+    h.nothing_seen();
+}
+
+#[tokio::test]
+async fn bearer_token_passes_with_identity_headers_and_no_authorization() {
+    let h = harness();
+    let auth = format!("Bearer {}", token(claims("svc-1", "read write")));
+    let r = h
+        .get("/api/x", &[("host", "api.test"), ("authorization", &auth)])
+        .await;
+    assert_eq!(r.status(), 200);
+    let seen = h.one_seen().headers;
+    assert_eq!(seen["x-auth-request-user"], "svc-1");
+    assert_eq!(seen["x-auth-request-scopes"], "read write");
+    assert!(!seen.contains_key("authorization"));
+}
+
+#[tokio::test]
+async fn scopes_and_method_scopes_are_enforced() {
+    let h = harness();
+    let auth = format!("Bearer {}", token(claims("svc", "write")));
+    let r = h
+        .get("/api/x", &[("host", "api.test"), ("authorization", &auth)])
+        .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        "Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"read\""
+    );
+    let auth = format!("Bearer {}", token(claims("svc", "read")));
+    let r = h
+        .send(request(
+            Method::DELETE,
+            "/api/x",
+            &[("host", "api.test"), ("authorization", &auth)],
+        ))
+        .await;
+    assert_eq!(r.status(), 403);
+    assert!(header(&r, "www-authenticate").contains("scope=\"read admin\""));
+    h.nothing_seen();
+}
+
+#[tokio::test]
+async fn cors_preflight_passes_only_where_allowed() {
+    let h = harness();
+    let preflight = [
+        ("host", "api.test"),
+        ("origin", "https://web.test"),
+        ("access-control-request-method", "POST"),
+    ];
+    let r = h.send(request(Method::OPTIONS, "/api/x", &preflight)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.one_seen().route, "api");
+    // Without the preflight headers an OPTIONS is an ordinary request: a token is needed.
+    let r = h
+        .send(request(Method::OPTIONS, "/api/x", &[("host", "api.test")]))
+        .await;
+    assert_eq!(r.status(), 401);
+    h.nothing_seen();
+}
+
+#[tokio::test]
+async fn login_route_redirects_navigations_and_refuses_api_calls() {
+    let h = harness();
+    let r = h
+        .get(
+            "/admin/users?page=2",
+            &[("accept", "text/html"), ("sec-fetch-mode", "navigate")],
+        )
+        .await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(
+        header(&r, "location"),
+        "/oauth2/start?rd=%2Fadmin%2Fusers%3Fpage%3D2"
+    );
+    let r = h
+        .get(
+            "/admin/users",
+            &[
+                ("accept", "text/html"),
+                ("x-requested-with", "XMLHttpRequest"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(&r, "content-type"), "application/json");
+    h.nothing_seen();
+}
+
+#[tokio::test]
+async fn session_passes_by_group_and_the_proxy_cookie_stays_behind() {
+    let h = harness();
+    let staff = h.session_cookie("alice", &["staff"]).await;
+    let cookie = format!("theme=dark; {staff}");
+    let r = h.get("/admin", &[("cookie", &cookie)]).await;
+    assert_eq!(r.status(), 200);
+    let seen = h.one_seen().headers;
+    assert_eq!(seen["x-auth-request-user"], "alice");
+    assert_eq!(seen["cookie"], "theme=dark");
+    // Not in the group: 403 page for a browser, nothing forwarded.
+    let other = h.session_cookie("bob", &["guests"]).await;
+    let r = h
+        .get("/admin", &[("cookie", &other), ("accept", "text/html")])
+        .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(header(&r, "content-type"), "text/html; charset=utf-8");
+    h.nothing_seen();
+    // Public routes never see the proxy's cookie either.
+    h.get("/page", &[("cookie", &cookie)]).await;
+    assert_eq!(h.one_seen().headers["cookie"], "theme=dark");
+}
+
+#[tokio::test]
+async fn either_route_judges_a_token_alone_and_else_the_session() {
+    let h = harness();
+    let staff = h.session_cookie("alice", &["staff"]).await;
+    // A bad token is 401 even with a good session: no fallback.
+    let r = h
+        .get(
+            "/mixed",
+            &[("cookie", &staff), ("authorization", "Bearer not.a.jwt")],
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    h.nothing_seen();
+    let r = h.get("/mixed", &[("cookie", &staff)]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.one_seen().headers["x-auth-request-user"], "alice");
+}
+
+// ---- error rendering -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn refusals_render_by_accept_with_the_request_id() {
+    let h = harness();
+    let r = h
+        .get(
+            "/a%00b",
+            &[("accept", "text/html"), ("x-request-id", "html-1")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(header(&r, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&r, "cache-control"), "no-store");
+    let body = body_text(r).await;
+    assert!(body.contains("html-1"), "{body}");
+    let r = h.get("/a%00b", &[("x-request-id", "json-1")]).await;
+    let v: serde_json::Value = serde_json::from_str(&body_text(r).await).unwrap();
+    assert_eq!(v["error"], "invalid_request");
+    assert_eq!(v["request_id"], "json-1");
+}
+
+async fn body_text(r: Resp) -> String {
+    use http_body_util::BodyExt;
+    let b = r.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(b.to_vec()).unwrap()
+}
