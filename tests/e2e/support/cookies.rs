@@ -149,7 +149,7 @@ fn expires_in_past(v: &str) -> bool {
 /// `Sun, 06 Nov 1994 08:49:37 GMT` -> seconds since the epoch.
 fn httpdate_to_unix(s: &str) -> Option<u64> {
     let p: Vec<&str> = s.split_whitespace().collect();
-    if p.len() != 5 {
+    if p.len() != 6 || p[5] != "GMT" {
         return None;
     }
     let day: u64 = p[1].parse().ok()?;
@@ -278,5 +278,51 @@ impl Agent {
             visited.push(url.clone());
         }
         panic!("more than {max} redirects: {visited:#?}");
+    }
+}
+
+/// The jar on its own (no server): the behaviours the login tests rely on.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> url::Url {
+        url::Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn jar_is_per_host_not_per_port_honours_path_and_applies_deletions() {
+        let mut j = CookieJar::new();
+        j.store_one(&u("http://127.0.0.1:1000/a/b"), "s=1; Path=/a");
+        j.store_one(&u("http://127.0.0.1:1000/x/y"), "d=3");
+        j.store_one(&u("http://127.0.0.1:1000/"), "r=2; Path=/; HttpOnly");
+        // Another port on the same host sees them; longer paths first.
+        let h = |j: &CookieJar, url: &str| j.header_for(&u(url));
+        assert_eq!(
+            h(&j, "http://127.0.0.1:2000/a/x").as_deref(),
+            Some("s=1; r=2")
+        );
+        assert_eq!(h(&j, "http://127.0.0.1:2000/ab").as_deref(), Some("r=2"));
+        // No `Path`: the directory of the URL that set it.
+        assert_eq!(
+            h(&j, "http://127.0.0.1:2000/x/z").as_deref(),
+            Some("d=3; r=2")
+        );
+        assert_eq!(h(&j, "http://localhost:1000/a").as_deref(), None);
+        assert_eq!(j.names(), vec!["r".to_string()]);
+        // Deleted from another port: `Max-Age=0`, then a past `Expires`.
+        j.store_one(&u("http://127.0.0.1:3000/"), "r=; Max-Age=0; Path=/");
+        assert_eq!(h(&j, "http://127.0.0.1:1000/a/x").as_deref(), Some("s=1"));
+        j.store_one(
+            &u("http://127.0.0.1:3000/"),
+            "s=; Path=/a; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+        );
+        assert_eq!(h(&j, "http://127.0.0.1:1000/a/x"), None);
+        // A future `Expires` keeps it.
+        j.store_one(
+            &u("http://127.0.0.1:3000/"),
+            "f=1; Path=/; Expires=Fri, 01 Jan 2100 00:00:00 GMT",
+        );
+        assert_eq!(h(&j, "http://127.0.0.1:1000/a/x").as_deref(), Some("f=1"));
     }
 }
