@@ -17,8 +17,8 @@ use base64::Engine as _;
 use http::Request;
 use serde_json::Value;
 
+use crate::support::agent::{location_of, resolve, Agent, API_CALL, NAVIGATE};
 use crate::support::client::{empty, Resp};
-use crate::support::cookies::{resolve, Agent, API_CALL, NAVIGATE};
 use crate::support::idp::{forge, form, Idp, Profile, API};
 use crate::support::proxy::free_port;
 use crate::support::raw;
@@ -153,11 +153,6 @@ pub async fn fixture(profile: Profile, idp_args: &[&str], s: &Setup) -> Fixture 
     let echo = EchoUpstream::start().await;
     let proxy = proxy_for(&idp, &echo, s).await;
     Fixture { idp, echo, proxy }
-}
-
-pub fn location_of(r: &Resp) -> &str {
-    r.header("location")
-        .unwrap_or_else(|| panic!("{} without Location: {}", r.status, r.text()))
 }
 
 fn is_callback(url: &str) -> bool {

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod browser;
 pub mod client;
 pub mod cookies;
