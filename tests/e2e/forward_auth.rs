@@ -7,10 +7,10 @@ use std::fs::File;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::login::{config, fixture, login, wait_ready, with_cookie, Setup};
 use crate::support::agent::{location_of, Agent, API_CALL, NAVIGATE};
 use crate::support::client::Resp;
 use crate::support::idp::{Idp, Profile};
+use crate::support::login::{config, fixture, login, wait_ready, with_cookie, Setup};
 use crate::support::proxy::free_port;
 use crate::support::*;
 

@@ -1,4 +1,5 @@
-//! The harness: an echo upstream, the real proxy binary, HTTP clients (hyper-util and raw).
+//! The harness: an echo upstream, the real proxy binary, HTTP clients (hyper-util and raw),
+//! the one scripted browser ([`agent::Agent`]) and the login fixtures ([`login`]).
 
 #![allow(dead_code)]
 
@@ -8,6 +9,7 @@ pub mod client;
 pub mod cookies;
 pub mod echo;
 pub mod idp;
+pub mod login;
 pub mod proxy;
 pub mod raw;
 
