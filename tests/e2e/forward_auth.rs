@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crate::support::agent::{location_of, Agent, API_CALL, NAVIGATE};
 use crate::support::client::Resp;
 use crate::support::idp::{Idp, Profile};
-use crate::support::login::{config, fixture, login, wait_ready, with_cookie, Setup};
-use crate::support::proxy::free_port;
+use crate::support::login::{config, fixture, login, with_cookie, Setup};
+use crate::support::proxy::{free_port, wait_ready};
 use crate::support::*;
 
 /// `GET /oauth2/auth` with `cookie` and the headers a front proxy would add.

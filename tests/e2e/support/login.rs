@@ -1,9 +1,7 @@
 //! The login fixtures shared by the login tests (`login.rs`, `login_browser.rs`,
 //! `forward_auth.rs`, `parity.rs`): the proxy config in front of the provider of
-//! `tests/idp/` and the echo upstream ([`Setup`], [`config`], [`fixture`]), its readiness,
+//! `tests/idp/` and the echo upstream ([`Setup`], [`config`], [`proxy_for`], [`fixture`]),
 //! and a whole login with an [`Agent`] ([`through_provider`], [`login`]).
-
-use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -13,8 +11,7 @@ use super::agent::{location_of, resolve, Agent};
 use super::client::{empty, Http, Resp};
 use super::echo::EchoUpstream;
 use super::idp::{forge, form, Idp, Profile, API};
-use super::proxy::{server_section, TestProxy};
-use super::raw::{self, eventually};
+use super::proxy::{server_section, wait_ready, TestProxy};
 
 /// The allowed redirect host of the configs (and of the corpus' README).
 pub const ALLOWED_HOST: &str = "www.whitelisteddomain.tld";
@@ -114,17 +111,6 @@ pub fn config(idp: &Idp, echo: &EchoUpstream, s: &Setup) -> String {
         secrets = secrets.join(", "),
         upstream = echo.url(""),
     )
-}
-
-/// `/readyz` turns 200 once discovery and the JWKS are loaded.
-pub async fn wait_ready(p: &TestProxy) {
-    eventually(Duration::from_secs(30), "proxy /readyz is 200", || async {
-        raw::get(p.admin, "/readyz")
-            .await
-            .ok()
-            .filter(|r| r.status == 200)
-    })
-    .await;
 }
 
 /// A proxy for `idp`, ready.
