@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::support::client::{empty, Resp};
 use crate::support::idp::forge::{self, Signer};
 use crate::support::idp::{Idp, Profile, API};
+use crate::support::proxy::wait_ready;
 use crate::support::raw;
 use crate::support::*;
 
@@ -72,17 +73,6 @@ fn config(idp: &Idp, echo: &EchoUpstream, s: &Setup) -> String {
         pass = s.pass_authorization,
         upstream = echo.url(""),
     )
-}
-
-/// `/readyz` turns 200 once discovery and the JWKS are loaded.
-async fn wait_ready(p: &TestProxy) {
-    eventually(Duration::from_secs(30), "proxy /readyz is 200", || async {
-        raw::get(p.admin, "/readyz")
-            .await
-            .ok()
-            .filter(|r| r.status == 200)
-    })
-    .await;
 }
 
 /// The proxy for `idp`, ready (provider metadata and keys loaded).

@@ -1,10 +1,11 @@
 //! `portcullis demo` as a newcomer runs it: the built binary, no config file, a private
-//! TMPDIR, a free port. A scripted browser (no redirects followed, a cookie jar keyed by
-//! host like a real browser's) signs in through the banner's URL as each demo user; the
+//! TMPDIR, a free port. A scripted browser (`Agent::browser`: no redirects followed, a
+//! cookie jar keyed by host like a real browser's, `Path` honoured, deletions applied,
+//! every request asking for HTML, cookies over 4096 bytes refused) signs in through the banner's URL as each demo user; the
 //! banner's `curl` line is run verbatim; `--print-config` passes `portcullis check`;
 //! SIGTERM stops it cleanly; everything listens on 127.0.0.1 only.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -14,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 
-use crate::support::client::{empty, full, Resp};
+use crate::support::agent::{redirect_target, Agent};
+use crate::support::client::{empty, Resp};
+use crate::support::idp;
 use crate::support::proxy::{check, free_port, BIN};
 use crate::support::{eventually, Http};
 
@@ -225,119 +228,6 @@ impl Demo {
     }
 }
 
-/// A browser as far as the login needs: cookies per host (like a browser, the port does
-/// not separate them), `Path` honoured, deletions (`Max-Age=0`) applied, and every request
-/// saying it wants HTML. Redirects are returned, never followed.
-struct Browser {
-    http: Http,
-    /// host -> name -> (path, value)
-    jar: BTreeMap<String, BTreeMap<String, (String, String)>>,
-}
-
-impl Browser {
-    fn new() -> Browser {
-        Browser {
-            http: Http::new(),
-            jar: BTreeMap::new(),
-        }
-    }
-
-    fn cookie_names(&self, host: &str) -> BTreeSet<String> {
-        self.jar
-            .get(host)
-            .map(|c| c.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    async fn request(&mut self, method: &str, url: &str, form_body: Option<String>) -> Resp {
-        let u = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
-        let host = u.host_str().unwrap().to_string();
-        let mut b = Request::builder()
-            .method(method)
-            .uri(url)
-            .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
-            .header("user-agent", "portcullis-e2e-browser");
-        let cookies: Vec<String> = self
-            .jar
-            .get(&host)
-            .into_iter()
-            .flatten()
-            .filter(|(_, (path, _))| u.path().starts_with(path.as_str()))
-            .map(|(k, (_, v))| format!("{k}={v}"))
-            .collect();
-        if !cookies.is_empty() {
-            b = b.header("cookie", cookies.join("; "));
-        }
-        let body = match form_body {
-            Some(f) => {
-                b = b.header("content-type", "application/x-www-form-urlencoded");
-                full(f)
-            }
-            None => empty(),
-        };
-        let r = self
-            .http
-            .send(b.body(body).unwrap())
-            .await
-            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        for v in r.headers.get_all("set-cookie") {
-            let v = v.to_str().expect("set-cookie is ASCII");
-            let mut parts = v.split(';');
-            let (name, value) = parts
-                .next()
-                .and_then(|p| p.split_once('='))
-                .unwrap_or_else(|| panic!("bad set-cookie {v:?}"));
-            let (name, value) = (name.trim().to_string(), value.trim().to_string());
-            // RFC 6265 §6.1: browsers keep cookies of at least 4096 bytes, no more.
-            assert!(
-                name.len() + value.len() <= 4096,
-                "{url}: cookie {name} is {} bytes, browsers drop cookies over 4096",
-                name.len() + value.len()
-            );
-            let mut path = "/".to_string();
-            let mut delete = false;
-            for attr in parts {
-                let (k, val) = attr.split_once('=').unwrap_or((attr, ""));
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "path" => path = val.trim().to_string(),
-                    "max-age" => delete = val.trim().parse::<i64>().is_ok_and(|n| n <= 0),
-                    _ => {}
-                }
-            }
-            let host_jar = self.jar.entry(host.clone()).or_default();
-            if delete {
-                host_jar.remove(&name);
-            } else {
-                host_jar.insert(name, (path, value));
-            }
-        }
-        r
-    }
-
-    async fn get(&mut self, url: &str) -> Resp {
-        self.request("GET", url, None).await
-    }
-
-    async fn post_form(&mut self, url: &str, pairs: &[(&str, &str)]) -> Resp {
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(pairs)
-            .finish();
-        self.request("POST", url, Some(body)).await
-    }
-}
-
-/// The absolute URL a redirect points to, resolved against the request URL.
-fn location(r: &Resp, base: &str) -> String {
-    let loc = r
-        .header("location")
-        .unwrap_or_else(|| panic!("no Location on {} from {base}: {}", r.status, r.text()));
-    url::Url::parse(base)
-        .unwrap()
-        .join(loc)
-        .unwrap()
-        .to_string()
-}
-
 fn assert_redirect(r: &Resp, from: &str, to_prefix: &str) -> String {
     assert!(
         r.status == 302 || r.status == 303,
@@ -345,7 +235,7 @@ fn assert_redirect(r: &Resp, from: &str, to_prefix: &str) -> String {
         r.status,
         r.text()
     );
-    let to = location(r, from);
+    let to = redirect_target(r, from);
     assert!(
         to.starts_with(to_prefix),
         "{from}: redirected to {to}, want {to_prefix}…"
@@ -364,16 +254,16 @@ fn input_value(page: &str, name: &str) -> Option<String> {
 
 /// From `GET /` (not signed in) to the identity page, step by step, as `user`. Returns
 /// the identity page.
-async fn sign_in(b: &mut Browser, demo: &Banner, user: &str) -> Resp {
+async fn sign_in(b: &mut Agent, demo: &Banner, user: &str) -> Resp {
     let home = format!("{}/", demo.url);
     // 1. The app wants a login: to /oauth2/start.
-    let r = b.get(&home).await;
+    let r = b.get(&home, &[]).await;
     let start = assert_redirect(&r, &home, &format!("{}/oauth2/start", demo.url));
     // 2. /oauth2/start: to the provider's authorization endpoint.
-    let r = b.get(&start).await;
+    let r = b.get(&start, &[]).await;
     let authorize = assert_redirect(&r, &start, &format!("{}/authorize?", demo.provider));
     // 3. The provider's login form, with the demo users on it.
-    let r = b.get(&authorize).await;
+    let r = b.get(&authorize, &[]).await;
     assert_eq!(r.status, 200, "{authorize}: {}", r.text());
     assert!(
         r.header("content-type")
@@ -392,24 +282,30 @@ async fn sign_in(b: &mut Browser, demo: &Banner, user: &str) -> Resp {
     // 4. Submit it: back to the proxy's callback with a code.
     let login = format!("{}/authorize/login", demo.provider);
     let r = b
-        .post_form(
+        .request(
+            "POST",
             &login,
-            &[("tx", tx.as_str()), ("username", user), ("password", user)],
+            &[],
+            Some(idp::form(&[
+                ("tx", tx.as_str()),
+                ("username", user),
+                ("password", user),
+            ])),
         )
         .await;
     let callback = assert_redirect(&r, &login, &format!("{}/oauth2/callback?", demo.url));
     assert!(callback.contains("code="), "{callback}");
     // 5. The callback: a session cookie and back to where the user was going.
-    let r = b.get(&callback).await;
+    let r = b.get(&callback, &[]).await;
     let back = assert_redirect(&r, &callback, &demo.url);
     assert_eq!(back, home);
     assert!(
-        b.cookie_names("127.0.0.1").contains("_portcullis"),
+        b.jar.names_on("127.0.0.1").contains("_portcullis"),
         "no session cookie after the callback: {:?}",
         r.headers
     );
     // 6. The identity page.
-    let r = b.get(&home).await;
+    let r = b.get(&home, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r
         .header("content-type")
@@ -418,28 +314,28 @@ async fn sign_in(b: &mut Browser, demo: &Banner, user: &str) -> Resp {
     r
 }
 
-async fn sign_out_and_expect_login_again(b: &mut Browser, demo: &Banner) {
+async fn sign_out_and_expect_login_again(b: &mut Agent, demo: &Banner) {
     let home = format!("{}/", demo.url);
     let url = format!("{}/oauth2/sign_out", demo.url);
-    let r = b.get(&url).await;
+    let r = b.get(&url, &[]).await;
     assert!(
-        !b.cookie_names("127.0.0.1").contains("_portcullis"),
+        !b.jar.names_on("127.0.0.1").contains("_portcullis"),
         "sign-out must clear the session cookie: {:?}",
         r.headers
     );
     // RP-initiated logout at the provider, which sends the browser back to the app.
     let end = assert_redirect(&r, &url, &format!("{}/end_session?", demo.provider));
-    let r = b.get(&end).await;
+    let r = b.get(&end, &[]).await;
     let back = assert_redirect(&r, &end, &demo.url);
     assert_eq!(back, home, "the provider sends the browser back to the app");
     // Back at the app: signed out, so a login is wanted again...
-    let r = b.get(&home).await;
+    let r = b.get(&home, &[]).await;
     let start = assert_redirect(&r, &home, &format!("{}/oauth2/start", demo.url));
     // ...and the provider's session ended too: it asks for the password again instead of
     // signing the user straight back in.
-    let r = b.get(&start).await;
+    let r = b.get(&start, &[]).await;
     let authorize = assert_redirect(&r, &start, &format!("{}/authorize?", demo.provider));
-    let r = b.get(&authorize).await;
+    let r = b.get(&authorize, &[]).await;
     assert_eq!(
         r.status,
         200,
@@ -458,7 +354,7 @@ async fn demo_users_sign_in_see_their_identity_admin_is_alice_only_and_sign_out(
     let admin = format!("{}/admin", d.url);
 
     // Alice: staff and admins.
-    let mut alice = Browser::new();
+    let mut alice = Agent::browser();
     let page = sign_in(&mut alice, &d, "alice").await.text();
     assert!(page.contains("Who the proxy says you are"), "{page}");
     assert!(!page.contains("No identity headers arrived"), "{page}");
@@ -472,13 +368,13 @@ async fn demo_users_sign_in_see_their_identity_admin_is_alice_only_and_sign_out(
     ] {
         assert!(page.contains(want), "identity page lacks {want}:\n{page}");
     }
-    let r = alice.get(&admin).await;
+    let r = alice.get(&admin, &[]).await;
     assert_eq!(r.status, 200, "alice /admin: {}", r.text());
     assert!(r.text().contains("Admin area"), "{}", r.text());
     assert!(r.text().contains("<code>alice@example.com</code>"));
 
     // Bob: staff only.
-    let mut bob = Browser::new();
+    let mut bob = Agent::browser();
     let page = sign_in(&mut bob, &d, "bob").await.text();
     for want in [
         "<code>user-bob</code>",
@@ -492,7 +388,7 @@ async fn demo_users_sign_in_see_their_identity_admin_is_alice_only_and_sign_out(
         "{page}"
     );
     assert!(!page.contains("alice"), "bob's page shows alice:\n{page}");
-    let r = bob.get(&admin).await;
+    let r = bob.get(&admin, &[]).await;
     assert_eq!(r.status, 403, "bob /admin: {}", r.text());
     assert!(
         r.header("content-type")
@@ -509,12 +405,12 @@ async fn demo_users_sign_in_see_their_identity_admin_is_alice_only_and_sign_out(
 
     // Each signs out; alice's sign-out does not touch bob's session.
     sign_out_and_expect_login_again(&mut alice, &d).await;
-    let r = bob.get(&format!("{}/", d.url)).await;
+    let r = bob.get(&format!("{}/", d.url), &[]).await;
     assert_eq!(r.status, 200, "bob is still signed in: {}", r.text());
     sign_out_and_expect_login_again(&mut bob, &d).await;
 
     // The public path needs nobody.
-    let r = Browser::new().get(&d.public).await;
+    let r = Agent::browser().get(&d.public, &[]).await;
     assert_eq!(r.status, 200, "{}: {}", d.public, r.text());
     assert!(r.text().contains("Hello"));
 }
@@ -726,7 +622,7 @@ async fn demo_listens_on_loopback_only_and_writes_its_config_to_tmpdir() {
 async fn demo_stops_on_sigterm_with_exit_code_0() {
     let mut demo = Demo::start();
     // Serving first: the static file through the proxy.
-    let r = Browser::new().get(&demo.banner.public).await;
+    let r = Agent::browser().get(&demo.banner.public, &[]).await;
     assert_eq!(r.status, 200);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !demo.catches(15) {

@@ -7,11 +7,11 @@ use std::fs::File;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::login::{config, fixture, location_of, login, wait_ready, with_cookie, Setup};
+use crate::support::agent::{location_of, Agent, API_CALL, NAVIGATE};
 use crate::support::client::Resp;
-use crate::support::cookies::{Agent, API_CALL, NAVIGATE};
 use crate::support::idp::{Idp, Profile};
-use crate::support::proxy::free_port;
+use crate::support::login::{config, fixture, login, with_cookie, Setup};
+use crate::support::proxy::{free_port, wait_ready};
 use crate::support::*;
 
 /// `GET /oauth2/auth` with `cookie` and the headers a front proxy would add.

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use crate::login::{fixture, Setup};
 use crate::support::browser::Chromium;
 use crate::support::idp::Profile;
+use crate::support::login::{fixture, Setup};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -8,12 +8,12 @@ use portcullis::dev_idp::{
     INTROSPECTION_CLIENT_SECRET, MACHINE_CLIENT_ID, MACHINE_CLIENT_SECRET,
 };
 
-use crate::login::{location_of, new_secret, through_provider, wait_ready};
+use crate::support::agent::{location_of, Agent};
 use crate::support::client::{echo_header, Http};
-use crate::support::cookies::Agent;
 use crate::support::echo::EchoUpstream;
 use crate::support::idp::{Idp, Profile};
-use crate::support::proxy::{server_section, TestProxy};
+use crate::support::login::{new_secret, through_provider};
+use crate::support::proxy::{server_section, wait_ready, TestProxy};
 
 /// What differs between the two providers; everything else in the config is the same.
 struct ProviderSide {

@@ -1,23 +1,34 @@
-//! A tiny cookie jar and [`Agent`], a scripted "browser" over the hyper client that never
-//! follows redirects by itself.
+//! A tiny cookie jar, the one behind [`super::agent::Agent`].
 //!
 //! Cookies are kept as a browser keeps them for these tests (RFC 6265 §5.3, simplified):
 //! per host (the port is ignored, as browsers ignore it: the provider, the proxy and nginx
 //! all live on 127.0.0.1 and see each other's cookies), per path and name; `Max-Age <= 0`
 //! or an `Expires` in the past deletes; a cookie is sent when its path is a prefix of the
 //! request path. `Domain` and `Secure` are not needed here (plain http on 127.0.0.1).
+//!
+//! Two modes, both off by default:
+//! - [`CookieJar::paths_ignored`]: every cookie is kept as if it said `Path=/` (one per host
+//!   and name, sent on every request to its host), as the scripted login of
+//!   `tests/idp/README.md` does ("sending every cookie ... back ... ignoring Path").
+//! - [`CookieJar::browser_limits`]: every `Set-Cookie` must be one a browser keeps: ASCII,
+//!   `name=value`, name and value at most 4096 bytes together (RFC 6265 §6.1); else panic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use http::{HeaderMap, Request};
-
-use super::client::{empty, full, Http, Resp};
+use http::HeaderMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct CookieJar {
     /// (host, path, name) -> value
     cookies: BTreeMap<(String, String, String), String>,
+    /// Every cookie kept with path `/`, whatever its `Path`.
+    paths_ignored: bool,
+    /// Panic on a `Set-Cookie` a browser would not keep.
+    browser_limits: bool,
 }
+
+/// RFC 6265 §6.1: browsers keep cookies of at least 4096 bytes (name and value), no more.
+pub const BROWSER_COOKIE_LIMIT: usize = 4096;
 
 fn host_of(url: &url::Url) -> String {
     url.host_str().unwrap_or("").to_ascii_lowercase()
@@ -44,10 +55,30 @@ impl CookieJar {
         CookieJar::default()
     }
 
+    /// This jar, keeping every cookie as if it said `Path=/` (see the module doc).
+    pub fn paths_ignored(self) -> CookieJar {
+        CookieJar {
+            paths_ignored: true,
+            ..self
+        }
+    }
+
+    /// This jar, panicking on a `Set-Cookie` a browser would not keep (see the module doc).
+    pub fn browser_limits(self) -> CookieJar {
+        CookieJar {
+            browser_limits: true,
+            ..self
+        }
+    }
+
     /// Takes in every `Set-Cookie` of a response to `url`.
     pub fn store(&mut self, url: &url::Url, headers: &HeaderMap) {
         for v in headers.get_all(http::header::SET_COOKIE) {
-            let Ok(v) = v.to_str() else { continue };
+            let v = match v.to_str() {
+                Ok(v) => v,
+                Err(_) if self.browser_limits => panic!("{url}: set-cookie is not ASCII: {v:?}"),
+                Err(_) => continue,
+            };
             self.store_one(url, v);
         }
     }
@@ -55,9 +86,17 @@ impl CookieJar {
     pub fn store_one(&mut self, url: &url::Url, set_cookie: &str) {
         let mut parts = set_cookie.split(';');
         let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
+            assert!(!self.browser_limits, "{url}: bad set-cookie {set_cookie:?}");
             return;
         };
         let (name, value) = (name.trim().to_string(), value.trim().to_string());
+        if self.browser_limits {
+            let size = name.len() + value.len();
+            assert!(
+                size <= BROWSER_COOKIE_LIMIT,
+                "{url}: cookie {name} is {size} bytes, browsers drop cookies over {BROWSER_COOKIE_LIMIT}"
+            );
+        }
         let mut path = None;
         let mut delete = false;
         for attr in parts {
@@ -70,11 +109,12 @@ impl CookieJar {
                 _ => {}
             }
         }
-        let key = (
-            host_of(url),
-            path.unwrap_or_else(|| default_path(url)),
-            name,
-        );
+        let path = if self.paths_ignored {
+            "/".to_string()
+        } else {
+            path.unwrap_or_else(|| default_path(url))
+        };
+        let key = (host_of(url), path, name);
         if delete {
             self.cookies.remove(&key);
         } else {
@@ -124,6 +164,15 @@ impl CookieJar {
             .collect()
     }
 
+    /// Names of the cookies on `host`, whatever their path.
+    pub fn names_on(&self, host: &str) -> BTreeSet<String> {
+        self.cookies
+            .keys()
+            .filter(|(h, _, _)| h == host)
+            .map(|(_, _, n)| n.clone())
+            .collect()
+    }
+
     /// `name=value; ...` of the cookies on 127.0.0.1 with path `/`, as a request would
     /// carry them (to replay a browser's cookies later by hand).
     pub fn root_cookie_header(&self) -> String {
@@ -149,7 +198,7 @@ fn expires_in_past(v: &str) -> bool {
 /// `Sun, 06 Nov 1994 08:49:37 GMT` -> seconds since the epoch.
 fn httpdate_to_unix(s: &str) -> Option<u64> {
     let p: Vec<&str> = s.split_whitespace().collect();
-    if p.len() != 5 {
+    if p.len() != 6 || p[5] != "GMT" {
         return None;
     }
     let day: u64 = p[1].parse().ok()?;
@@ -176,107 +225,83 @@ fn httpdate_to_unix(s: &str) -> Option<u64> {
     Some(days * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
 }
 
-/// A scripted browser: a cookie jar in front of [`Http`]; redirects are the caller's to
-/// follow ([`Agent::follow`]).
-#[derive(Clone)]
-pub struct Agent {
-    pub http: Http,
-    pub jar: CookieJar,
-}
+/// The jar on its own (no server): the behaviours the login tests rely on.
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Default for Agent {
-    fn default() -> Self {
-        Agent::new()
-    }
-}
-
-/// Headers of a top-level browser navigation.
-pub const NAVIGATE: &[(&str, &str)] = &[
-    ("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"),
-    ("sec-fetch-mode", "navigate"),
-];
-
-/// Headers of an API call (fetch/XHR).
-pub const API_CALL: &[(&str, &str)] = &[("accept", "application/json")];
-
-/// `location` resolved against the URL it came from, as a browser resolves it.
-pub fn resolve(base: &str, location: &str) -> String {
-    url::Url::parse(base)
-        .unwrap()
-        .join(location)
-        .unwrap_or_else(|e| panic!("bad Location {location:?} from {base}: {e}"))
-        .to_string()
-}
-
-impl Agent {
-    pub fn new() -> Agent {
-        Agent {
-            http: Http::new(),
-            jar: CookieJar::new(),
-        }
+    fn u(s: &str) -> url::Url {
+        url::Url::parse(s).unwrap()
     }
 
-    /// One request with the jar's cookies (plus `headers`), storing what comes back.
-    pub async fn request(
-        &mut self,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        form_body: Option<String>,
-    ) -> Resp {
-        let u = url::Url::parse(url).unwrap_or_else(|e| panic!("bad URL {url}: {e}"));
-        let mut b = Request::builder().method(method).uri(url);
-        if let Some(c) = self.jar.header_for(&u) {
-            b = b.header("cookie", c);
-        }
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let body = match form_body {
-            Some(f) => {
-                b = b.header("content-type", "application/x-www-form-urlencoded");
-                full(f)
-            }
-            None => empty(),
-        };
-        let r = self
-            .http
-            .send(b.body(body).unwrap())
-            .await
-            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        self.jar.store(&u, &r.headers);
-        r
+    #[test]
+    fn jar_is_per_host_not_per_port_honours_path_and_applies_deletions() {
+        let mut j = CookieJar::new();
+        j.store_one(&u("http://127.0.0.1:1000/a/b"), "s=1; Path=/a");
+        j.store_one(&u("http://127.0.0.1:1000/x/y"), "d=3");
+        j.store_one(&u("http://127.0.0.1:1000/"), "r=2; Path=/; HttpOnly");
+        // Another port on the same host sees them; longer paths first.
+        let h = |j: &CookieJar, url: &str| j.header_for(&u(url));
+        assert_eq!(
+            h(&j, "http://127.0.0.1:2000/a/x").as_deref(),
+            Some("s=1; r=2")
+        );
+        assert_eq!(h(&j, "http://127.0.0.1:2000/ab").as_deref(), Some("r=2"));
+        // No `Path`: the directory of the URL that set it.
+        assert_eq!(
+            h(&j, "http://127.0.0.1:2000/x/z").as_deref(),
+            Some("d=3; r=2")
+        );
+        assert_eq!(h(&j, "http://localhost:1000/a").as_deref(), None);
+        assert_eq!(j.names(), vec!["r".to_string()]);
+        assert_eq!(
+            j.names_on("127.0.0.1").into_iter().collect::<Vec<_>>(),
+            ["d", "r", "s"]
+        );
+        // Deleted from another port: `Max-Age=0`, then a past `Expires`.
+        j.store_one(&u("http://127.0.0.1:3000/"), "r=; Max-Age=0; Path=/");
+        assert_eq!(h(&j, "http://127.0.0.1:1000/a/x").as_deref(), Some("s=1"));
+        j.store_one(
+            &u("http://127.0.0.1:3000/"),
+            "s=; Path=/a; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+        );
+        assert_eq!(h(&j, "http://127.0.0.1:1000/a/x"), None);
+        // A future `Expires` keeps it.
+        j.store_one(
+            &u("http://127.0.0.1:3000/"),
+            "f=1; Path=/; Expires=Fri, 01 Jan 2100 00:00:00 GMT",
+        );
+        assert_eq!(h(&j, "http://127.0.0.1:1000/a/x").as_deref(), Some("f=1"));
     }
 
-    pub async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> Resp {
-        self.request("GET", url, headers, None).await
+    #[test]
+    fn jar_with_paths_ignored_sends_every_cookie_of_the_host_everywhere() {
+        let mut j = CookieJar::new().paths_ignored();
+        let idp = u("http://127.0.0.1:1000/auth");
+        j.store_one(&idp, "_interaction=i; Path=/interaction/u1; HttpOnly");
+        j.store_one(&idp, "_interaction_resume=r; Path=/auth/u1; HttpOnly");
+        assert_eq!(
+            j.header_for(&u("http://127.0.0.1:1000/interaction/u1"))
+                .as_deref(),
+            Some("_interaction=i; _interaction_resume=r")
+        );
+        assert_eq!(j.header_for(&u("http://localhost:1000/")), None);
     }
 
-    /// A top-level navigation to `url`.
-    pub async fn navigate(&mut self, url: &str) -> Resp {
-        self.get(url, NAVIGATE).await
+    #[test]
+    fn jar_with_browser_limits_keeps_4096_bytes() {
+        let mut j = CookieJar::new().browser_limits();
+        let at_limit = format!("c={}", "v".repeat(BROWSER_COOKIE_LIMIT - 1));
+        j.store_one(&u("http://127.0.0.1:1000/"), &at_limit);
+        assert_eq!(j.get("c").map(|v| v.len()), Some(BROWSER_COOKIE_LIMIT - 1));
     }
 
-    pub async fn post_form(&mut self, url: &str, body: String) -> Resp {
-        self.request("POST", url, NAVIGATE, Some(body)).await
-    }
-
-    /// Navigates to `url` and follows redirects (GET) until a non-redirect answer, at most
-    /// `max` hops. Returns the final URL, the answer, and every URL visited.
-    pub async fn follow(&mut self, url: &str, max: usize) -> (String, Resp, Vec<String>) {
-        let mut url = url.to_string();
-        let mut visited = vec![url.clone()];
-        for _ in 0..=max {
-            let r = self.navigate(&url).await;
-            if !r.status.is_redirection() {
-                return (url, r, visited);
-            }
-            let loc = r
-                .header("location")
-                .unwrap_or_else(|| panic!("{} without Location from {url}", r.status));
-            url = resolve(&url, loc);
-            visited.push(url.clone());
-        }
-        panic!("more than {max} redirects: {visited:#?}");
+    #[test]
+    #[should_panic(expected = "browsers drop cookies over 4096")]
+    fn jar_with_browser_limits_refuses_a_cookie_over_4096_bytes() {
+        let over = format!("c={}", "v".repeat(BROWSER_COOKIE_LIMIT));
+        CookieJar::new()
+            .browser_limits()
+            .store_one(&u("http://127.0.0.1:1000/"), &over);
     }
 }

@@ -18,6 +18,7 @@ use base64::Engine as _;
 use http::Request;
 use serde_json::{json, Value};
 
+use super::agent::{redirect_target, Agent};
 use super::client::{empty, full, Http, Resp};
 
 pub const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/idp/server.mjs");
@@ -440,12 +441,14 @@ impl Idp {
         forge::Signer::from_private_jwk(jwk)
     }
 
-    /// The scripted login of tests/idp/README.md (HTTP only, a cookie jar, no redirects
-    /// followed), then the code exchange by the `portcullis` client. `resource`: the API
-    /// (standard `resource`, auth0 `audience`) for a JWT access token; none: opaque.
-    /// Returns the token response.
+    /// The scripted login of tests/idp/README.md (HTTP only, an [`Agent`] whose jar sends
+    /// every cookie the provider set back on every request to it, `Path` ignored as the
+    /// README has it; no redirects followed), then the code exchange by the `portcullis`
+    /// client. `resource`: the API (standard `resource`, auth0 `audience`) for a JWT access
+    /// token; none: opaque. Returns the token response.
     pub async fn login(&self, user: &str, scope: &str, resource: Option<&str>) -> Value {
-        let mut jar: BTreeMap<String, String> = BTreeMap::new();
+        let mut agent = Agent::new().paths_ignored();
+        agent.http = self.http.clone();
         let redirect_uri = "http://127.0.0.1:9/oauth2/callback";
         let verifier = forge::b64(&forge::random_bytes(32));
         let challenge = forge::b64(
@@ -472,22 +475,20 @@ impl Idp {
             form(&pairs)
         );
         // 1. authorize -> 303 /interaction/{uid}
-        let r = self.browser(&mut jar, "GET", &start, None).await;
+        let r = agent.get(&start, &[]).await;
         assert_eq!(r.status, 303, "authorize: {}", r.text());
-        let interaction = self.resolve(r.header("location").unwrap());
+        let interaction = redirect_target(&r, &start);
         // 2. the login form
-        let r = self.browser(&mut jar, "GET", &interaction, None).await;
+        let r = agent.get(&interaction, &[]).await;
         assert_eq!(r.status, 200, "interaction: {}", r.text());
         assert!(r.text().contains("login-form"), "{}", r.text());
         // 3. submit it -> 303 to the resume URL
         let body = form(&[("login", user), ("password", &format!("{user}-pw"))]);
-        let r = self
-            .browser(&mut jar, "POST", &interaction, Some(body))
-            .await;
+        let r = agent.request("POST", &interaction, &[], Some(body)).await;
         assert_eq!(r.status, 303, "login: {}", r.text());
-        let resume = self.resolve(r.header("location").unwrap());
+        let resume = redirect_target(&r, &interaction);
         // 4. resume -> 303 to the redirect URI with the code
-        let r = self.browser(&mut jar, "GET", &resume, None).await;
+        let r = agent.get(&resume, &[]).await;
         assert_eq!(r.status, 303, "resume: {}", r.text());
         let callback = url::Url::parse(r.header("location").unwrap()).unwrap();
         let q: BTreeMap<String, String> = callback.query_pairs().into_owned().collect();
@@ -510,49 +511,6 @@ impl Idp {
             .await;
         assert_eq!(r.status, 200, "code exchange: {}", r.text());
         r.json()
-    }
-
-    fn resolve(&self, location: &str) -> String {
-        if location.starts_with("http://") || location.starts_with("https://") {
-            location.to_string()
-        } else {
-            self.url(location)
-        }
-    }
-
-    /// One request to the provider with every cookie it set so far (Path ignored).
-    async fn browser(
-        &self,
-        jar: &mut BTreeMap<String, String>,
-        method: &str,
-        url: &str,
-        form_body: Option<String>,
-    ) -> Resp {
-        let mut b = Request::builder().method(method).uri(url);
-        if !jar.is_empty() {
-            let cookie: Vec<String> = jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            b = b.header("cookie", cookie.join("; "));
-        }
-        let body = match form_body {
-            Some(f) => {
-                b = b.header("content-type", "application/x-www-form-urlencoded");
-                full(f)
-            }
-            None => empty(),
-        };
-        let r = self
-            .http
-            .send(b.body(body).unwrap())
-            .await
-            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        for v in r.headers.get_all("set-cookie") {
-            let v = v.to_str().unwrap_or("");
-            let pair = v.split(';').next().unwrap_or("");
-            if let Some((k, val)) = pair.split_once('=') {
-                jar.insert(k.trim().to_string(), val.trim().to_string());
-            }
-        }
-        r
     }
 }
 

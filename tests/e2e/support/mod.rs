@@ -1,12 +1,15 @@
-//! The harness: an echo upstream, the real proxy binary, HTTP clients (hyper-util and raw).
+//! The harness: an echo upstream, the real proxy binary, HTTP clients (hyper-util and raw),
+//! the one scripted browser ([`agent::Agent`]) and the login fixtures ([`login`]).
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod browser;
 pub mod client;
 pub mod cookies;
 pub mod echo;
 pub mod idp;
+pub mod login;
 pub mod proxy;
 pub mod raw;
 

@@ -280,6 +280,17 @@ impl TestProxy {
     }
 }
 
+/// `/readyz` turns 200 once discovery and the JWKS are loaded.
+pub async fn wait_ready(p: &TestProxy) {
+    raw::eventually(Duration::from_secs(30), "proxy /readyz is 200", || async {
+        raw::get(p.admin, "/readyz")
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await;
+}
+
 /// Runs `portcullis check --config FILE`: (exit code, stdout, stderr).
 pub fn check(config_path: &std::path::Path) -> (i32, String, String) {
     let out = Command::new(BIN)
