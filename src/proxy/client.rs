@@ -1,22 +1,17 @@
-//! Upstream HTTP clients: pooled hyper-util clients over rustls, one set per worker thread
-//! so that a connection is only ever used by the runtime that opened it.
+//! Upstream HTTP clients: a connection pool per upstream ([`super::pool`]) over rustls, one
+//! per worker thread so that a connection is only ever used by the runtime that opened it;
+//! and the TLS material loaders the provider transport shares.
 
 use std::io;
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::Duration;
-
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::body::ReqBody;
+use super::pool::UpstreamPool;
 use crate::config::UpstreamConfig;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ReqBody>;
+pub type UpstreamClient = UpstreamPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBuildError {
@@ -26,6 +21,8 @@ pub enum ClientBuildError {
     NoCert { path: String },
     #[error("{path}: no PEM private key found")]
     NoKey { path: String },
+    #[error("{0}: not a valid host name for TLS or a Host header")]
+    InvalidHost(String),
     #[error("TLS client setup failed: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -92,36 +89,7 @@ pub fn tls_client_config(
     Ok(cfg)
 }
 
-/// A pooled client for one upstream.
+/// The connection pool for one upstream (one per worker thread).
 pub fn build(u: &UpstreamConfig) -> Result<UpstreamClient, ClientBuildError> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(u.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = u.scheme == http::uri::Scheme::HTTPS;
-    let tls = tls_client_config(
-        u.ca_file.as_deref(),
-        u.client_cert
-            .as_ref()
-            .map(|(c, k)| (c.as_path(), k.as_path())),
-        https,
-    )?;
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http();
-    let connector = if u.h2 {
-        builder.enable_http2().wrap_connector(http)
-    } else {
-        builder.enable_http1().wrap_connector(http)
-    };
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(u.pool_idle_timeout)
-        .pool_max_idle_per_host(u.pool_max_idle)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    if u.h2 {
-        b.http2_only(true);
-    }
-    Ok(b.build(connector))
+    UpstreamPool::new(u)
 }

@@ -2,7 +2,6 @@
 //! worker's pooled client and streams the answer back. WebSocket upgrades are tunnelled.
 
 use std::convert::Infallible;
-use std::error::Error as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,8 +16,9 @@ use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use super::headers::strip_hop_by_hop;
+use super::pool::PoolError;
 use crate::admin::metrics::{Metrics, UpstreamError};
-use crate::body::{BodyTimeout, ReqBody, Resp, RespBody};
+use crate::body::{ReqBody, Resp, RespBody};
 use crate::error::Refusal;
 use crate::exchange::Answer;
 use crate::routing::Routed;
@@ -56,19 +56,15 @@ impl Service<Routed<Incoming>> for ProxyService {
 }
 
 /// Classifies an upstream failure without exposing it to the client.
-fn classify(e: hyper_util::client::legacy::Error, upstream: &Arc<str>) -> (Refusal, UpstreamError) {
+fn classify(e: PoolError, upstream: &Arc<str>) -> (Refusal, UpstreamError) {
     if e.is_connect() {
         return (
             Refusal::BadGateway(upstream.clone(), Some(e.into())),
             UpstreamError::Connect,
         );
     }
-    let mut source = e.source();
-    while let Some(s) = source {
-        if s.is::<BodyTimeout>() {
-            return (Refusal::RequestTimeout, UpstreamError::Other);
-        }
-        source = s.source();
+    if e.is_body_timeout() {
+        return (Refusal::RequestTimeout, UpstreamError::Other);
     }
     (
         Refusal::BadGateway(upstream.clone(), Some(e.into())),
@@ -154,7 +150,7 @@ impl ProxyService {
         *up_req.headers_mut() = headers;
 
         let started = Instant::now();
-        let result = tokio::time::timeout(route.timeout, upstream.client.request(up_req)).await;
+        let result = tokio::time::timeout(route.timeout, upstream.client.send(up_req)).await;
         let latency = started.elapsed();
         let failed = |refusal: Refusal, kind: UpstreamError| {
             self.metrics.upstream_error(kind);

@@ -6,4 +6,5 @@ pub mod client;
 pub mod forward;
 pub mod headers;
 pub mod hygiene;
+pub mod pool;
 pub mod upstream;
