@@ -4,7 +4,8 @@
 //! ```text
 //! validate(token)
 //!   ├─ empty → Missing; > max_token_len → TooLong; not RFC 6750 b64token → Malformed
-//!   ├─ SHA-256(token) in the identity cache (and not past exp by our clock) → hit
+//!   ├─ SipHash-1-3-128(secret key, token) in the identity cache (and not past exp by
+//!   │   our clock) → hit
 //!   ├─ in the negative cache → the remembered refusal
 //!   └─ miss: one validation per token however many callers (single flight)
 //!        ├─ three parts: header read by us (alg none / allow-list / typ / crit),
@@ -366,8 +367,9 @@ impl TokenValidator {
         if token.len() > inner.max_token_len {
             return Err(TokenError::TooLong);
         }
-        let key = cache::token_key(token);
-        // Only validated tokens are stored, so a hit needs no further syntax check.
+        let key = inner.cache.key(token);
+        // Only validated tokens are stored, and the key is a secret-keyed 128-bit PRF of
+        // the token's bytes, so a hit is a token that passed the syntax check already.
         if let Some(id) = inner.cache.get_fresh(&key) {
             bump(&inner.metrics.cache_hits);
             return Ok(id);

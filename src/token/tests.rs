@@ -497,6 +497,88 @@ fn b64token_scan_counts_dots_and_allows_only_trailing_padding() {
     }
 }
 
+const HS_ISS: &str = "https://hs.example.com/";
+const HS_SECRET: &[u8] = b"a shared secret of 32 bytes or so";
+
+/// A validator that needs no provider: HS256 with a configured secret.
+fn hs_validator() -> TokenValidator {
+    let mut ic = IssuerConfig::new(HS_ISS, vec![API.to_string()]);
+    ic.discovery = false;
+    ic.algorithms = vec![Algorithm::HS256];
+    ic.hs_secret = Some(Secret::new(HS_SECRET.to_vec()));
+    let config = BearerConfig {
+        issuers: vec![ic],
+        ..BearerConfig::default()
+    };
+    TokenValidator::new(config, transport())
+}
+
+fn hs_token(sub: &str) -> String {
+    let header = json!({"alg": "HS256", "typ": "JWT"});
+    let c = with(claims(HS_ISS), |c| {
+        c.insert("sub".into(), json!(sub));
+    });
+    forge(&header, &c, |m| hs256(HS_SECRET, m))
+}
+
+#[tokio::test]
+async fn a_cache_hit_returns_the_identity_validated_for_that_token() {
+    let v = hs_validator();
+    let t = hs_token("alice");
+    let first = v.validate(&t).await.unwrap();
+    assert_eq!(first.subject(), "alice");
+    let hit = v.validate(&t).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &hit));
+    assert_eq!(hit.subject(), "alice");
+    let m = v.metrics();
+    assert_eq!(TokenMetrics::get(&m.cache_hits), 1);
+    assert_eq!(TokenMetrics::get(&m.cache_misses), 1);
+    assert_eq!(TokenMetrics::get(&m.validations_ok), 1);
+}
+
+#[tokio::test]
+async fn two_different_tokens_never_share_an_entry() {
+    let v = hs_validator();
+    let tokens: Vec<(String, String)> = (0..300)
+        .map(|n| {
+            let sub = format!("user-{n}");
+            (hs_token(&sub), sub)
+        })
+        .collect();
+    let keys: std::collections::HashSet<_> =
+        tokens.iter().map(|(t, _)| v.inner.cache.key(t)).collect();
+    assert_eq!(keys.len(), tokens.len(), "distinct tokens, distinct keys");
+    for _round in 0..2 {
+        for (t, sub) in &tokens {
+            assert_eq!(v.validate(t).await.unwrap().subject(), sub);
+        }
+    }
+    assert_eq!(v.cache_entries(), 300);
+    let m = v.metrics();
+    assert_eq!(TokenMetrics::get(&m.cache_misses), 300);
+    assert_eq!(TokenMetrics::get(&m.cache_hits), 300);
+    // Tokens that differ in one byte, or by a prefix, are distinct entries too.
+    let t = hs_token("alice");
+    let key = v.inner.cache.key(&t);
+    let mut one_off = t.clone().into_bytes();
+    one_off[10] ^= 1;
+    let one_off = String::from_utf8(one_off).unwrap();
+    assert!(v.inner.cache.key(&one_off) != key);
+    assert!(v.inner.cache.key(&t[..t.len() - 1]) != key);
+    assert!(v.inner.cache.key(&format!("{t}=")) != key);
+}
+
+#[test]
+fn the_cache_key_is_secret_and_random_per_validator() {
+    let (a, b) = (hs_validator(), hs_validator());
+    let t = hs_token("alice");
+    assert!(a.inner.cache.key(&t) == a.inner.cache.key(&t));
+    assert!(
+        a.inner.cache.key(&t) != b.inner.cache.key(&t),
+        "each validator draws its own key: same config, different keys"
+    );
+}
+
 #[tokio::test]
 async fn size_and_shape_are_checked_before_anything_else() {
     let idp = Idp::start().await;
