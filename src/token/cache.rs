@@ -69,7 +69,8 @@
 //!   validation / introspection (the "`try_get_with` or equal"); it holds only work
 //!   in progress.
 //!
-//! Refusals are remembered briefly in a separate negative cache (never `Unavailable`).
+//! Refusals are remembered briefly in a separate negative cache (never `Unavailable`, never
+//! a syntax refusal: those are answered before the negative cache is looked at).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
