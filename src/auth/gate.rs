@@ -144,7 +144,10 @@ async fn by_token(
         bearer::Extracted::Malformed => return Err(Refusal::TokenMalformed.into()),
     };
     tokens.validate(token).await.map_err(|e| {
-        if e.is_unavailable() {
+        // Not a b64token (found on a cache miss): the header is malformed, as above.
+        if e.is_syntax() {
+            Refusal::TokenMalformed.into()
+        } else if e.is_unavailable() {
             Refusal::TokenUnavailable(e).into()
         } else {
             Refusal::TokenRefused(e).into()

@@ -10,7 +10,14 @@ pub enum TokenError {
     /// No token in the request (the proxy's extraction found none).
     #[error("no bearer token")]
     Missing,
-    /// Not a well-formed token (charset, JWT structure, base64, JSON).
+    /// Not an RFC 6750 §2.1 `b64token` (a character outside the token alphabet, or `=`
+    /// other than trailing padding): the `Authorization` header itself is malformed, so
+    /// the proxy answers 400 `invalid_request` (`Refusal::TokenMalformed`), not 401. Checked
+    /// on a cache miss only (a hit is a token that passed this check when it was
+    /// validated); never remembered in the negative cache.
+    #[error("token is not a b64token")]
+    Syntax,
+    /// A b64token that is not a well-formed token (JWT structure, base64, JSON).
     #[error("malformed token")]
     Malformed,
     /// Longer than `max_token_len`; refused before any parsing.
@@ -123,6 +130,7 @@ impl TokenError {
     pub fn description(&self) -> &'static str {
         match self {
             TokenError::Missing => "a bearer token is required",
+            TokenError::Syntax => "malformed Authorization header",
             TokenError::Malformed => "the token is malformed",
             TokenError::TooLong => "the token is too long",
             TokenError::Invalid(r) => r.description(),
@@ -140,6 +148,12 @@ impl TokenError {
         matches!(self, TokenError::Unavailable(_))
     }
 
+    /// Whether the token is not even a `b64token` (the proxy answers 400
+    /// `invalid_request`, as for any malformed `Authorization` header).
+    pub fn is_syntax(&self) -> bool {
+        matches!(self, TokenError::Syntax)
+    }
+
     /// Whether this refusal may be remembered for a while (the token will not become
     /// valid by itself). `Unavailable` is never cached; nor is `Missing`.
     pub(crate) fn is_negative_cacheable(&self) -> bool {
@@ -150,7 +164,9 @@ impl TokenError {
             | TokenError::Expired
             | TokenError::SenderConstrained
             | TokenError::UnknownIssuer => true,
-            TokenError::Missing | TokenError::Unavailable(_) => false,
+            // A syntax refusal is answered before the negative cache is consulted; not
+            // remembering it keeps it from ever standing for another answer.
+            TokenError::Missing | TokenError::Syntax | TokenError::Unavailable(_) => false,
         }
     }
 }

@@ -497,6 +497,213 @@ fn b64token_scan_counts_dots_and_allows_only_trailing_padding() {
     }
 }
 
+/// The byte-at-a-time definition (RFC 6750 §2.1) the block scan must agree with.
+fn scan_reference(token: &str) -> Option<usize> {
+    let bytes = token.as_bytes();
+    let body_end = bytes.iter().rposition(|b| *b != b'=').map_or(0, |i| i + 1);
+    let body = &bytes[..body_end];
+    let ok = |b: &u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(b);
+    (!body.is_empty() && body.iter().all(ok)).then(|| body.iter().filter(|b| **b == b'.').count())
+}
+
+#[test]
+fn b64token_block_scan_agrees_with_the_definition() {
+    // Every byte value, at every position of the first blocks and of the padded tail.
+    for len in [1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 49, 700] {
+        for pos in (0..len).filter(|p| *p < 50 || *p + 20 > len) {
+            for b in 0..=255u8 {
+                let mut v = vec![b'x'; len];
+                v[pos] = b;
+                let Ok(t) = std::str::from_utf8(&v) else {
+                    continue;
+                };
+                assert_eq!(
+                    scan_token(t),
+                    scan_reference(t),
+                    "byte {b:#04x} at {pos} of {len}"
+                );
+            }
+        }
+    }
+    // Non-ASCII: every leading byte and many continuation bytes, in blocks and in the tail.
+    for cp in (0x80..0x11_0000).step_by(61) {
+        let Some(c) = char::from_u32(cp) else {
+            continue;
+        };
+        for (before, after) in [(0, 40), (14, 30), (16, 0), (37, 1)] {
+            let t = format!("{}{c}{}", "x".repeat(before), "y".repeat(after));
+            assert_eq!(scan_token(&t), None, "U+{cp:04X} after {before}");
+        }
+    }
+    // Multi-byte characters and padding in any place.
+    for t in [
+        "é",
+        "aé",
+        "xxxxxxxxxxxxxxxé",
+        "ab==",
+        "a=b=",
+        "=a",
+        "a.b=c",
+        "€.€.€",
+        "a\u{7f}b",
+    ] {
+        assert_eq!(scan_token(t), scan_reference(t), "{t:?}");
+    }
+    // Dot counters are drained before a lane can overflow.
+    for n in [255 * 16, 255 * 16 + 1, 256 * 16, 5000] {
+        let dots = ".".repeat(n) + "a";
+        assert_eq!(scan_token(&dots), Some(n));
+    }
+    let jws = format!(
+        "{}.{}.{}",
+        "a".repeat(300),
+        "b".repeat(4000),
+        "c".repeat(343)
+    );
+    assert_eq!(scan_token(&jws), Some(2));
+}
+
+const HS_ISS: &str = "https://hs.example.com/";
+const HS_SECRET: &[u8] = b"a shared secret of 32 bytes or so";
+
+/// A validator that needs no provider: HS256 with a configured secret.
+fn hs_validator() -> TokenValidator {
+    let mut ic = IssuerConfig::new(HS_ISS, vec![API.to_string()]);
+    ic.discovery = false;
+    ic.algorithms = vec![Algorithm::HS256];
+    ic.hs_secret = Some(Secret::new(HS_SECRET.to_vec()));
+    let config = BearerConfig {
+        issuers: vec![ic],
+        ..BearerConfig::default()
+    };
+    TokenValidator::new(config, transport())
+}
+
+fn hs_token(sub: &str) -> String {
+    let header = json!({"alg": "HS256", "typ": "JWT"});
+    let c = with(claims(HS_ISS), |c| {
+        c.insert("sub".into(), json!(sub));
+    });
+    forge(&header, &c, |m| hs256(HS_SECRET, m))
+}
+
+#[tokio::test]
+async fn a_cache_hit_returns_the_identity_validated_for_that_token() {
+    let v = hs_validator();
+    let t = hs_token("alice");
+    let first = v.validate(&t).await.unwrap();
+    assert_eq!(first.subject(), "alice");
+    let hit = v.validate(&t).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &hit));
+    assert_eq!(hit.subject(), "alice");
+    let m = v.metrics();
+    assert_eq!(TokenMetrics::get(&m.cache_hits), 1);
+    assert_eq!(TokenMetrics::get(&m.cache_misses), 1);
+    assert_eq!(TokenMetrics::get(&m.validations_ok), 1);
+}
+
+#[tokio::test]
+async fn two_different_tokens_never_share_an_entry() {
+    let v = hs_validator();
+    let tokens: Vec<(String, String)> = (0..300)
+        .map(|n| {
+            let sub = format!("user-{n}");
+            (hs_token(&sub), sub)
+        })
+        .collect();
+    let keys: std::collections::HashSet<_> =
+        tokens.iter().map(|(t, _)| v.inner.cache.key(t)).collect();
+    assert_eq!(keys.len(), tokens.len(), "distinct tokens, distinct keys");
+    for _round in 0..2 {
+        for (t, sub) in &tokens {
+            assert_eq!(v.validate(t).await.unwrap().subject(), sub);
+        }
+    }
+    assert_eq!(v.cache_entries(), 300);
+    let m = v.metrics();
+    assert_eq!(TokenMetrics::get(&m.cache_misses), 300);
+    assert_eq!(TokenMetrics::get(&m.cache_hits), 300);
+    // Tokens that differ in one byte, or by a prefix, are distinct entries too.
+    let t = hs_token("alice");
+    let key = v.inner.cache.key(&t);
+    let mut one_off = t.clone().into_bytes();
+    one_off[10] ^= 1;
+    let one_off = String::from_utf8(one_off).unwrap();
+    assert!(v.inner.cache.key(&one_off) != key);
+    assert!(v.inner.cache.key(&t[..t.len() - 1]) != key);
+    assert!(v.inner.cache.key(&format!("{t}=")) != key);
+}
+
+#[test]
+fn the_cache_key_is_secret_and_random_per_validator() {
+    let (a, b) = (hs_validator(), hs_validator());
+    let t = hs_token("alice");
+    assert!(a.inner.cache.key(&t) == a.inner.cache.key(&t));
+    assert!(
+        a.inner.cache.key(&t) != b.inner.cache.key(&t),
+        "each validator draws its own key: same config, different keys"
+    );
+}
+
+#[tokio::test]
+async fn a_token_with_a_bad_character_is_a_syntax_refusal_and_never_cached() {
+    let v = hs_validator();
+    let t = hs_token("alice");
+    let bad = [
+        format!("{}!{}", &t[..20], &t[21..]),
+        format!("{}é{}", &t[..20], &t[22..]),
+        format!("{} {}", &t[..20], &t[21..]),
+        "a=b".to_string(),
+        "====".to_string(),
+    ];
+    for b in &bad {
+        for _ in 0..3 {
+            assert_eq!(err_of(&v, b).await, "Syntax", "{b:?}");
+        }
+        assert!(v.inner.cache.refused(&v.inner.cache.key(b)).is_none());
+        assert!(v.inner.cache.get_fresh(&v.inner.cache.key(b)).is_none());
+    }
+    let m = v.metrics();
+    assert_eq!(v.cache_entries(), 0);
+    assert_eq!(TokenMetrics::get(&m.cache_misses), 0);
+    assert_eq!(TokenMetrics::get(&m.negative_hits), 0);
+    assert_eq!(TokenMetrics::get(&m.validations_fail), 0);
+    // The syntax answer also wins over the size limit (both were refusals before the
+    // validator was asked: the header's 400 came first).
+    let long_bad = format!("{}!", "A".repeat(20 * 1024));
+    assert_eq!(err_of(&v, &long_bad).await, "Syntax");
+    let long_ok = "A".repeat(20 * 1024);
+    assert_eq!(err_of(&v, &long_ok).await, "TooLong");
+}
+
+#[tokio::test]
+async fn a_cached_token_with_one_bad_character_appended_is_refused() {
+    let v = hs_validator();
+    let t = hs_token("alice");
+    assert_eq!(v.validate(&t).await.unwrap().subject(), "alice");
+    for suffix in ["!", " ", "\"", ",", "é", "\t", "=a", "%"] {
+        let variant = format!("{t}{suffix}");
+        assert_eq!(err_of(&v, &variant).await, "Syntax", "{suffix:?}");
+    }
+    // A refused (negatively cached) token's bad variant is still a syntax refusal.
+    let forged = forge(
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &claims(HS_ISS),
+        |m| hs256(b"not the secret", m),
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            err_of(&v, &forged).await,
+            invalid(InvalidReason::BadSignature)
+        );
+    }
+    assert_eq!(err_of(&v, &format!("{forged}!")).await, "Syntax");
+    assert_eq!(TokenMetrics::get(&v.metrics().negative_hits), 1);
+    // The cached token itself is still served.
+    assert_eq!(v.validate(&t).await.unwrap().subject(), "alice");
+    assert_eq!(v.cache_entries(), 1);
+}
+
 #[tokio::test]
 async fn size_and_shape_are_checked_before_anything_else() {
     let idp = Idp::start().await;
@@ -511,15 +718,22 @@ async fn size_and_shape_are_checked_before_anything_else() {
         format!("{:?}", v.validate("").await.unwrap_err()),
         "Missing"
     );
+    // Not b64tokens: the header is malformed (the proxy's 400).
     for garbage in [
         "!!!.@@@.###",
         "abc def",
         "eyJhbGciOiJSUzI1NiJ9.\u{e9}t\u{e9}.x",
-        "e30.e30.e30",
-        "Zm9v.YmFy.YmF6",
         "====",
         "a\r\nX-Injected: 1",
     ] {
+        assert_eq!(
+            err_of(&v, garbage).await,
+            format!("{:?}", TokenError::Syntax),
+            "{garbage:?}"
+        );
+    }
+    // b64tokens that are not well-formed JWTs.
+    for garbage in ["e30.e30.e30", "Zm9v.YmFy.YmF6"] {
         assert_eq!(
             err_of(&v, garbage).await,
             format!("{:?}", TokenError::Malformed),

@@ -971,22 +971,45 @@ async fn oversized_and_garbage_tokens_are_401_invalid_token() {
     ];
     assert_all_refused(&f, &cases).await;
 
-    // Characters outside RFC 6750's b64token are a malformed request: 400 invalid_request.
+    // Characters outside RFC 6750's b64token are a malformed request: 400 invalid_request,
+    // also when the token without them is valid and cached (`big` passed above), and
+    // whatever the length.
     let n = f.echo.count();
-    for bad in ["ey@J.x.y", "a\"b", "tok en"] {
-        let r = send(
-            &f.http,
-            &f.proxy,
-            "GET",
-            "/api/items",
-            None,
-            &[("authorization", &format!("Bearer {bad}"))],
-        )
-        .await;
-        assert_eq!(r.status, 400, "{bad:?}: {}", r.text());
-        assert_eq!(r.json()["error"], "invalid_request", "{bad:?}");
+    let bad_tokens = [
+        "ey@J.x.y".to_string(),
+        "a\"b".to_string(),
+        "tok en".to_string(),
+        format!("{big}!"),
+        format!("{big} x"),
+        format!("{}%{}", &big[..100], &big[100..]),
+        format!("{}!", "a".repeat(20 * 1024)),
+    ];
+    for bad in &bad_tokens {
+        for _ in 0..2 {
+            let r = send(
+                &f.http,
+                &f.proxy,
+                "GET",
+                "/api/items",
+                None,
+                &[("authorization", &format!("Bearer {bad}"))],
+            )
+            .await;
+            let what = &bad[..bad.len().min(40)];
+            assert_eq!(r.status, 400, "{what:?}: {}", r.text());
+            assert_eq!(r.json()["error"], "invalid_request", "{what:?}");
+            assert_eq!(
+                r.header("www-authenticate"),
+                Some("Bearer realm=\"portcullis\", error=\"invalid_request\""),
+                "{what:?}"
+            );
+        }
     }
     assert_eq!(f.echo.count(), n);
+    echoed(
+        &f.get("/api/items", &big).await,
+        "the cached 8 KiB token, still",
+    );
 }
 
 /// Sends one token per distinct random `kid` (our own key), `concurrency` at a time;
