@@ -13,9 +13,10 @@ use std::sync::Arc;
 use crate::admin::metrics::Metrics;
 use crate::config::{Config, Limits, UpstreamConfig};
 use crate::oidc::login::{Login, LoginBuildError};
-use crate::proxy::client::{self, ClientBuildError, UpstreamClient};
+use crate::proxy::client::ClientBuildError;
 use crate::proxy::headers::IdentityStrip;
 use crate::proxy::hygiene::TrustedProxies;
+use crate::proxy::pool::UpstreamPool;
 use crate::proxy::upstream::Upstream;
 use crate::routing::layer::HeadLimits;
 use crate::routing::table::{CompileError, Parts as RouteParts};
@@ -50,7 +51,7 @@ pub struct Carried {
     tokens: Option<(String, TokenValidator)>,
     login: Option<(String, Arc<Login>)>,
     /// Per upstream settings: one client per worker.
-    clients: HashMap<String, Arc<[Arc<UpstreamClient>]>>,
+    clients: HashMap<String, Arc<[Arc<UpstreamPool>]>>,
 }
 
 pub struct Generation {
@@ -132,14 +133,14 @@ impl Generation {
                 _ => {
                     let mut set = Vec::with_capacity(workers);
                     for _ in 0..workers {
-                        let c = client::build(u).map_err(|source| BuildError::Upstream {
+                        let c = UpstreamPool::new(u).map_err(|source| BuildError::Upstream {
                             index,
                             name: u.name.clone(),
                             source,
                         })?;
                         set.push(Arc::new(c));
                     }
-                    Arc::<[Arc<UpstreamClient>]>::from(set)
+                    Arc::<[Arc<UpstreamPool>]>::from(set)
                 }
             };
             let name: Arc<str> = u.name.as_str().into();

@@ -217,6 +217,14 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     matched_segments(prefix, path).is_some()
 }
 
+/// [`prefix_matches`] when neither `prefix` nor `path` has a `;` (no path parameters to
+/// ignore): a byte comparison at a segment boundary.
+pub fn plain_prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || (path.starts_with(prefix)
+            && path.as_bytes().get(prefix.len()).is_none_or(|b| *b == b'/'))
+}
+
 /// Number of path segments covered by `prefix`, if it matches.
 fn matched_segments(prefix: &str, path: &str) -> Option<usize> {
     if prefix == "/" {
@@ -349,6 +357,23 @@ mod tests {
                 Err(want),
                 "{raw}"
             );
+        }
+    }
+
+    #[test]
+    fn plain_matching_agrees_with_segment_matching() {
+        let prefixes = ["/", "/api", "/a/b", "/a", "/apiary"];
+        let paths = [
+            "/", "/api", "/api/", "/api/x", "/apiary", "/a/b/c", "/a/bc", "/a", "/b",
+        ];
+        for pre in prefixes {
+            for p in paths {
+                assert_eq!(
+                    plain_prefix_matches(pre, p),
+                    prefix_matches(pre, p),
+                    "{pre} {p}"
+                );
+            }
         }
     }
 

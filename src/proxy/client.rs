@@ -1,17 +1,12 @@
-//! Upstream HTTP clients: a connection pool per upstream ([`super::pool`]) over rustls, one
-//! per worker thread so that a connection is only ever used by the runtime that opened it;
-//! and the TLS material loaders the provider transport shares.
+//! TLS for the proxy's clients: the rustls client config of upstream pools
+//! ([`super::pool`]) and of the provider transport, system trust roots, and PEM loaders
+//! (shared with the server's TLS).
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::io;
 use std::path::Path;
 use std::sync::OnceLock;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-use super::pool::UpstreamPool;
-use crate::config::UpstreamConfig;
-
-pub type UpstreamClient = UpstreamPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBuildError {
@@ -87,9 +82,4 @@ pub fn tls_client_config(
         None => builder.with_no_client_auth(),
     };
     Ok(cfg)
-}
-
-/// The connection pool for one upstream (one per worker thread).
-pub fn build(u: &UpstreamConfig) -> Result<UpstreamClient, ClientBuildError> {
-    UpstreamPool::new(u)
 }

@@ -67,50 +67,53 @@ fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// What the `Connection` header says, read in one pass over its tokens.
+#[derive(Default)]
+struct ConnectionFacts {
+    /// `upgrade` is among the tokens.
+    upgrade: bool,
+    /// It names headers beyond the hop-by-hop set itself (the usual `keep-alive`,
+    /// `close`, `upgrade`): only then must every header name be checked against it.
+    names_others: bool,
+}
+
+fn connection_facts(h: &HeaderMap) -> ConnectionFacts {
+    let mut f = ConnectionFacts::default();
+    if !h.contains_key(CONNECTION) {
+        return f;
+    }
+    for t in connection_tokens(h) {
+        if t.eq_ignore_ascii_case("upgrade") {
+            f.upgrade = true;
+        } else if !["keep-alive", "close", "te", "trailer", "transfer-encoding"]
+            .iter()
+            .any(|k| t.eq_ignore_ascii_case(k))
+        {
+            f.names_others = true;
+        }
+    }
+    f
+}
+
 /// Named in a `Connection` header (RFC 9110 §7.6.1)? `Host` never counts.
 fn named_in_connection(h: &HeaderMap, n: &HeaderName) -> bool {
     n != HOST && connection_tokens(h).any(|t| t.eq_ignore_ascii_case(n.as_str()))
 }
 
-/// Does `Connection` name anything beyond the hop-by-hop set itself (the usual
-/// `keep-alive`, `close`, `upgrade`)? Only then must every header name be checked against
-/// its tokens.
-fn connection_names_others(h: &HeaderMap) -> bool {
-    connection_tokens(h).any(|t| {
-        !["keep-alive", "close", "upgrade", "te", "trailer", "transfer-encoding"]
-            .iter()
-            .any(|k| t.eq_ignore_ascii_case(k))
-    })
+/// The names to remove as hop-by-hop: the fixed set, and what `Connection` names.
+fn hop_by_hop_names(h: &HeaderMap, facts: &ConnectionFacts) -> Vec<HeaderName> {
+    h.keys()
+        .filter(|n| is_hop_by_hop(n) || (facts.names_others && named_in_connection(h, n)))
+        .cloned()
+        .collect()
 }
 
-fn hop_by_hop_facts(h: &HeaderMap) -> HopByHop {
-    let mut out = HopByHop::default();
-    if connection_tokens(h).any(|t| t.eq_ignore_ascii_case("upgrade")) {
-        out.upgrade = h.get(UPGRADE).cloned();
-    }
-    out.te_trailers = h.get_all(TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    out
-}
-
-/// Removes `Connection`-named and hop-by-hop headers (request or response).
-pub fn strip_hop_by_hop(h: &mut HeaderMap) -> HopByHop {
-    let out = hop_by_hop_facts(h);
-    let named = connection_names_others(h);
-    let mut doomed: Vec<HeaderName> = Vec::new();
-    for n in h.keys() {
-        if is_hop_by_hop(n) || (named && named_in_connection(h, n)) {
-            doomed.push(n.clone());
-        }
-    }
-    for n in doomed {
+/// Removes `Connection`-named and hop-by-hop headers from an upstream's response.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let facts = connection_facts(h);
+    for n in hop_by_hop_names(h, &facts) {
         h.remove(n);
     }
-    out
 }
 
 /// `X-Foo_Bar` and `x-foo-bar` are the same header to many backends (CGI, WSGI, PHP).
@@ -138,7 +141,11 @@ impl std::hash::Hasher for Fnv {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
         for b in bytes {
             h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
@@ -183,11 +190,23 @@ pub fn clean_request(
     strip: &IdentityStrip,
     forwarded: &Forwarded<'_>,
 ) -> HopByHop {
-    let hop = hop_by_hop_facts(h);
-    let named = connection_names_others(h);
+    let facts = connection_facts(h);
+    let hop = HopByHop {
+        upgrade: if facts.upgrade {
+            h.get(UPGRADE).cloned()
+        } else {
+            None
+        },
+        te_trailers: h.get_all(TE).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        }),
+    };
     let mut doomed: Vec<HeaderName> = Vec::new();
     for n in h.keys() {
-        if is_hop_by_hop(n) || (named && named_in_connection(h, n)) {
+        if is_hop_by_hop(n) || (facts.names_others && named_in_connection(h, n)) {
             doomed.push(n.clone());
             continue;
         }
@@ -276,14 +295,21 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        let c = strip_hop_by_hop(&mut h);
+        let mut response = h.clone();
+        let peer = HeaderValue::from_static("10.0.0.9");
+        let c = clean_request(&mut h, &IdentityStrip::new(&[]), &untrusted(&peer, None));
         assert_eq!(
             c.upgrade.as_ref().map(|v| v.as_bytes()),
             Some(&b"websocket"[..])
         );
         assert!(c.te_trailers);
-        assert_eq!(h.len(), 1);
+        for gone in ["connection", "x-secret", "upgrade", "keep-alive", "te"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
         assert!(h.contains_key("x-kept"));
+        strip_hop_by_hop(&mut response);
+        assert_eq!(response.len(), 1);
+        assert!(response.contains_key("x-kept"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::uri::{Authority, Scheme};
 
-use super::client::UpstreamClient;
+use super::pool::UpstreamPool;
 
 pub struct Upstream {
     pub name: Arc<str>,
@@ -19,5 +19,5 @@ pub struct Upstream {
     pub h2: bool,
     /// This worker's pooled client; it outlives config generations whose settings for
     /// this upstream did not change.
-    pub client: Arc<UpstreamClient>,
+    pub client: Arc<UpstreamPool>,
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::admin::metrics::{Metrics, RouteMetrics};
 use crate::config::{AuthMode, RouteConfig};
 use crate::oidc::login::Login;
-use crate::path::{prefix_matches, strip_route_prefix};
+use crate::path::{plain_prefix_matches, prefix_matches, strip_route_prefix};
 use crate::policy::{Allow, RoutePolicy};
 use crate::proxy::upstream::Upstream;
 use crate::token::TokenValidator;
@@ -49,6 +49,8 @@ pub struct Route {
     pub host: Option<Box<str>>,
     /// Canonical prefix: starts with `/`, no trailing slash unless it is `/`.
     pub prefix: Box<str>,
+    /// The prefix has a `;` (validation allows it; matching then ignores parameters).
+    prefix_has_params: bool,
     pub strip_prefix: bool,
     pub policy: RoutePolicy,
     pub auth: RouteAuth,
@@ -64,8 +66,14 @@ impl Route {
         strip_route_prefix(&self.prefix, self.strip_prefix, path)
     }
 
-    fn matches(&self, host: Option<&str>, path: &str) -> bool {
-        self.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&self.prefix, path)
+    /// `plain`: the path has no `;` (no path parameters), so a byte comparison decides.
+    fn matches(&self, host: Option<&str>, path: &str, plain: bool) -> bool {
+        self.host.as_deref().is_none_or(|h| Some(h) == host)
+            && if plain && !self.prefix_has_params {
+                plain_prefix_matches(&self.prefix, path)
+            } else {
+                prefix_matches(&self.prefix, path)
+            }
     }
 }
 
@@ -139,6 +147,7 @@ impl RouteTable {
                 name: r.name.clone(),
                 host: r.host.as_deref().map(Box::from),
                 prefix: r.path.as_str().into(),
+                prefix_has_params: r.path.contains(';'),
                 strip_prefix: r.strip_prefix,
                 policy: policy(r),
                 auth,
@@ -155,7 +164,8 @@ impl RouteTable {
     /// The first route whose host (if set) and path prefix match. `host` is lowercase
     /// without port; `path` canonical.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| r.matches(host, path))
+        let plain = !path.contains(';');
+        self.routes.iter().find(|r| r.matches(host, path, plain))
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {

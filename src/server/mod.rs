@@ -264,6 +264,7 @@ async fn drive<I>(
     builder
         .http1()
         .timer(TokioTimer::new())
+        .header_read_timeout(None)
         .max_headers(limits.max_headers)
         // Room for the configured head limits plus slack, so that RouteLayer can answer
         // 414 / 431 precisely; past this, hyper answers 431 itself.

@@ -18,9 +18,9 @@ use crate::config::{Config, Secret};
 use crate::exchange::{Answer, Arrival, ConnInfo};
 use crate::oidc::login::Login;
 use crate::oidc::transport::{HttpTransport, TransportConfig};
-use crate::proxy::client;
 use crate::proxy::headers::IdentityStrip;
 use crate::proxy::hygiene::TrustedProxies;
+use crate::proxy::pool::UpstreamPool;
 use crate::proxy::upstream::Upstream;
 use crate::routing::layer::HeadLimits;
 use crate::routing::table::Parts as RouteParts;
@@ -193,7 +193,7 @@ fn harness() -> Harness {
                 base_path: u.base_path.as_str().into(),
                 preserve_host: u.preserve_host,
                 h2: u.h2,
-                client: Arc::new(client::build(u).unwrap()),
+                client: Arc::new(UpstreamPool::new(u).unwrap()),
             })
         })
         .collect();
