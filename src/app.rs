@@ -146,8 +146,14 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
-    // Request ids draw their seed now, not on a worker's first request.
+    // Randomness is set up now, not on a worker's first request: the request-id seed, and
+    // aws-lc's generator (its first use seeds itself from CPU jitter, ~30 ms of CPU; later
+    // uses on any thread are cheap).
     crate::exchange::process_seed();
+    let mut warm = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut warm).is_err() {
+        tracing::warn!("the system random generator failed a first draw");
+    }
     let (generation, fresh) = {
         let _g = control.enter();
         Generation::build(config, metrics.clone(), workers, None)?

@@ -14,6 +14,7 @@ use crate::identity::Identity;
 use crate::oidc::login::{Login, SessionCheck};
 use crate::policy::{decide, preflight_passes, Decision};
 use crate::routing::{Route, RouteAuth};
+use crate::session::Session;
 use crate::token::TokenValidator;
 
 /// Who passed the gate.
@@ -32,7 +33,7 @@ impl Passed {
     /// only when `cfg` asks for one.
     pub fn token_for(&self, request: &HeaderMap, cfg: &HeadersConfig) -> Option<Cow<'_, str>> {
         match &self.token {
-            AccessToken::Session(t) => Some(Cow::Borrowed(t)),
+            AccessToken::Session(s) => Some(Cow::Borrowed(s.access_token.expose())),
             AccessToken::Bearer if cfg.access_token.is_some() || cfg.pass_authorization => {
                 match bearer::extract(request) {
                     bearer::Extracted::Token(t) => Some(Cow::Owned(t.to_string())),
@@ -50,8 +51,8 @@ pub enum AccessToken {
     /// In the request's own `Authorization: Bearer` header (not copied unless a header
     /// config asks for it).
     Bearer,
-    /// The session's access token.
-    Session(String),
+    /// The session's access token (in the session, shared with its other requests).
+    Session(Arc<Session>),
 }
 
 /// A request the gate turned away: what to answer, cookies to send with it, and who it
@@ -162,13 +163,9 @@ async fn by_session(
     match login.check(j.headers, j.request_id).await {
         SessionCheck::Valid {
             identity,
-            access_token,
+            session,
             set_cookies,
-        } => Ok((
-            Arc::new(identity),
-            AccessToken::Session(access_token),
-            set_cookies,
-        )),
+        } => Ok((identity, AccessToken::Session(session), set_cookies)),
         SessionCheck::Unavailable => Err(Refusal::Unavailable(
             "the session store or identity provider is unavailable",
         )

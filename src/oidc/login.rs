@@ -107,9 +107,10 @@ pub struct Refreshed {
 /// The outcome of checking a request's session.
 pub enum SessionCheck {
     /// A live session; `set_cookies` must go on the response (refresh or idle renewal).
+    /// `session` and `identity` may be shared with other requests of the same cookie.
     Valid {
-        identity: Identity,
-        access_token: String,
+        identity: Arc<Identity>,
+        session: Arc<Session>,
         set_cookies: Vec<HeaderValue>,
     },
     /// No usable session; `set_cookies` clears what the browser holds.
@@ -587,7 +588,7 @@ impl Login {
     /// about to expire.
     pub async fn check(&self, headers: &HeaderMap, request_id: &str) -> SessionCheck {
         let t = now();
-        let mut session = match self.store.load(headers, t).await {
+        let loaded = match self.store.load(headers, t).await {
             Ok(Some(s)) => s,
             Ok(None) => {
                 return SessionCheck::None {
@@ -605,10 +606,21 @@ impl Login {
                 };
             }
         };
-        let mut dirty = self.store.touch(&mut session, t);
-        let expiring = session
+        let expiring = loaded
+            .session
             .access_expires_at
             .is_some_and(|exp| exp <= t + REFRESH_MARGIN);
+        if !expiring && !self.store.touch_due(&loaded.session, t) {
+            // The common case: nothing to change, the shared session serves as it is.
+            return SessionCheck::Valid {
+                identity: loaded.identity,
+                session: loaded.session,
+                set_cookies: Vec::new(),
+            };
+        }
+        // This request changes the session (idle renewal or refresh): work on a copy.
+        let mut session: Session = (*loaded.session).clone();
+        let mut dirty = self.store.touch(&mut session, t);
         if expiring {
             let expired = session.access_expires_at.is_some_and(|exp| exp <= t);
             match (&session.refresh_token, self.refresh) {
@@ -679,8 +691,8 @@ impl Login {
             }
         }
         SessionCheck::Valid {
-            identity: session.identity(),
-            access_token: session.access_token.expose().clone(),
+            identity: Arc::new(session.identity()),
+            session: Arc::new(session),
             set_cookies,
         }
     }
@@ -855,7 +867,7 @@ impl Login {
                 "&post_logout_redirect_uri={}",
                 form_urlencode(&return_to)
             ));
-            if let Some(idt) = session.as_ref().and_then(|s| s.id_token.as_ref()) {
+            if let Some(idt) = session.as_ref().and_then(|s| s.session.id_token.as_ref()) {
                 url.push_str(&format!("&id_token_hint={}", form_urlencode(idt.expose())));
             }
             return redirect(&url, cookies);

@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 
+use super::opened::{OpenedCache, OpenedSession};
 use super::seal::{self, unix, Sealer};
 use super::{wire, Session, SessionError};
 use crate::config::{Secret, SessionConfig};
@@ -213,17 +214,36 @@ pub(crate) fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&[u8
     headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .flat_map(|v| cookie_pairs(v.as_bytes()))
         .filter_map(|pair| {
             let pair = trim_ows(pair);
             if pair.is_empty() {
                 return None;
             }
-            Some(match pair.iter().position(|&b| b == b'=') {
+            Some(match memchr::memchr(b'=', pair) {
                 Some(i) => (trim_ows(&pair[..i]), trim_ows(&pair[i + 1..])),
                 None => (&b""[..], pair),
             })
         })
+}
+
+/// The `;`-separated pairs of one `Cookie` header value, found with `memchr` (a session
+/// cookie is kilobytes long: a byte-by-byte split costs more than everything else).
+pub(crate) fn cookie_pairs(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(v);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr(b';', r) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
@@ -343,6 +363,8 @@ pub(crate) fn split(base_wire: &str, sealed: &str) -> Result<Vec<(String, String
 pub struct CookieStore {
     settings: Arc<CookieSettings>,
     sealer: Sealer,
+    /// Values opened before: a returning browser skips decoding and decryption.
+    opened: OpenedCache,
     lifetime: Duration,
     idle_timeout: Duration,
 }
@@ -367,6 +389,7 @@ impl CookieStore {
         Ok(CookieStore {
             settings,
             sealer: Sealer::new(secrets, seal::SESSION)?,
+            opened: OpenedCache::default(),
             lifetime,
             idle_timeout,
         })
@@ -381,10 +404,10 @@ impl CookieStore {
     }
 
     /// The request's session, or `None` (see [`super::SessionStore::load`]).
-    pub fn load(&self, request: &HeaderMap, now: SystemTime) -> Option<Session> {
+    pub fn load(&self, request: &HeaderMap, now: SystemTime) -> Option<OpenedSession> {
         let fam = self.settings.session_cookies(request);
         for v in fam.singles.iter().take(MAX_DUPLICATES) {
-            if let Some(s) = self.open(v, now) {
+            if let Some(s) = self.open_cached(v, now) {
                 return Some(s);
             }
         }
@@ -393,23 +416,47 @@ impl CookieStore {
                 tracing::debug!("session cookie chunks incomplete or inconsistent");
                 return None;
             };
-            return self.open(&joined, now);
+            return self.open_cached(&joined, now);
         }
         None
     }
 
+    /// [`CookieStore::open`] through the cache of values opened before.
+    fn open_cached(&self, sealed: &[u8], now: SystemTime) -> Option<OpenedSession> {
+        let opened = match self.opened.get(sealed, unix(now)) {
+            Some(o) => o,
+            None => {
+                let (session, seal_expires) = self.open_sealed(sealed, now)?;
+                let o = OpenedSession::new(session);
+                self.opened.put(sealed, seal_expires, o.clone());
+                o
+            }
+        };
+        if !opened.session.is_live(now, self.idle_timeout) {
+            tracing::debug!("session expired or idle");
+            return None;
+        }
+        Some(opened)
+    }
+
     /// Opens one sealed session value (exposed for benchmarks and tests).
     pub fn open(&self, sealed: &[u8], now: SystemTime) -> Option<Session> {
-        let Some(opened) = self.sealer.open(&self.settings.name, sealed, unix(now)) else {
-            tracing::debug!("session cookie refused (not authentic, foreign or expired)");
-            return None;
-        };
-        let s = wire::read(opened.payload())?;
+        let (s, _) = self.open_sealed(sealed, now)?;
         if !s.is_live(now, self.idle_timeout) {
             tracing::debug!("session expired or idle");
             return None;
         }
         Some(s)
+    }
+
+    /// The session of a sealed value and the seal's expiry, liveness not checked.
+    fn open_sealed(&self, sealed: &[u8], now: SystemTime) -> Option<(Session, u64)> {
+        let Some(opened) = self.sealer.open(&self.settings.name, sealed, unix(now)) else {
+            tracing::debug!("session cookie refused (not authentic, foreign or expired)");
+            return None;
+        };
+        let s = wire::read(opened.payload())?;
+        Some((s, opened.expires_at))
     }
 
     /// Seals a session into one value (before chunking), valid until
@@ -431,13 +478,18 @@ impl CookieStore {
 
     /// See [`super::SessionStore::touch`].
     pub fn touch(&self, s: &mut Session, now: SystemTime) -> bool {
-        let age = now.duration_since(s.last_seen).unwrap_or(Duration::ZERO);
-        if age >= self.idle_timeout / 10 {
+        if self.touch_due(s, now) {
             s.last_seen = now;
             true
         } else {
             false
         }
+    }
+
+    /// Is `last_seen` older than a tenth of the idle timeout (see [`CookieStore::touch`])?
+    pub fn touch_due(&self, s: &Session, now: SystemTime) -> bool {
+        let age = now.duration_since(s.last_seen).unwrap_or(Duration::ZERO);
+        age >= self.idle_timeout / 10
     }
 
     /// See [`super::SessionStore::save`].
@@ -527,8 +579,13 @@ mod tests {
         let set = st.save(&s, &HeaderMap::new(), t(NOW)).unwrap();
         assert_eq!(set.len(), 1);
         let loaded = st.load(&cookie_header(&set), t(NOW + 5)).unwrap();
-        assert_same(&loaded, &s);
-        assert_eq!(loaded.identity().subject(), "auth0|abc123");
+        assert_same(&loaded.session, &s);
+        assert_eq!(loaded.identity.subject(), "auth0|abc123");
+        // Again: from the cache of opened values, the same session.
+        let again = st.load(&cookie_header(&set), t(NOW + 6)).unwrap();
+        assert!(Arc::ptr_eq(&again.session, &loaded.session));
+        // Past the idle timeout the cached value is refused like an opened one.
+        assert!(st.load(&cookie_header(&set), t(NOW + 3 * 3600)).is_none());
     }
 
     #[test]
@@ -667,9 +724,10 @@ mod tests {
         let mut saves = 0;
         loop {
             now += 900; // a request every 15 min
-            let Some(mut s) = st.load(&h, t(now)) else {
+            let Some(o) = st.load(&h, t(now)) else {
                 break;
             };
+            let mut s = (*o.session).clone();
             if st.touch(&mut s, t(now)) {
                 h = cookie_header(&st.save(&s, &h, t(now)).unwrap());
                 saves += 1;
@@ -713,7 +771,7 @@ mod tests {
             assert!(v.split(';').next().unwrap().len() <= 4096);
         }
         let h = cookie_header(&set);
-        assert_same(&st.load(&h, t(NOW)).unwrap(), &s);
+        assert_same(&st.load(&h, t(NOW)).unwrap().session, &s);
 
         // Browsers may send cookies in any order.
         let mut pairs: Vec<&str> = h[COOKIE].to_str().unwrap().split("; ").collect();

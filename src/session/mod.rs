@@ -43,6 +43,7 @@
 //!   enforces the idle timeout and `touch` never asks for a save.
 
 pub mod cookie;
+pub mod opened;
 pub mod redis;
 mod seal;
 pub mod strip;
@@ -58,6 +59,7 @@ use crate::config::{Secret, SessionConfig, SessionStoreKind};
 use crate::identity::Identity;
 
 pub use cookie::{CookieSettings, CookieStore};
+pub use opened::OpenedSession;
 pub use redis::RedisStore;
 
 /// Errors of the session machinery. A missing, tampered or expired cookie is *not* an error
@@ -272,10 +274,19 @@ impl SessionStore {
         &self,
         request: &HeaderMap,
         now: SystemTime,
-    ) -> Result<Option<Session>, SessionError> {
+    ) -> Result<Option<OpenedSession>, SessionError> {
         match self {
             SessionStore::Cookie(c) => Ok(c.load(request, now)),
-            SessionStore::Redis(r) => r.load(request, now).await,
+            SessionStore::Redis(r) => Ok(r.load(request, now).await?.map(OpenedSession::new)),
+        }
+    }
+
+    /// Would [`SessionStore::touch`] ask for a save now? (Lets callers that hold a shared
+    /// session copy it only when it must change.)
+    pub fn touch_due(&self, session: &Session, now: SystemTime) -> bool {
+        match self {
+            SessionStore::Cookie(c) => c.touch_due(session, now),
+            SessionStore::Redis(_) => false,
         }
     }
 

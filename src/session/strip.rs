@@ -13,7 +13,7 @@
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 
-use super::cookie::{chunk_index, trim_ows, PREFIXES};
+use super::cookie::{chunk_index, cookie_pairs, trim_ows, PREFIXES};
 
 /// Is `name` one of the proxy's cookies for one of the logical `bases`?
 pub fn is_proxy_cookie(name: &[u8], bases: &[&str]) -> bool {
@@ -48,12 +48,12 @@ pub fn strip_proxy_cookies(headers: &mut HeaderMap, bases: &[&str]) -> usize {
         let bytes = value.as_bytes();
         let mut kept: Vec<&[u8]> = Vec::new();
         let mut dropped_here = 0;
-        for pair in bytes.split(|&b| b == b';') {
+        for pair in cookie_pairs(bytes) {
             let t = trim_ows(pair);
             if t.is_empty() {
                 continue;
             }
-            let name = match t.iter().position(|&b| b == b'=') {
+            let name = match memchr::memchr(b'=', t) {
                 Some(i) => trim_ows(&t[..i]),
                 // RFC 6265bis §5.7: a pair without '=' is a value with an empty name.
                 None => &b""[..],
