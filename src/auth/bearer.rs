@@ -32,18 +32,29 @@ pub fn extract(headers: &HeaderMap) -> Extracted<'_> {
             Extracted::Missing
         };
     };
-    let Ok(v) = v.to_str() else {
+    // Only UTF-8 here (cheap, word at a time); the characters of a token are checked
+    // against RFC 6750's b64token by the validator, once, on a cache miss.
+    let Ok(v) = std::str::from_utf8(v.as_bytes()) else {
         return Extracted::Malformed;
     };
-    let Some((scheme, rest)) = v.split_once(' ') else {
+    // Another scheme is no token at all, unless the header is not plain text.
+    let other = |v: &str| {
+        if v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+            Extracted::Missing
+        } else {
+            Extracted::Malformed
+        }
+    };
+    let Some(space) = memchr::memchr(b' ', v.as_bytes()) else {
         return if v.eq_ignore_ascii_case("bearer") {
             Extracted::Malformed
         } else {
-            Extracted::Missing
+            other(v)
         };
     };
+    let (scheme, rest) = (&v[..space], &v[space + 1..]);
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Extracted::Missing;
+        return other(v);
     }
     let token = rest.trim_matches(' ');
     if token.is_empty() {
@@ -95,5 +106,12 @@ mod tests {
             extract(&h(&["Bearer a b"])),
             Extracted::Token("a b")
         ));
+        // Another scheme with bytes that are not plain text: malformed, as before.
+        let mut m = HeaderMap::new();
+        m.insert(
+            AUTHORIZATION,
+            HeaderValue::from_bytes(b"Basic \xc3\xa9t\xc3\xa9").unwrap(),
+        );
+        assert!(matches!(extract(&m), Extracted::Malformed));
     }
 }

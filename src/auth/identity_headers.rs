@@ -24,27 +24,37 @@ pub struct UnsafeValue {
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Percent-encodes what a header cannot carry plainly; refuses control characters.
-/// `extra` lists ASCII bytes to encode too (`,` inside a list item).
-pub fn encode_value(v: &str, extra: &[u8]) -> Option<String> {
-    let mut out = String::with_capacity(v.len());
+/// `extra` lists ASCII bytes to encode too (`,` inside a list item). (The rules of
+/// [`encode_into`], as a string, for the tests.)
+#[cfg(test)]
+fn encode_value(v: &str, extra: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(v.len());
+    encode_into(&mut out, v, extra).then(|| String::from_utf8(out).ok())?
+}
+
+/// [`encode_value`] appending to `out`; `false` on a control character. Plain values
+/// (the common case) are copied whole.
+fn encode_into(out: &mut Vec<u8>, v: &str, extra: &[u8]) -> bool {
+    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'%' && !extra.contains(&b);
+    if v.bytes().all(plain) {
+        out.extend_from_slice(v.as_bytes());
+        return true;
+    }
     for &b in v.as_bytes() {
         match b {
-            0..=0x1f | 0x7f => return None,
-            b'%' => out.push_str("%25"),
-            0x80.. => {
-                out.push('%');
-                out.push(HEX[(b >> 4) as usize] as char);
-                out.push(HEX[(b & 15) as usize] as char);
-            }
-            _ if extra.contains(&b) => {
-                out.push('%');
-                out.push(HEX[(b >> 4) as usize] as char);
-                out.push(HEX[(b & 15) as usize] as char);
-            }
-            _ => out.push(b as char),
+            0..=0x1f | 0x7f => return false,
+            _ if plain(b) => out.push(b),
+            _ => out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]),
         }
     }
-    Some(out)
+    true
+}
+
+/// The header value of encoded bytes, without copying them again.
+fn value_of(bytes: Vec<u8>, name: &HeaderName) -> Result<HeaderValue, UnsafeValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes)).map_err(|_| UnsafeValue {
+        header: name.clone(),
+    })
 }
 
 fn set(
@@ -55,23 +65,26 @@ fn set(
     let (Some(name), Some(value)) = (name, value) else {
         return Ok(());
     };
-    let enc = encode_value(value, &[]).ok_or_else(|| UnsafeValue {
-        header: name.clone(),
-    })?;
-    let hv = HeaderValue::from_str(&enc).map_err(|_| UnsafeValue {
-        header: name.clone(),
-    })?;
-    h.insert(name.clone(), hv);
+    let mut enc = Vec::with_capacity(value.len());
+    if !encode_into(&mut enc, value, &[]) {
+        return Err(UnsafeValue {
+            header: name.clone(),
+        });
+    }
+    h.insert(name.clone(), value_of(enc, name)?);
     Ok(())
 }
 
-fn join(items: &[std::sync::Arc<str>]) -> Option<String> {
-    let mut out = String::new();
+/// `items` encoded and joined with `sep` (which each item then has encoded inside it).
+fn join(items: &[std::sync::Arc<str>], sep: u8) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(items.iter().map(|g| g.len() + 1).sum());
     for (i, g) in items.iter().enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(sep);
         }
-        out.push_str(&encode_value(g, b",")?);
+        if !encode_into(&mut out, g, &[sep]) {
+            return None;
+        }
     }
     Some(out)
 }
@@ -80,18 +93,16 @@ fn set_list(
     h: &mut HeaderMap,
     name: &Option<HeaderName>,
     items: &[std::sync::Arc<str>],
+    sep: u8,
 ) -> Result<(), UnsafeValue> {
     let Some(name) = name else { return Ok(()) };
     if items.is_empty() {
         return Ok(());
     }
-    let joined = join(items).ok_or_else(|| UnsafeValue {
+    let joined = join(items, sep).ok_or_else(|| UnsafeValue {
         header: name.clone(),
     })?;
-    let hv = HeaderValue::from_str(&joined).map_err(|_| UnsafeValue {
-        header: name.clone(),
-    })?;
-    h.insert(name.clone(), hv);
+    h.insert(name.clone(), value_of(joined, name)?);
     Ok(())
 }
 
@@ -107,25 +118,9 @@ pub fn apply(
     set(h, &cfg.email, id.email())?;
     set(h, &cfg.preferred_username, id.preferred_username())?;
     set(h, &cfg.name, id.name())?;
-    set_list(h, &cfg.groups, &id.groups)?;
-    if let Some(name) = &cfg.scopes {
-        // Scopes are joined with a space, as in the `scope` claim (RFC 6749 §3.3).
-        if !id.scopes.is_empty() {
-            let mut s = String::new();
-            for (i, sc) in id.scopes.iter().enumerate() {
-                if i > 0 {
-                    s.push(' ');
-                }
-                s.push_str(&encode_value(sc, b" ").ok_or_else(|| UnsafeValue {
-                    header: name.clone(),
-                })?);
-            }
-            let hv = HeaderValue::from_str(&s).map_err(|_| UnsafeValue {
-                header: name.clone(),
-            })?;
-            h.insert(name.clone(), hv);
-        }
-    }
+    set_list(h, &cfg.groups, &id.groups, b',')?;
+    // Scopes are joined with a space, as in the `scope` claim (RFC 6749 §3.3).
+    set_list(h, &cfg.scopes, &id.scopes, b' ')?;
     for (claim, header) in &cfg.claims {
         set(h, &Some(header.clone()), id.claim(claim))?;
     }

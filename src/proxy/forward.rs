@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, CONNECTION, HOST, TE, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, StatusCode, Version};
+use http::{StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tower_service::Service;
@@ -115,19 +115,10 @@ impl ProxyService {
             (Some(_), Version::HTTP_11) => Some(hyper::upgrade::on(&mut req)),
             _ => None,
         };
-        let (parts, body) = req.into_parts();
-        let mut headers = parts.headers;
-        if upstream.preserve_host {
-            if !headers.contains_key(HOST) {
-                if let Some(h) = parts
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                {
-                    headers.insert(HOST, h);
-                }
-            }
-        } else {
+        // The request is changed in place (it is large: moving it costs more than
+        // anything done to it here).
+        let headers = req.headers_mut();
+        if !upstream.preserve_host {
             headers.remove(HOST);
         }
         if let (Some(up), Some(_)) = (&hop.upgrade, &client_upgrade) {
@@ -137,17 +128,26 @@ impl ProxyService {
         if hop.te_trailers {
             headers.insert(TE, HeaderValue::from_static("trailers"));
         }
-        // What a refusal from here on is rendered for (the request has moved upstream).
-        let html = crate::error::wants_html(&headers);
-        let mut up_req = Request::new(ReqBody::new(body, self.body_read_timeout));
-        *up_req.method_mut() = parts.method;
-        *up_req.uri_mut() = uri;
-        *up_req.version_mut() = if upstream.h2 {
+        // What a refusal from here on is rendered for (the request moves upstream).
+        let html = crate::error::wants_html(req.headers());
+        if upstream.preserve_host && !req.headers().contains_key(HOST) {
+            // The client's own authority (absolute-form or HTTP/2 `:authority`).
+            if let Some(h) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(HOST, h);
+            }
+        }
+        *req.uri_mut() = uri;
+        *req.version_mut() = if upstream.h2 {
             Version::HTTP_2
         } else {
             Version::HTTP_11
         };
-        *up_req.headers_mut() = headers;
+        let body_read_timeout = self.body_read_timeout;
+        let up_req = req.map(|body| ReqBody::new(body, body_read_timeout));
 
         let started = Instant::now();
         let result = tokio::time::timeout(route.timeout, upstream.client.send(up_req)).await;

@@ -213,9 +213,11 @@ impl UpstreamPool {
         mut req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, PoolError> {
         self.h1_request_target(&mut req);
+        // Connecting is boxed: the connect and TLS futures are large, and the common path
+        // (a pooled connection) should not carry (and move) them in every request's future.
         let (mut conn, mut reused) = match idle.checkout() {
             Some(c) => (c, true),
-            None => (self.connect_h1(builder, idle).await?, false),
+            None => (Box::pin(self.connect_h1(builder, idle)).await?, false),
         };
         loop {
             match conn.tx.try_send_request(req).await {
@@ -234,7 +236,7 @@ impl UpstreamPool {
                         #[cfg(test)]
                         self.retries
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        conn = self.connect_h1(builder, idle).await?;
+                        conn = Box::pin(self.connect_h1(builder, idle)).await?;
                     }
                     _ => return Err(PoolError::Request(e.into_error())),
                 },
@@ -288,7 +290,10 @@ impl UpstreamPool {
         h2: &H2Conn,
         mut req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, PoolError> {
-        let (mut tx, mut id, fresh) = self.h2_sender(builder, h2).await?;
+        let (mut tx, mut id, fresh) = match h2.live() {
+            Some((tx, id)) => (tx, id, false),
+            None => Box::pin(self.h2_sender(builder, h2)).await?,
+        };
         let mut may_retry = !fresh;
         loop {
             match tx.try_send_request(req).await {
@@ -302,7 +307,7 @@ impl UpstreamPool {
                         #[cfg(test)]
                         self.retries
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        (tx, id, _) = self.h2_sender(builder, h2).await?;
+                        (tx, id, _) = Box::pin(self.h2_sender(builder, h2)).await?;
                     }
                     _ => return Err(PoolError::Request(e.into_error())),
                 },
@@ -569,6 +574,12 @@ impl H2State {
 }
 
 impl H2Conn {
+    /// The live shared connection and its id, if there is one (no waiting).
+    fn live(&self) -> Option<(http2::SendRequest<ReqBody>, u64)> {
+        let state = lock(&self.state);
+        state.live().map(|tx| (tx, state.id))
+    }
+
     /// Stops handing out connection `id` (requests already on it carry on).
     fn forget(&self, id: u64) {
         let old = {
