@@ -281,14 +281,18 @@ pub fn normalize_host(h: &str) -> Option<Cow<'_, str>> {
         }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty()
-        || !host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')
-        })
-    {
-        return None;
+    // One pass: every byte allowed, and whether any needs lowering.
+    let mut upper = false;
+    for b in host.bytes() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'[' | b']' | b':' => {}
+            b'A'..=b'Z' => upper = true,
+            _ => return None,
+        }
     }
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    if host.is_empty() {
+        None
+    } else if upper {
         Some(Cow::Owned(host.to_ascii_lowercase()))
     } else {
         Some(Cow::Borrowed(host))

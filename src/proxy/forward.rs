@@ -89,6 +89,10 @@ fn upstream_uri(r: &Routed<Incoming>) -> Result<Uri, Refusal> {
     }
     let pq = PathAndQuery::from_maybe_shared(pq)
         .map_err(|_| Refusal::BadRequest("malformed request target"))?;
+    if !upstream.h2 {
+        // HTTP/1.1 goes out in origin-form; the pool adds `Host` from the upstream.
+        return Ok(Uri::from(pq));
+    }
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(upstream.scheme.clone());
     parts.authority = Some(upstream.authority.clone());

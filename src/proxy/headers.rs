@@ -79,8 +79,17 @@ struct ConnectionFacts {
 
 fn connection_facts(h: &HeaderMap) -> ConnectionFacts {
     let mut f = ConnectionFacts::default();
-    if !h.contains_key(CONNECTION) {
-        return f;
+    let mut values = h.get_all(CONNECTION).iter();
+    match (values.next(), values.next()) {
+        (None, _) => return f,
+        // The usual single `keep-alive` or `close`: nothing more to read.
+        (Some(v), None)
+            if v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+                || v.as_bytes().eq_ignore_ascii_case(b"close") =>
+        {
+            return f
+        }
+        _ => {}
     }
     for t in connection_tokens(h) {
         if t.eq_ignore_ascii_case("upgrade") {

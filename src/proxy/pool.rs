@@ -193,8 +193,8 @@ impl UpstreamPool {
         })
     }
 
-    /// Sends one request (absolute URI with the upstream's scheme and authority) and
-    /// returns the response head with its streaming body.
+    /// Sends one request (absolute URI with the upstream's scheme and authority, or for
+    /// HTTP/1.1 origin-form) and returns the response head with its streaming body.
     ///
     /// HTTP/1.1: the request goes out in origin-form (`/path?query`), with a `Host` header
     /// made from the URI's authority when it has none. HTTP/2: as given (hyper takes
@@ -246,6 +246,14 @@ impl UpstreamPool {
 
     /// Origin-form target and a `Host` header, as HTTP/1.1 wants them.
     fn h1_request_target(&self, req: &mut Request<ReqBody>) {
+        if req.uri().authority().is_none() {
+            // Already origin-form (the forwarder's way): only `Host` may be missing.
+            if !req.headers().contains_key(HOST) {
+                req.headers_mut()
+                    .insert(HOST, self.target.host_header.clone());
+            }
+            return;
+        }
         let parts = std::mem::take(req.uri_mut()).into_parts();
         if !req.headers().contains_key(HOST) {
             let host = match &parts.authority {
