@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::admin::metrics::Metrics;
+use crate::auth::identity_headers::HeaderSettings;
 use crate::config::{Config, Limits, UpstreamConfig};
 use crate::oidc::login::{Login, LoginBuildError};
 use crate::proxy::client::ClientBuildError;
@@ -160,7 +161,7 @@ impl Generation {
 
         let strip = Arc::new(IdentityStrip::new(&config.headers.strip));
         let trusted = TrustedProxies::new(&config.server.trusted_proxies);
-        let headers = Arc::new(config.headers.clone());
+        let headers = Arc::new(HeaderSettings::new(config.headers.clone()));
         let prefix: Arc<str> = config.server.proxy_prefix.as_str().into();
         let limits = head_limits(&config.server.limits);
         let mut stacks = Vec::with_capacity(workers);

@@ -35,7 +35,48 @@ pub struct Identity {
     pub claims: Box<[(Arc<str>, Box<str>)]>,
     /// When the identity stops being valid (`exp`).
     pub expires_at: Option<SystemTime>,
+    /// Its identity headers as last rendered (by `auth::identity_headers`), so that an
+    /// identity served from a cache is rendered once per header configuration.
+    pub rendered: RenderCache,
 }
+
+/// Identity header values rendered for one header configuration (`config`): the headers,
+/// or the name of the header whose value could not be sent.
+pub struct Rendered {
+    pub config: u64,
+    pub headers: Result<Box<[(http::HeaderName, http::HeaderValue)]>, http::HeaderName>,
+}
+
+/// An identity's last rendering. Identities are shared read-only (in an `Arc`) once
+/// built; a clone starts empty, so changing a clone never reuses a stale rendering.
+#[derive(Default)]
+pub struct RenderCache(arc_swap::ArcSwapOption<Rendered>);
+
+impl RenderCache {
+    /// The rendering for header configuration `config`, if it is the one kept.
+    pub fn get(&self, config: u64) -> Option<Arc<Rendered>> {
+        self.0.load_full().filter(|r| r.config == config)
+    }
+
+    pub fn set(&self, r: Arc<Rendered>) {
+        self.0.store(Some(r));
+    }
+}
+
+impl Clone for RenderCache {
+    fn clone(&self) -> Self {
+        RenderCache::default()
+    }
+}
+
+/// A cache: never part of what an identity is.
+impl PartialEq for RenderCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for RenderCache {}
 
 /// An address with exactly one `@`, a non-empty local part and domain, and no spaces or
 /// control characters: the only kind of `email` an identity keeps.
@@ -93,6 +134,7 @@ impl Identity {
             scopes: Arc::from(Vec::new()),
             claims: Box::new([]),
             expires_at: None,
+            rendered: RenderCache::default(),
         }
     }
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 
 use crate::admin::metrics::Metrics;
+use crate::auth::identity_headers::HeaderSettings;
 use crate::auth::layer::OwnCookie;
 use crate::auth::{Auth, AuthLayer};
-use crate::config::HeadersConfig;
 use crate::oidc::endpoints::Endpoints;
 use crate::oidc::login::Login;
 use crate::proxy::forward::ProxyService;
@@ -35,7 +35,7 @@ pub struct Parts {
     pub strip: Arc<IdentityStrip>,
     pub trusted: TrustedProxies,
     /// The identity headers set on passed requests.
-    pub headers: Arc<HeadersConfig>,
+    pub headers: Arc<HeaderSettings>,
     pub login: Option<Arc<Login>>,
     pub metrics: Arc<Metrics>,
     pub body_read_timeout: Duration,

@@ -14,8 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::gate::{self, Denied, Judged};
-use super::identity_headers;
-use crate::config::HeadersConfig;
+use super::identity_headers::{self, HeaderSettings};
 use crate::error::Refusal;
 use crate::exchange::Answer;
 use crate::routing::{RouteAuth, Routed};
@@ -26,12 +25,12 @@ pub type OwnCookie = Option<Arc<str>>;
 
 #[derive(Clone)]
 pub struct AuthLayer {
-    headers: Arc<HeadersConfig>,
+    headers: Arc<HeaderSettings>,
     own_cookie: OwnCookie,
 }
 
 impl AuthLayer {
-    pub fn new(headers: Arc<HeadersConfig>, own_cookie: OwnCookie) -> Self {
+    pub fn new(headers: Arc<HeaderSettings>, own_cookie: OwnCookie) -> Self {
         AuthLayer {
             headers,
             own_cookie,
@@ -53,7 +52,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    headers: Arc<HeadersConfig>,
+    headers: Arc<HeaderSettings>,
     own_cookie: OwnCookie,
 }
 
@@ -129,10 +128,14 @@ where
                 // A CORS preflight let through by allow_preflight.
                 return inner.call(r).await;
             };
-            let token = passed.token_for(r.req.headers(), &headers);
-            if let Err(e) =
-                identity_headers::apply(r.req.headers_mut(), &headers, &identity, token.as_deref())
-            {
+            let token = passed.token_for(r.req.headers(), &headers.cfg);
+            if let Err(e) = identity_headers::apply(
+                r.req.headers_mut(),
+                &headers,
+                &identity,
+                token.as_deref(),
+                headers.cfg.pass_authorization,
+            ) {
                 return Ok(refuse(
                     Denied {
                         refusal: Refusal::UnsafeIdentity(e),

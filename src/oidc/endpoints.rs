@@ -15,9 +15,8 @@ use tower_service::Service;
 
 use super::login::Login;
 use crate::auth::gate::{self, Judged};
-use crate::auth::identity_headers;
+use crate::auth::identity_headers::{self, HeaderSettings};
 use crate::body::{Resp, RespBody};
-use crate::config::HeadersConfig;
 use crate::error::Refusal;
 use crate::exchange::Answer;
 use crate::path::{normalize_host, normalize_path};
@@ -31,7 +30,7 @@ pub struct Endpoints {
     login: Option<Arc<Login>>,
     table: Arc<RouteTable>,
     trusted: TrustedProxies,
-    headers: Arc<HeadersConfig>,
+    headers: Arc<HeaderSettings>,
 }
 
 impl Endpoints {
@@ -39,7 +38,7 @@ impl Endpoints {
         login: Option<Arc<Login>>,
         table: Arc<RouteTable>,
         trusted: TrustedProxies,
-        headers: Arc<HeadersConfig>,
+        headers: Arc<HeaderSettings>,
     ) -> Self {
         Endpoints {
             login,
@@ -168,10 +167,13 @@ impl Endpoints {
         if let Some(id) = &passed.identity {
             // The front proxy copies these onto the upstream request; never the
             // Authorization header itself.
-            let mut cfg = (*self.headers).clone();
-            cfg.pass_authorization = false;
-            let token = passed.token_for(h, &cfg);
-            if let Err(err) = identity_headers::apply(r.headers_mut(), &cfg, id, token.as_deref()) {
+            let token = match self.headers.cfg.access_token {
+                Some(_) => passed.token_for(h, &self.headers.cfg),
+                None => None,
+            };
+            if let Err(err) =
+                identity_headers::apply(r.headers_mut(), &self.headers, id, token.as_deref(), false)
+            {
                 let mut a = refuse(Refusal::UnsafeIdentity(err));
                 a.user = passed.identity;
                 return a;

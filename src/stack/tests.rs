@@ -13,6 +13,7 @@ use tower::ServiceExt;
 
 use super::{build_around, Parts, Stack};
 use crate::admin::metrics::Metrics;
+use crate::auth::identity_headers::HeaderSettings;
 use crate::body::{Resp, RespBody};
 use crate::config::{Config, Secret};
 use crate::exchange::{Answer, Arrival, ConnInfo};
@@ -220,7 +221,7 @@ fn harness() -> Harness {
         prefix: config.server.proxy_prefix.as_str().into(),
         strip: Arc::new(IdentityStrip::new(&config.headers.strip)),
         trusted: TrustedProxies::new(&config.server.trusted_proxies),
-        headers: Arc::new(config.headers.clone()),
+        headers: Arc::new(HeaderSettings::new(config.headers.clone())),
         login: Some(login.clone()),
         metrics,
         body_read_timeout: Duration::from_secs(5),
