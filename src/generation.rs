@@ -108,21 +108,23 @@ impl Generation {
             }
         };
 
-        let login = match Login::fingerprint(&config) {
+        let login = match Login::fingerprints(&config) {
             None => None,
-            Some(key) => match before
-                .and_then(|c| c.login.as_ref())
-                .filter(|(k, _)| *k == key)
-            {
-                Some((_, l)) => Some((key, l.clone())),
-                None => match Login::build(&config)? {
-                    Some(l) => {
-                        fresh.validators.push(l.id_validator.clone());
-                        Some((key, Arc::new(l)))
-                    }
-                    None => None,
-                },
-            },
+            Some((_, key)) => {
+                let running = before.and_then(|c| c.login.as_ref());
+                match running.filter(|(k, _)| *k == key) {
+                    Some((_, l)) => Some((key, l.clone())),
+                    None => match Login::build(&config, running.map(|(_, l)| &**l))? {
+                        Some(l) => {
+                            if !running.is_some_and(|(_, r)| l.shares_provider_with(r)) {
+                                fresh.validators.push(l.id_validator.clone());
+                            }
+                            Some((key, Arc::new(l)))
+                        }
+                        None => None,
+                    },
+                }
+            }
         };
 
         let mut clients = HashMap::new();

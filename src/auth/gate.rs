@@ -36,7 +36,9 @@ impl Passed {
             AccessToken::Session(s) => Some(Cow::Borrowed(s.access_token.expose())),
             AccessToken::Bearer if cfg.access_token.is_some() || cfg.pass_authorization => {
                 match bearer::extract(request) {
-                    bearer::Extracted::Token(t) => Some(Cow::Owned(t.to_string())),
+                    bearer::Extracted::Token(t) => std::str::from_utf8(t)
+                        .ok()
+                        .map(|t| Cow::Owned(t.to_owned())),
                     _ => None,
                 }
             }
@@ -144,7 +146,7 @@ async fn by_token(
         bearer::Extracted::Missing => return Err(Refusal::SignInRequired { login: None }.into()),
         bearer::Extracted::Malformed => return Err(Refusal::TokenMalformed.into()),
     };
-    tokens.validate(token).await.map_err(|e| {
+    tokens.validate_bytes(token).await.map_err(|e| {
         // Not a b64token (found on a cache miss): the header is malformed, as above.
         if e.is_syntax() {
             Refusal::TokenMalformed.into()

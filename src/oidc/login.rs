@@ -26,8 +26,39 @@ use crate::token::{BearerConfig, IntrospectionMode, IssuerConfig, TokenValidator
 /// Refresh an access token this long before it expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
+type ProviderLink = (
+    HttpTransport,
+    TokenValidator,
+    moka::future::Cache<[u8; 32], Arc<Refreshed>>,
+);
+
+fn needs_login(c: &Config) -> bool {
+    c.routes.iter().any(|r| {
+        matches!(
+            r.auth,
+            crate::config::AuthMode::Login | crate::config::AuthMode::Either
+        )
+    })
+}
+
+/// The claims ID tokens must keep: the protocol's, and those the config refers to.
+fn wanted_claims(c: &Config) -> Vec<String> {
+    let mut wanted: Vec<String> = vec!["nonce".into(), "azp".into(), "sid".into()];
+    wanted.extend(c.headers.claims.iter().map(|(k, _)| k.to_string()));
+    for r in &c.routes {
+        if let Some(claims) = r.allow.as_ref().and_then(|a| a.claims.as_ref()) {
+            wanted.extend(claims.iter().map(|(k, _)| k.clone()));
+        }
+    }
+    wanted.sort();
+    wanted.dedup();
+    wanted
+}
+
 /// Everything the login flow needs, built once per config generation.
 pub struct Login {
+    /// The fingerprint of the provider settings (see [`Login::fingerprints`]).
+    provider_key: String,
     pub issuer: String,
     client_id: String,
     client_secret: Option<Secret<String>>,
@@ -124,74 +155,68 @@ fn now() -> SystemTime {
 }
 
 impl Login {
-    /// A fingerprint of every setting [`Login::build`] reads (secrets included), or
-    /// `None` when no route needs logins. Equal fingerprints: the running login (its
-    /// provider metadata, keys and refresh single-flight) can serve the new config.
-    pub fn fingerprint(c: &Config) -> Option<String> {
-        let needs = c.routes.iter().any(|r| {
-            matches!(
-                r.auth,
-                crate::config::AuthMode::Login | crate::config::AuthMode::Either
-            )
-        });
-        if !needs {
+    /// Fingerprints of the settings [`Login::build`] reads (secrets included), or `None`
+    /// when no route needs logins: (the provider part, everything). Equal whole
+    /// fingerprints: the running login serves the new config as it is. Equal provider
+    /// parts: a new login keeps the running one's provider link (its metadata, keys and
+    /// refresh single-flight), so a reload never sends browsers to a login that is not
+    /// ready.
+    pub fn fingerprints(c: &Config) -> Option<(String, String)> {
+        if !needs_login(c) {
             return None;
         }
-        let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        let mut add = |b: &[u8]| {
+        let hex = |d: aws_lc_rs::digest::Digest| -> String {
+            d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        };
+        let add = |d: &mut aws_lc_rs::digest::Context, b: &[u8]| {
             d.update(&(b.len() as u64).to_be_bytes());
             d.update(b);
         };
-        add(format!("{:?}", c.provider).as_bytes());
-        add(format!("{:?}", c.session).as_bytes());
-        add(format!("{:?}", c.server.public_url).as_bytes());
-        add(c.server.proxy_prefix.as_bytes());
-        add(format!("{:?}", c.login).as_bytes());
-        add(format!("{:?}", c.headers.claims).as_bytes());
-        for r in &c.routes {
-            add(format!("{:?}", r.allow).as_bytes());
-        }
+        let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        add(&mut d, format!("{:?}", c.provider).as_bytes());
+        add(&mut d, wanted_claims(c).join("\n").as_bytes());
         // Debug output redacts secrets: add them themselves.
         if let Some(p) = &c.provider {
-            add(p
-                .client_secret
-                .as_ref()
-                .map_or(&[][..], |s| s.expose().as_bytes()));
-            if let Some(f) = &p.private_key_file {
-                add(&std::fs::read(f).unwrap_or_default());
-            }
-            if let Some(f) = &p.ca_file {
-                add(&std::fs::read(f).unwrap_or_default());
+            add(
+                &mut d,
+                p.client_secret
+                    .as_ref()
+                    .map_or(&[][..], |s| s.expose().as_bytes()),
+            );
+            for f in p.private_key_file.iter().chain(p.ca_file.iter()) {
+                add(&mut d, &std::fs::read(f).unwrap_or_default());
             }
         }
+        let provider = hex(d.clone().finish());
+        add(&mut d, format!("{:?}", c.session).as_bytes());
+        add(&mut d, format!("{:?}", c.server.public_url).as_bytes());
+        add(&mut d, c.server.proxy_prefix.as_bytes());
+        add(&mut d, format!("{:?}", c.login).as_bytes());
         if let Some(s) = &c.session {
             for k in &s.secrets {
-                add(k.expose());
+                add(&mut d, k.expose());
             }
-            add(s
-                .redis_url
-                .as_ref()
-                .map_or(&[][..], |u| u.expose().as_bytes()));
+            add(
+                &mut d,
+                s.redis_url
+                    .as_ref()
+                    .map_or(&[][..], |u| u.expose().as_bytes()),
+            );
         }
-        Some(
-            d.finish()
-                .as_ref()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        )
+        Some((provider, hex(d.finish())))
     }
 
-    pub fn build(c: &Config) -> Result<Option<Login>, LoginBuildError> {
-        let needs = c.routes.iter().any(|r| {
-            matches!(
-                r.auth,
-                crate::config::AuthMode::Login | crate::config::AuthMode::Either
-            )
-        });
-        if !needs {
+    /// Does this login use the same provider link as `other` (a login carried over)?
+    pub fn shares_provider_with(&self, other: &Login) -> bool {
+        self.provider_key == other.provider_key
+    }
+
+    /// Builds the login of `c`, keeping the provider link of `previous` when the provider
+    /// settings are the same (see [`Login::fingerprints`]).
+    pub fn build(c: &Config, previous: Option<&Login>) -> Result<Option<Login>, LoginBuildError> {
+        let Some((provider_key, _)) = Login::fingerprints(c) else {
             return Ok(None);
-        }
+        };
         let (Some(p), Some(s), Some(public_url)) = (&c.provider, &c.session, &c.server.public_url)
         else {
             return Err(LoginBuildError::Config(
@@ -219,42 +244,18 @@ impl Login {
             }
             _ => (None, jsonwebtoken::Algorithm::RS256),
         };
-        let transport = HttpTransport::new(TransportConfig {
-            timeout: p.timeout,
-            ca_file: p.ca_file.clone(),
-        })?;
-        let mut issuer = IssuerConfig::new(p.issuer.clone(), vec![client_id.clone()]);
-        issuer.algorithms = vec![
-            jsonwebtoken::Algorithm::RS256,
-            jsonwebtoken::Algorithm::RS384,
-            jsonwebtoken::Algorithm::RS512,
-            jsonwebtoken::Algorithm::PS256,
-            jsonwebtoken::Algorithm::PS384,
-            jsonwebtoken::Algorithm::PS512,
-            jsonwebtoken::Algorithm::ES256,
-            jsonwebtoken::Algorithm::ES384,
-            jsonwebtoken::Algorithm::EdDSA,
-        ];
-        let mut wanted: Vec<String> = vec!["nonce".into(), "azp".into(), "sid".into()];
-        wanted.extend(c.headers.claims.iter().map(|(k, _)| k.to_string()));
-        for r in &c.routes {
-            if let Some(claims) = r.allow.as_ref().and_then(|a| a.claims.as_ref()) {
-                wanted.extend(claims.iter().map(|(k, _)| k.clone()));
-            }
-        }
-        wanted.sort();
-        wanted.dedup();
-        let id_cfg = BearerConfig {
-            issuers: vec![issuer],
-            introspection: IntrospectionMode::Off,
-            groups_claim: p.groups_claim.clone(),
-            wanted_claims: wanted,
-            cache_capacity: 10_000,
-            ..BearerConfig::default()
+        let link = match previous.filter(|l| l.provider_key == provider_key) {
+            Some(l) => (
+                l.transport.clone(),
+                l.id_validator.clone(),
+                l.refreshes.clone(),
+            ),
+            None => Self::provider_link(c, p, &client_id)?,
         };
-        let id_validator = TokenValidator::new(id_cfg, transport.clone());
+        let (transport, id_validator, refreshes) = link;
         let prefix = c.server.proxy_prefix.clone();
         Ok(Some(Login {
+            provider_key,
             issuer: p.issuer.clone(),
             client_id,
             client_secret: p.client_secret.clone(),
@@ -273,11 +274,47 @@ impl Login {
             tx: TransactionCookies::from_config(s, public_url)?,
             transport,
             id_validator,
-            refreshes: moka::future::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(30))
-                .build(),
+            refreshes,
         }))
+    }
+
+    /// A new provider link: the provider client, the ID-token validator (audience = the
+    /// client id) and the refresh single-flight.
+    fn provider_link(
+        c: &Config,
+        p: &crate::config::ProviderConfig,
+        client_id: &str,
+    ) -> Result<ProviderLink, LoginBuildError> {
+        let transport = HttpTransport::new(TransportConfig {
+            timeout: p.timeout,
+            ca_file: p.ca_file.clone(),
+        })?;
+        let mut issuer = IssuerConfig::new(p.issuer.clone(), vec![client_id.to_string()]);
+        issuer.algorithms = vec![
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::Algorithm::RS384,
+            jsonwebtoken::Algorithm::RS512,
+            jsonwebtoken::Algorithm::PS256,
+            jsonwebtoken::Algorithm::PS384,
+            jsonwebtoken::Algorithm::PS512,
+            jsonwebtoken::Algorithm::ES256,
+            jsonwebtoken::Algorithm::ES384,
+            jsonwebtoken::Algorithm::EdDSA,
+        ];
+        let id_cfg = BearerConfig {
+            issuers: vec![issuer],
+            introspection: IntrospectionMode::Off,
+            groups_claim: p.groups_claim.clone(),
+            wanted_claims: wanted_claims(c),
+            cache_capacity: 10_000,
+            ..BearerConfig::default()
+        };
+        let id_validator = TokenValidator::new(id_cfg, transport.clone());
+        let refreshes = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(30))
+            .build();
+        Ok((transport, id_validator, refreshes))
     }
 
     /// The redirect URI registered at the provider: from `server.public_url`, never from

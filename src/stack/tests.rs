@@ -199,7 +199,7 @@ fn harness() -> Harness {
         })
         .collect();
     let tokens = tokens();
-    let login = Arc::new(Login::build(&config).unwrap().unwrap());
+    let login = Arc::new(Login::build(&config, None).unwrap().unwrap());
     let table = RouteTable::compile(
         &config.routes,
         &RouteParts {

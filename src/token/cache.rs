@@ -143,7 +143,11 @@ impl KeyHasher {
     }
 
     pub fn key(&self, token: &str) -> TokenKey {
-        TokenKey(self.0.hash(token.as_bytes()).as_bytes())
+        self.key_bytes(token.as_bytes())
+    }
+
+    pub fn key_bytes(&self, token: &[u8]) -> TokenKey {
+        TokenKey(self.0.hash(token).as_bytes())
     }
 }
 
@@ -297,6 +301,10 @@ impl TokenCache {
     /// The cache key of `token` under this cache's secret key.
     pub fn key(&self, token: &str) -> TokenKey {
         self.hasher.key(token)
+    }
+
+    pub fn key_bytes(&self, token: &[u8]) -> TokenKey {
+        self.hasher.key_bytes(token)
     }
 
     fn shard(&self, key: &TokenKey) -> &RwLock<Shard> {

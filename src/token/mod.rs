@@ -408,6 +408,24 @@ impl TokenValidator {
     }
 
     /// Validates a bearer token (the text after `Bearer `), from the cache when possible.
+    /// [`TokenValidator::validate`] for a token as it came in the header: a cache hit
+    /// needs no check of its bytes at all (only validated tokens are stored); a miss is
+    /// checked as text, then validated.
+    pub async fn validate_bytes(&self, token: &[u8]) -> Result<Arc<Identity>, TokenError> {
+        let inner = &*self.inner;
+        if !token.is_empty() && token.len() <= inner.max_token_len {
+            if let Some(id) = inner.cache.get_fresh(&inner.cache.key_bytes(token)) {
+                bump(&inner.metrics.cache_hits);
+                return Ok(id);
+            }
+        }
+        match std::str::from_utf8(token) {
+            Ok(t) => self.validate(t).await,
+            // Not even text: not a b64token (RFC 6750 §2.1).
+            Err(_) => Err(TokenError::Syntax),
+        }
+    }
+
     pub async fn validate(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         let inner = &*self.inner;
         if token.is_empty() {

@@ -18,7 +18,7 @@ use crate::support::agent::{location_of, resolve, Agent, API_CALL, NAVIGATE};
 use crate::support::client::Resp;
 use crate::support::idp::{forge, form, Idp, Profile, API};
 use crate::support::login::{
-    fixture, login, new_secret, proxy_for, through_provider, with_cookie, Fixture, Setup,
+    config, fixture, login, new_secret, proxy_for, through_provider, with_cookie, Fixture, Setup,
     ALLOWED_HOST,
 };
 use crate::support::proxy::free_port;
@@ -468,6 +468,86 @@ async fn rotated_out_secret_ends_the_session_and_a_kept_old_secret_keeps_it() {
     )
     .await;
     assert_no_session(&http, &p, &cookie, "rotated-out secret").await;
+}
+
+/// The reloads counted by the admin listener with `result`.
+async fn reloads_ok(p: &TestProxy) -> u64 {
+    let Ok(m) = crate::support::raw::get(p.admin, "/metrics").await else {
+        return 0;
+    };
+    m.text()
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_config_reloads_total{result=\"ok\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn reload(p: &TestProxy, text: &str, count: u64) {
+    p.write_config(text);
+    p.signal(Signal::Hup).await;
+    eventually(Duration::from_secs(20), "the reload", || async {
+        (reloads_ok(p).await >= count).then_some(())
+    })
+    .await;
+}
+
+/// A reload keeps logins working. With the login settings unchanged, the running login
+/// (provider metadata, keys, sessions) carries over to the new configuration; with a new
+/// cookie secret a new login is built and its provider metadata loaded, so that logging
+/// in works again at once, and the sessions sealed with the old secret end.
+#[tokio::test]
+async fn logins_work_across_reloads() {
+    let idp = Idp::start(Profile::Standard).await;
+    let echo = EchoUpstream::start().await;
+    let http = Http::new();
+    let setup = Setup::default();
+    let p = proxy_for(&idp, &echo, &setup).await;
+    let mut a = Agent::new();
+    let (_, r) = login(&mut a, &p.url("/"), "alice").await;
+    assert_eq!(echo_user(&r), "user-alice");
+    let cookie = format!("_portcullis={}", a.jar.get("_portcullis").unwrap());
+
+    // 1. One route more, the same login settings.
+    let extra = format!(
+        "[[upstream]]\nname = \"more\"\nurl = \"{}\"\n\n[[route]]\nname = \"more\"\npath = \"/more\"\nupstream = \"more\"\nauth = \"public\"\n",
+        echo.url("/more-upstream")
+    );
+    let text = config(&idp, &echo, &setup);
+    // The new route goes before the catch-all login route.
+    let at = text.find("[[route]]").expect("a route");
+    let with_more = format!("{}{extra}\n{}", &text[..at], &text[at..]);
+    reload(&p, &with_more, 1).await;
+    let r = http.get(&p.url("/more")).await;
+    assert_eq!(r.status, 200, "the new route: {}", r.text());
+    assert_eq!(user_with_cookie(&http, &p, &cookie).await, "user-alice");
+    let mut b = Agent::new();
+    let (_, r) = login(&mut b, &p.url("/"), "bob").await;
+    assert_eq!(echo_user(&r), "user-bob", "a login after the reload");
+
+    // 2. A new cookie secret: a new login. The old cookie is no session any more, and a
+    //    new login works as soon as the new login's provider metadata is loaded.
+    let rotated = Setup {
+        secrets: vec![new_secret()],
+        ..setup.clone()
+    };
+    reload(&p, &config(&idp, &echo, &rotated), 2).await;
+    assert_no_session(&http, &p, &cookie, "secret replaced by a reload").await;
+    eventually(
+        Duration::from_secs(20),
+        "/oauth2/start after the reload",
+        || async {
+            let r = http.get(&p.url("/oauth2/start?rd=%2F")).await;
+            (r.status == 302).then_some(())
+        },
+    )
+    .await;
+    let mut c = Agent::new();
+    let (_, r) = login(&mut c, &p.url("/"), "alice").await;
+    assert_eq!(
+        echo_user(&r),
+        "user-alice",
+        "a login after the second reload"
+    );
 }
 
 #[tokio::test]
