@@ -77,6 +77,7 @@ pub struct ProviderFile {
     pub logout_url: Option<String>,
     pub client_auth: Option<String>,
     pub private_key_file: Option<String>,
+    pub trusted_audiences: Option<Vec<String>>,
     /// Refused unless "authorization_code": see validate.rs (RFC 9700).
     pub grant_type: Option<String>,
     pub response_type: Option<String>,

@@ -79,4 +79,23 @@ impl Config {
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
         validate::from_toml(text, base_dir, &|name| std::env::var(name).ok())
     }
+
+    /// The claims (names or dotted paths) that `headers.claims` and the routes'
+    /// `allow.claims` refer to, sorted, each once: what identities must keep.
+    pub fn referenced_claims(&self) -> Vec<String> {
+        let mut wanted: Vec<String> = self
+            .headers
+            .claims
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        for r in &self.routes {
+            if let Some(claims) = r.allow.as_ref().and_then(|a| a.claims.as_ref()) {
+                wanted.extend(claims.iter().map(|(k, _)| k.clone()));
+            }
+        }
+        wanted.sort();
+        wanted.dedup();
+        wanted
+    }
 }

@@ -104,6 +104,9 @@ pub struct ProviderConfig {
     pub logout_url: Option<String>,
     pub client_auth: ClientAuth,
     pub private_key_file: Option<PathBuf>,
+    /// ID-token audiences accepted beside `client_id` (OIDC Core 3.1.3.7 step 3: any other
+    /// audience makes the ID token unacceptable). Default: none.
+    pub trusted_audiences: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

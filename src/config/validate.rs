@@ -630,6 +630,21 @@ fn provider(cx: &mut Ctx<'_>, p: &ProviderFile) -> ProviderConfig {
             cx.err("provider.logout_url", "not a valid URL template");
         }
     }
+    let trusted_audiences = p.trusted_audiences.clone().unwrap_or_default();
+    for (i, a) in trusted_audiences.iter().enumerate() {
+        let key = format!("provider.trusted_audiences[{i}]");
+        if a.trim().is_empty() {
+            cx.err(key, "must not be empty");
+        } else if p.client_id.as_deref() == Some(a.as_str()) {
+            cx.err(
+                key,
+                "is provider.client_id, which an ID token's aud must always contain; \
+                 list only the other audiences to accept",
+            );
+        } else if trusted_audiences[..i].contains(a) {
+            cx.err(key, format!("{a:?} is listed twice"));
+        }
+    }
     ProviderConfig {
         issuer,
         ca_file: cx.existing_file("provider.ca_file", &p.ca_file),
@@ -653,6 +668,7 @@ fn provider(cx: &mut Ctx<'_>, p: &ProviderFile) -> ProviderConfig {
         logout_url: p.logout_url.clone(),
         client_auth,
         private_key_file,
+        trusted_audiences,
     }
 }
 

@@ -66,19 +66,7 @@ pub fn token_config(c: &Config) -> Option<(BearerConfig, TransportConfig, String
         i.introspection_client_secret = secret(&e.introspection_client_secret, &mut fingerprint);
         issuers.push(i);
     }
-    let mut wanted: Vec<String> = c
-        .headers
-        .claims
-        .iter()
-        .map(|(k, _)| k.to_string())
-        .collect();
-    for r in &c.routes {
-        if let Some(claims) = r.allow.as_ref().and_then(|a| a.claims.as_ref()) {
-            wanted.extend(claims.iter().map(|(k, _)| k.clone()));
-        }
-    }
-    wanted.sort();
-    wanted.dedup();
+    let wanted = c.referenced_claims();
     let bearer = BearerConfig {
         issuers,
         leeway: b.leeway,
