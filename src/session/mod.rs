@@ -115,6 +115,10 @@ pub struct Session {
     pub access_expires_at: Option<SystemTime>,
     /// The provider's session id (`sid` claim), for back-channel logout.
     pub sid: Option<String>,
+    /// What a refreshed ID token must keep of the ID token the session began with (OIDC
+    /// Core 12.2; `iss` and `sub` are the fields above). `None`: a session saved before
+    /// these were kept (wire format 1), which only `iss` and `sub` bind.
+    pub login_claims: Option<LoginClaims>,
     /// Login time.
     pub created_at: SystemTime,
     /// Last use, as far as the idle timeout is concerned (see the module doc).
@@ -123,6 +127,17 @@ pub struct Session {
     pub expires_at: SystemTime,
     /// Redis store: the ticket this session is stored under (None until first saved).
     pub(crate) ticket: Option<redis::Ticket>,
+}
+
+/// Claims of a session's first ID token that every ID token a refresh brings must repeat
+/// (OIDC Core 12.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginClaims {
+    /// `aud`, as a list (a single string is a list of one).
+    pub aud: Vec<String>,
+    pub azp: Option<String>,
+    /// `auth_time`, seconds since the epoch.
+    pub auth_time: Option<u64>,
 }
 
 impl std::fmt::Debug for Session {
@@ -142,6 +157,7 @@ impl std::fmt::Debug for Session {
             .field("id_token", &self.id_token)
             .field("access_expires_at", &self.access_expires_at)
             .field("sid", &self.sid)
+            .field("login_claims", &self.login_claims)
             .field("created_at", &self.created_at)
             .field("last_seen", &self.last_seen)
             .field("expires_at", &self.expires_at)
@@ -174,6 +190,7 @@ impl Session {
             id_token: None,
             access_expires_at: None,
             sid: None,
+            login_claims: None,
             created_at: now,
             last_seen: now,
             // An absurd lifetime that overflows gives an already-ended session.

@@ -4,25 +4,35 @@
 //! on `benches/session.rs`); this layout is a few memcpys and UTF-8 checks.
 //!
 //! ```text
-//! format   u8 = 1
+//! format   u8 = 2 (1 is still read: see below)
 //! flags    u8: 1 email, 2 email_verified, 4 preferred_username, 8 name,
 //!              16 refresh_token, 32 id_token, 64 access_expires_at, 128 sid
+//! flags2   u8: 1 login_claims, 2 login_claims.azp, 4 login_claims.auth_time   (format 2 only)
 //! created_at, last_seen, expires_at     u64 LE (Unix seconds)
 //! access_expires_at                     u64 LE            (if flag 64)
+//! auth_time                             u64 LE            (if flag2 4)
 //! issuer, sub, access_token             str
 //! email, preferred_username, name, refresh_token, id_token, sid   str (each if its flag)
+//! azp                                   str               (if flag2 2)
 //! groups, scopes                        varint count, then str each
+//! aud                                   varint count, then str each   (if flag2 1)
 //! claims                                varint count, then (str name, str value) each
 //! str = varint byte length (LEB128, ≤ u32) + UTF-8 bytes; nothing may follow the claims.
 //! ```
 //!
+//! Format 1 is format 2 without `flags2` and what it announces: the sessions of the release
+//! before the login claims were kept (OIDC Core 12.2) open as they were, with
+//! `login_claims: None`. Sessions are always written in format 2, which that release reads
+//! as no session (a browser whose cookie a not-yet-upgraded replica reads logs in again).
 //! A change of layout must use a new format byte; an unknown one reads as no session.
 
 use super::seal::{from_unix, unix};
-use super::{Session, SessionError};
+use super::{LoginClaims, Session, SessionError};
 use crate::config::Secret;
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// The layout before `flags2`: still read.
+const FORMAT_1: u8 = 1;
 const F_EMAIL: u8 = 1;
 const F_EMAIL_VERIFIED: u8 = 2;
 const F_USERNAME: u8 = 4;
@@ -31,6 +41,9 @@ const F_REFRESH: u8 = 16;
 const F_ID_TOKEN: u8 = 32;
 const F_ACCESS_EXP: u8 = 64;
 const F_SID: u8 = 128;
+const F2_LOGIN_CLAIMS: u8 = 1;
+const F2_AZP: u8 = 2;
+const F2_AUTH_TIME: u8 = 4;
 
 fn put_varint(out: &mut Vec<u8>, mut v: usize) {
     while v >= 0x80 {
@@ -61,14 +74,29 @@ pub(crate) fn write(s: &Session, out: &mut Vec<u8>) -> Result<(), SessionError> 
     flag(s.id_token.is_some(), F_ID_TOKEN);
     flag(s.access_expires_at.is_some(), F_ACCESS_EXP);
     flag(s.sid.is_some(), F_SID);
+    let lc = s.login_claims.as_ref();
+    let mut flags2 = 0u8;
+    if let Some(lc) = lc {
+        flags2 |= F2_LOGIN_CLAIMS;
+        if lc.azp.is_some() {
+            flags2 |= F2_AZP;
+        }
+        if lc.auth_time.is_some() {
+            flags2 |= F2_AUTH_TIME;
+        }
+    }
     out.reserve(size_hint(s));
     out.push(FORMAT);
     out.push(flags);
+    out.push(flags2);
     out.extend_from_slice(&unix(s.created_at).to_le_bytes());
     out.extend_from_slice(&unix(s.last_seen).to_le_bytes());
     out.extend_from_slice(&unix(s.expires_at).to_le_bytes());
     if let Some(t) = s.access_expires_at {
         out.extend_from_slice(&unix(t).to_le_bytes());
+    }
+    if let Some(t) = lc.and_then(|l| l.auth_time) {
+        out.extend_from_slice(&t.to_le_bytes());
     }
     put_str(out, &s.issuer);
     put_str(out, &s.sub);
@@ -85,6 +113,9 @@ pub(crate) fn write(s: &Session, out: &mut Vec<u8>) -> Result<(), SessionError> 
     if let Some(v) = &s.sid {
         put_str(out, v);
     }
+    if let Some(v) = lc.and_then(|l| l.azp.as_ref()) {
+        put_str(out, v);
+    }
     put_varint(out, s.groups.len());
     for g in &s.groups {
         put_str(out, g);
@@ -92,6 +123,12 @@ pub(crate) fn write(s: &Session, out: &mut Vec<u8>) -> Result<(), SessionError> 
     put_varint(out, s.scopes.len());
     for g in &s.scopes {
         put_str(out, g);
+    }
+    if let Some(lc) = lc {
+        put_varint(out, lc.aud.len());
+        for a in &lc.aud {
+            put_str(out, a);
+        }
     }
     put_varint(out, s.claims.len());
     for (k, v) in &s.claims {
@@ -105,7 +142,11 @@ pub(crate) fn write(s: &Session, out: &mut Vec<u8>) -> Result<(), SessionError> 
 pub(crate) fn size_hint(s: &Session) -> usize {
     let opt = |o: &Option<String>| o.as_ref().map_or(0, |v| v.len() + 5);
     let sec = |o: &Option<Secret<String>>| o.as_ref().map_or(0, |v| v.expose().len() + 5);
-    2 + 32
+    let lc = s.login_claims.as_ref().map_or(0, |l| {
+        8 + opt(&l.azp) + 5 + l.aud.iter().map(|a| a.len() + 5).sum::<usize>()
+    });
+    lc + 3
+        + 32
         + 15
         + 15
         + s.issuer.len()
@@ -181,15 +222,28 @@ impl<'a> Reader<'a> {
 /// Parses a serialized session; `None` when it is not one.
 pub(crate) fn read(bytes: &[u8]) -> Option<Session> {
     let mut r = Reader { b: bytes };
-    if r.u8()? != FORMAT {
+    let format = r.u8()?;
+    if format != FORMAT && format != FORMAT_1 {
         return None;
     }
     let flags = r.u8()?;
+    let flags2 = if format == FORMAT { r.u8()? } else { 0 };
     let has = |f: u8| flags & f != 0;
+    let has2 = |f: u8| flags2 & f != 0;
+    if flags2 & !(F2_LOGIN_CLAIMS | F2_AZP | F2_AUTH_TIME) != 0
+        || (!has2(F2_LOGIN_CLAIMS) && flags2 != 0)
+    {
+        return None;
+    }
     let created_at = r.u64()?;
     let last_seen = r.u64()?;
     let expires_at = r.u64()?;
     let access_expires_at = if has(F_ACCESS_EXP) {
+        Some(r.u64()?)
+    } else {
+        None
+    };
+    let auth_time = if has2(F2_AUTH_TIME) {
         Some(r.u64()?)
     } else {
         None
@@ -210,8 +264,18 @@ pub(crate) fn read(bytes: &[u8]) -> Option<Session> {
     let refresh_token = opt(F_REFRESH)?;
     let id_token = opt(F_ID_TOKEN)?;
     let sid = opt(F_SID)?;
+    let azp = if has2(F2_AZP) { Some(r.str()?) } else { None };
     let groups = r.strs()?;
     let scopes = r.strs()?;
+    let login_claims = if has2(F2_LOGIN_CLAIMS) {
+        Some(LoginClaims {
+            aud: r.strs()?,
+            azp,
+            auth_time,
+        })
+    } else {
+        None
+    };
     let n = r.count()?;
     let mut claims = Vec::with_capacity(n);
     for _ in 0..n {
@@ -235,6 +299,7 @@ pub(crate) fn read(bytes: &[u8]) -> Option<Session> {
         id_token: id_token.map(Secret::new),
         access_expires_at: access_expires_at.map(from_unix),
         sid,
+        login_claims,
         created_at: from_unix(created_at),
         last_seen: from_unix(last_seen),
         expires_at: from_unix(expires_at),
@@ -280,6 +345,11 @@ pub(crate) mod tests {
         s.id_token = Some(Secret::new("it.secret.value".into()));
         s.access_expires_at = Some(now + Duration::from_secs(300));
         s.sid = Some("sid-1".into());
+        s.login_claims = Some(LoginClaims {
+            aud: vec!["portcullis".into()],
+            azp: Some("portcullis".into()),
+            auth_time: Some(1_699_999_000),
+        });
         s
     }
 
@@ -301,7 +371,7 @@ pub(crate) mod tests {
         );
         let mut buf = Vec::new();
         write(&m, &mut buf).unwrap();
-        assert_eq!(buf.len(), 2 + 24 + 6 + 3);
+        assert_eq!(buf.len(), 3 + 24 + 6 + 3);
         let back = read(&buf).unwrap();
         assert_same(&back, &m);
         assert!(back.email.is_none() && back.refresh_token.is_none() && back.groups.is_empty());
@@ -327,8 +397,11 @@ pub(crate) mod tests {
         extra.push(0);
         assert!(read(&extra).is_none(), "trailing byte");
         let mut fmt = buf.clone();
-        fmt[0] = 2;
+        fmt[0] = 3;
         assert!(read(&fmt).is_none(), "unknown format");
+        let mut f2 = buf.clone();
+        f2[2] = 8;
+        assert!(read(&f2).is_none(), "unknown flags2 bit");
         // A count larger than the rest of the input, a non-UTF-8 string, an overlong varint.
         let m = Session::new(
             "i",
@@ -344,7 +417,7 @@ pub(crate) mod tests {
         huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0]);
         assert!(read(&huge).is_none());
         let mut bad = b.clone();
-        let sub_at = 2 + 24 + 2 + 1; // "i" then len("s")
+        let sub_at = 3 + 24 + 2 + 1; // "i" then len("s")
         bad[sub_at] = 0xff;
         assert!(read(&bad).is_none());
         let mut long = b[..groups_at].to_vec();
@@ -356,7 +429,7 @@ pub(crate) mod tests {
 
     #[test]
     fn absurd_times_do_not_panic() {
-        let mut b = vec![FORMAT, F_ACCESS_EXP];
+        let mut b = vec![FORMAT, F_ACCESS_EXP, 0];
         for _ in 0..4 {
             b.extend_from_slice(&u64::MAX.to_le_bytes());
         }
@@ -365,6 +438,71 @@ pub(crate) mod tests {
         assert!(!s.is_live(t(1_700_000_000), Duration::MAX));
         let n = Session::new("i", "s", Secret::new("a".into()), t(5), Duration::MAX);
         assert!(!n.is_live(t(5), Duration::from_secs(1)));
+    }
+
+    /// `full_session(t(1_700_000_000))` without login claims, as the writer of format 1
+    /// (the release before login claims were kept) wrote it: what a browser may still hold.
+    const FORMAT_1_FULL_SESSION: [&str; 6] = [
+        "01ff00f153650000000000f153650000000080615465000000002cf25365000000001d6874747073",
+        "3a2f2f6578616d706c652e65752e61757468302e636f6d2f0c61757468307c6162633132330f6174",
+        "2d7365637265742d76616c75650f616461406578616d706c652e636f6d036164611b416461202243",
+        "6f756e7465737322204c6f76656c61636520e29c930f72742d7365637265742d76616c75650f6974",
+        "2e7365637265742e76616c7565057369642d31020573746166660661646d696e7302066f70656e69",
+        "6405656d61696c010974656e616e745f696404742d3432",
+    ];
+
+    #[test]
+    fn format_1_sessions_still_open_without_login_claims() {
+        let mut s = full_session(t(1_700_000_000));
+        s.login_claims = None;
+        let hex = FORMAT_1_FULL_SESSION.concat();
+        let old: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let back = read(&old).expect("a format-1 session opens");
+        assert!(back.login_claims.is_none());
+        assert_same(&back, &s);
+        // Written again, it is format 2.
+        let mut new = Vec::new();
+        write(&back, &mut new).unwrap();
+        assert_eq!((new[0], new.len()), (FORMAT, old.len() + 1));
+        // Format 1 has no flags2: its bytes are not read as one.
+        for n in 0..old.len() {
+            assert!(read(&old[..n]).is_none(), "truncated at {n}");
+        }
+    }
+
+    #[test]
+    fn login_claims_round_trip_in_every_shape() {
+        let now = t(1_700_000_000);
+        for lc in [
+            None,
+            Some(LoginClaims {
+                aud: vec!["c".into()],
+                azp: None,
+                auth_time: None,
+            }),
+            Some(LoginClaims {
+                aud: vec!["c".into(), "https://api.example".into()],
+                azp: Some("c".into()),
+                auth_time: None,
+            }),
+            Some(LoginClaims {
+                aud: vec![],
+                azp: None,
+                auth_time: Some(u64::MAX),
+            }),
+        ] {
+            let mut s = full_session(now);
+            s.login_claims = lc.clone();
+            let mut buf = Vec::new();
+            write(&s, &mut buf).unwrap();
+            assert!(buf.len() <= size_hint(&s));
+            let back = read(&buf).unwrap();
+            assert_eq!(back.login_claims, lc);
+            assert_same(&back, &s);
+        }
     }
 
     #[test]
