@@ -37,7 +37,7 @@ mod token;
 mod web;
 
 #[cfg(test)]
-mod test_client;
+pub(crate) mod test_client;
 #[cfg(test)]
 mod tests;
 
@@ -106,6 +106,8 @@ pub(crate) struct State {
     store: Mutex<Store>,
     knobs: Knobs,
     settings: Mutex<Settings>,
+    /// Claims changed in the ID tokens of a grant ([`DevIdp::override_id_token_claims`]).
+    id_token_overrides: Mutex<Vec<(Grant, serde_json::Map<String, serde_json::Value>)>>,
 }
 
 impl State {
@@ -120,6 +122,17 @@ impl State {
 
     pub fn settings(&self) -> Settings {
         *self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The claim changes for ID tokens issued by `grant`.
+    pub fn id_token_overrides(&self, grant: Grant) -> serde_json::Map<String, serde_json::Value> {
+        self.id_token_overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(g, _)| *g == grant)
+            .flat_map(|(_, m)| m.clone())
+            .collect()
     }
 
     fn update_settings(&self, f: impl FnOnce(&mut Settings)) {
@@ -223,6 +236,7 @@ impl DevIdp {
                 signing_alg: config.signing_alg,
                 clock_offset: 0,
             }),
+            id_token_overrides: Mutex::new(Vec::new()),
         });
         tracing::warn!(
             issuer = %state.issuer,
@@ -310,6 +324,32 @@ impl DevIdp {
     pub fn advance_clock(&self, by: Duration) {
         self.state
             .update_settings(|s| s.clock_offset = s.clock_offset.saturating_add(by.as_secs()));
+    }
+
+    /// Changes the claims of the ID tokens that `grant` issues from now on (the
+    /// authorization code or the refresh token grant): each claim given replaces the
+    /// provider's, `null` removes it. For ID tokens a real provider should never issue:
+    /// several audiences, no `azp`, another `sub` on a refresh, a wrong `at_hash`... They
+    /// are signed as usual.
+    pub fn override_id_token_claims(
+        &self,
+        grant: Grant,
+        claims: serde_json::Map<String, serde_json::Value>,
+    ) {
+        self.state
+            .id_token_overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((grant, claims));
+    }
+
+    /// Back to the provider's own ID tokens.
+    pub fn clear_id_token_overrides(&self) {
+        self.state
+            .id_token_overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Generates new RS256 and ES256 keys (new `kid`s) and signs with them from now on.

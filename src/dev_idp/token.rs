@@ -259,6 +259,7 @@ fn code_grant(state: &State, client: &DevClient, params: &Params) -> Result<Valu
             user,
             &scopes,
             IdTokenContext {
+                grant: Grant::AuthorizationCode,
                 auth_time: rec.auth_time,
                 sid: &rec.sid,
                 nonce: rec.req.nonce.as_deref(),
@@ -352,6 +353,7 @@ fn refresh_grant(state: &State, client: &DevClient, params: &Params) -> Result<V
             user,
             &scopes,
             IdTokenContext {
+                grant: Grant::RefreshToken,
                 auth_time: rec.auth_time,
                 sid: &rec.sid,
                 nonce: None,
@@ -510,6 +512,8 @@ pub(crate) fn issue_access(
 }
 
 pub(crate) struct IdTokenContext<'a> {
+    /// The grant issuing it (for the test knob that changes its claims).
+    pub grant: Grant,
     pub auth_time: u64,
     pub sid: &'a str,
     pub nonce: Option<&'a str>,
@@ -546,6 +550,14 @@ pub(crate) fn issue_id_token(
     }
     if let Some(obj) = claims.as_object_mut() {
         obj.extend(user_claims(user, scopes));
+        // Test knob: claims a real provider would not send.
+        for (k, v) in state.id_token_overrides(ctx.grant) {
+            if v.is_null() {
+                obj.remove(&k);
+            } else {
+                obj.insert(k, v);
+            }
+        }
     }
     state.signing_key().sign("JWT", &claims)
 }
