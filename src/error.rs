@@ -100,28 +100,60 @@ pub enum Refusal {
     Internal(&'static str),
 
     // ---- the login flow's pages (always HTML) -------------------------------------------------
-    /// A page of `/oauth2/start`, `/oauth2/callback`: the user reads `message`.
+    /// A page of `/oauth2/start`, `/oauth2/callback`, `/oauth2/sign_out`: the user reads
+    /// `message`; the log gets the `cause` (with its chain) at `level`.
     #[error("login flow: {message}")]
     Flow {
         status: StatusCode,
         fault: Fault,
+        /// How loud the log line is: [`Fault::level`], unless the page stands for something
+        /// an operator should hear of even when it is the client's doing (a response mixed
+        /// up between providers, a forged ID token).
+        level: tracing::Level,
         message: Cow<'static, str>,
+        #[source]
+        cause: Option<FlowCause>,
     },
 }
 
+/// Why a login-flow page was shown, for the log only.
+pub type FlowCause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error of the login flow that the user sees as a page (`oidc::login::LoginError`):
+/// it says its status, whose fault it is, how loud to log it and what to tell the user, and
+/// [`Refusal::from_flow`] turns it into the one rescue's [`Refusal::Flow`].
+pub trait FlowError: std::error::Error + Send + Sync + 'static {
+    fn status(&self) -> StatusCode;
+    fn fault(&self) -> Fault;
+    fn level(&self) -> tracing::Level {
+        self.fault().level()
+    }
+    /// Short, safe to show: never a token, a code or an internal address.
+    fn message(&self) -> Cow<'static, str>;
+}
+
+impl Fault {
+    /// The log level of the module doc's rule: the client's fault `debug`, the provider's
+    /// or the upstream's `warn`, ours `error`.
+    pub fn level(self) -> tracing::Level {
+        match self {
+            Fault::Client => tracing::Level::DEBUG,
+            Fault::Provider | Fault::Upstream => tracing::Level::WARN,
+            Fault::Internal => tracing::Level::ERROR,
+        }
+    }
+}
+
 impl Refusal {
-    /// A login-flow page. `fault` follows from the status: 4xx the client's, 500 ours,
-    /// other 5xx the provider's (or session store's).
-    pub fn flow(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Refusal {
-        let fault = match status.as_u16() {
-            500 => Fault::Internal,
-            s if s >= 500 => Fault::Provider,
-            _ => Fault::Client,
-        };
+    /// The page of a login-flow error: its status, fault, level and message, and the error
+    /// itself as the cause for the log.
+    pub fn from_flow(e: impl FlowError) -> Refusal {
         Refusal::Flow {
-            status,
-            fault,
-            message: message.into(),
+            status: e.status(),
+            fault: e.fault(),
+            level: e.level(),
+            message: e.message(),
+            cause: Some(Box::new(e)),
         }
     }
 
@@ -281,22 +313,36 @@ impl Refusal {
         r
     }
 
+    /// The log level: by fault, or the login-flow page's own.
+    fn level(&self) -> tracing::Level {
+        match self {
+            Refusal::Flow { level, .. } => *level,
+            other => other.fault().level(),
+        }
+    }
+
     fn log(&self, request_id: &str) {
+        use tracing::Level;
         let status = self.status().as_u16();
-        let cause = std::error::Error::source(self).map(tracing::field::display);
-        match self.fault() {
-            Fault::Client => {
-                tracing::debug!(request_id, status, reason = %self, cause, "refused")
-            }
-            Fault::Provider => {
-                tracing::warn!(request_id, status, reason = %self, cause, "refused: provider")
-            }
-            Fault::Upstream => {
-                tracing::warn!(request_id, status, reason = %self, cause, "refused: upstream")
-            }
-            Fault::Internal => {
-                tracing::error!(request_id, status, reason = %self, cause, "refused: internal")
-            }
+        let chain = source_chain(self);
+        let cause = chain.as_deref().map(tracing::field::display);
+        let what = match self.fault() {
+            Fault::Client => "refused",
+            Fault::Provider => "refused: provider",
+            Fault::Upstream => "refused: upstream",
+            Fault::Internal => "refused: internal",
+        };
+        let level = self.level();
+        if level == Level::ERROR {
+            tracing::error!(request_id, status, reason = %self, cause, "{what}")
+        } else if level == Level::WARN {
+            tracing::warn!(request_id, status, reason = %self, cause, "{what}")
+        } else if level == Level::INFO {
+            tracing::info!(request_id, status, reason = %self, cause, "{what}")
+        } else if level == Level::DEBUG {
+            tracing::debug!(request_id, status, reason = %self, cause, "{what}")
+        } else {
+            tracing::trace!(request_id, status, reason = %self, cause, "{what}")
         }
     }
 
@@ -328,6 +374,26 @@ impl Refusal {
         }
         resp
     }
+}
+
+/// The sources of `e`, joined with `: ` (the log's `cause`); `None` without any.
+fn source_chain(e: &dyn std::error::Error) -> Option<String> {
+    let mut next = e.source();
+    let mut out: Option<String> = None;
+    while let Some(s) = next {
+        let text = s.to_string();
+        match &mut out {
+            // A source that already printed its own source adds nothing new.
+            Some(o) if o.ends_with(&text) => {}
+            Some(o) => {
+                o.push_str(": ");
+                o.push_str(&text);
+            }
+            None => out = Some(text),
+        }
+        next = s.source();
+    }
+    out
 }
 
 const X_CONTENT_TYPE_OPTIONS: http::HeaderName =
@@ -511,23 +577,58 @@ mod tests {
         }
     }
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("test flow error")]
+    struct TestFlow(StatusCode, Fault, tracing::Level);
+
+    impl FlowError for TestFlow {
+        fn status(&self) -> StatusCode {
+            self.0
+        }
+        fn fault(&self) -> Fault {
+            self.1
+        }
+        fn level(&self) -> tracing::Level {
+            self.2
+        }
+        fn message(&self) -> Cow<'static, str> {
+            "Please <start> again.".into()
+        }
+    }
+
     #[test]
     fn flow_pages_are_html_and_never_framed() {
-        let r = Refusal::flow(StatusCode::BAD_REQUEST, "Please <start> again.").respond(
-            "rid",
-            &Method::GET,
-            &HeaderMap::new(),
+        let e = TestFlow(StatusCode::BAD_REQUEST, Fault::Client, tracing::Level::WARN);
+        let r = Refusal::from_flow(e);
+        assert_eq!(
+            (r.fault(), r.level()),
+            (Fault::Client, tracing::Level::WARN)
         );
+        assert_eq!(
+            std::error::Error::source(&r)
+                .map(|s| s.to_string())
+                .as_deref(),
+            Some("test flow error")
+        );
+        let r = r.respond("rid", &Method::GET, &HeaderMap::new());
         assert_eq!(r.status(), 400);
         assert_eq!(r.headers()["x-frame-options"], "DENY");
         assert_eq!(r.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
-        assert_eq!(
-            Refusal::flow(StatusCode::SERVICE_UNAVAILABLE, "x").fault(),
-            Fault::Provider
-        );
-        assert_eq!(
-            Refusal::flow(StatusCode::INTERNAL_SERVER_ERROR, "x").fault(),
-            Fault::Internal
-        );
+        assert_eq!(Fault::Provider.level(), tracing::Level::WARN);
+        assert_eq!(Fault::Internal.level(), tracing::Level::ERROR);
+        assert_eq!(Fault::Client.level(), tracing::Level::DEBUG);
+    }
+
+    #[test]
+    fn the_log_gets_the_whole_source_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("inner")]
+        struct Inner(#[source] std::io::Error);
+        let e = Outer(Inner(std::io::Error::other("root")));
+        assert_eq!(source_chain(&e).as_deref(), Some("inner: root"));
+        assert_eq!(source_chain(&std::io::Error::other("x")), None);
     }
 }

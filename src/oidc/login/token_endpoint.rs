@@ -1,0 +1,234 @@
+//! The client of the provider's token endpoint: the authorization code exchange
+//! (RFC 6749 §4.1.3, with the PKCE verifier of RFC 7636 §4.5), the refresh (RFC 6749 §6),
+//! and this client's authentication to it: `client_secret_basic`, `client_secret_post`
+//! (RFC 6749 §2.3.1) or `private_key_jwt` (OIDC Core §9, RFC 7523 §2.2).
+//!
+//! The endpoint's URL is passed in (it comes from discovery, never from a guess).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Deserialize;
+
+use crate::config::{ClientAuth, ProviderConfig, Secret};
+use crate::oidc::transport::{HttpTransport, TransportError};
+use crate::token::Clock;
+
+/// The token endpoint's answer (RFC 6749 §5.1). A member given twice makes it unreadable
+/// (serde refuses duplicate fields): RFC 6749 §3.1, for responses too.
+#[derive(Debug, Deserialize)]
+pub(super) struct TokenResponse {
+    pub access_token: String,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    #[serde(default)]
+    pub id_token: Option<String>,
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenErrorResponse {
+    error: String,
+}
+
+/// Why a token call gave no tokens. Display never shows a token, a code or a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenCallError {
+    /// The provider refused the grant (RFC 6749 §5.2: `invalid_grant`, ... with 400 or
+    /// 401; Auth0 answers `invalid_grant` with 403).
+    #[error("the provider refused the grant: {error} (HTTP {status})")]
+    Refused { error: String, status: u16 },
+    #[error("the provider's metadata is not loaded yet")]
+    NotReady,
+    #[error("the provider advertises no token_endpoint")]
+    NoEndpoint,
+    #[error("the token endpoint could not be reached")]
+    Transport(#[source] TransportError),
+    #[error("the token endpoint answered HTTP {0}")]
+    Status(u16),
+    #[error("the token response is not a valid token response")]
+    BadResponse(#[source] serde_json::Error),
+    #[error("the private_key_jwt client assertion could not be signed")]
+    Assertion(#[source] jsonwebtoken::errors::Error),
+}
+
+impl TokenCallError {
+    /// A refusal of the grant (the session or login cannot go on), rather than a provider
+    /// that could not answer (fail closed, try again later).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, TokenCallError::Refused { .. })
+    }
+}
+
+/// Why the `private_key_jwt` key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read it: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("not an RSA or P-256 private key in PEM")]
+    NotAKey,
+}
+
+/// This client at the token endpoint: its id and credentials, over the provider transport.
+pub(super) struct TokenEndpoint {
+    client_id: String,
+    client_secret: Option<Secret<String>>,
+    auth: ClientAuth,
+    /// `private_key_jwt`: the signing key and its algorithm.
+    private_key: Option<(jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm)>,
+    transport: HttpTransport,
+    clock: Arc<dyn Clock>,
+}
+
+impl TokenEndpoint {
+    pub fn new(
+        p: &ProviderConfig,
+        client_id: &str,
+        transport: HttpTransport,
+        clock: Arc<dyn Clock>,
+    ) -> Result<TokenEndpoint, KeyError> {
+        let private_key = match (&p.client_auth, &p.private_key_file) {
+            (ClientAuth::PrivateKeyJwt, Some(path)) => {
+                let pem = std::fs::read(path).map_err(KeyError::Read)?;
+                let rsa = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
+                    .map(|k| (k, jsonwebtoken::Algorithm::RS256));
+                let key = rsa
+                    .or_else(|_| {
+                        jsonwebtoken::EncodingKey::from_ec_pem(&pem)
+                            .map(|k| (k, jsonwebtoken::Algorithm::ES256))
+                    })
+                    .map_err(|_| KeyError::NotAKey)?;
+                Some(key)
+            }
+            _ => None,
+        };
+        Ok(TokenEndpoint {
+            client_id: client_id.to_string(),
+            client_secret: p.client_secret.clone(),
+            auth: p.client_auth,
+            private_key,
+            transport,
+            clock,
+        })
+    }
+
+    /// RFC 6749 §4.1.3: the code, the same `redirect_uri` as in the authorization request,
+    /// and the PKCE `code_verifier` (RFC 7636 §4.5).
+    pub async fn exchange(
+        &self,
+        endpoint: &str,
+        code: &str,
+        redirect_uri: &str,
+        code_verifier: &str,
+    ) -> Result<TokenResponse, TokenCallError> {
+        self.call(
+            endpoint,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", code_verifier),
+            ],
+        )
+        .await
+    }
+
+    /// RFC 6749 §6.
+    pub async fn refresh(
+        &self,
+        endpoint: &str,
+        refresh_token: &str,
+    ) -> Result<TokenResponse, TokenCallError> {
+        self.call(
+            endpoint,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ],
+        )
+        .await
+    }
+
+    /// One call, with this client's authentication.
+    async fn call(
+        &self,
+        endpoint: &str,
+        form: &[(&str, &str)],
+    ) -> Result<TokenResponse, TokenCallError> {
+        let mut fields: Vec<(&str, &str)> = form.to_vec();
+        let secret = self
+            .client_secret
+            .as_ref()
+            .map(|s| s.expose().as_str())
+            .unwrap_or("");
+        let assertion;
+        let basic = match self.auth {
+            ClientAuth::ClientSecretBasic => Some((self.client_id.as_str(), secret)),
+            ClientAuth::ClientSecretPost => {
+                fields.push(("client_id", &self.client_id));
+                fields.push(("client_secret", secret));
+                None
+            }
+            ClientAuth::PrivateKeyJwt => {
+                assertion = self.client_assertion(endpoint)?;
+                fields.push(("client_id", &self.client_id));
+                fields.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ));
+                fields.push(("client_assertion", &assertion));
+                None
+            }
+        };
+        let resp = self
+            .transport
+            .post_form(endpoint, &fields, basic)
+            .await
+            .map_err(TokenCallError::Transport)?;
+        let status = resp.status.as_u16();
+        if (200..300).contains(&status) {
+            return serde_json::from_slice::<TokenResponse>(&resp.body)
+                .map_err(TokenCallError::BadResponse);
+        }
+        match status {
+            // RFC 6749 §5.2 errors come as 400 (401 for client authentication); Auth0
+            // answers invalid_grant with 403.
+            400 | 401 | 403 => {
+                let error = serde_json::from_slice::<TokenErrorResponse>(&resp.body)
+                    .map(|e| e.error)
+                    .unwrap_or_else(|_| "no error code".into());
+                Err(TokenCallError::Refused { error, status })
+            }
+            _ => Err(TokenCallError::Status(status)),
+        }
+    }
+
+    /// RFC 7523 §2.2 client assertion for `private_key_jwt` (OIDC Core §9): issued and
+    /// subject the client, audience the token endpoint, one minute, a fresh `jti`.
+    fn client_assertion(&self, token_endpoint: &str) -> Result<String, TokenCallError> {
+        let Some((key, alg)) = &self.private_key else {
+            // Config validation requires the key with private_key_jwt; build() loads it.
+            return Err(TokenCallError::Assertion(
+                jsonwebtoken::errors::ErrorKind::InvalidKeyFormat.into(),
+            ));
+        };
+        let iat = self
+            .clock
+            .now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut jti = [0u8; 16];
+        let _ = aws_lc_rs::rand::fill(&mut jti);
+        let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
+        let claims = serde_json::json!({
+            "iss": self.client_id, "sub": self.client_id, "aud": token_endpoint,
+            "iat": iat, "exp": iat + 60, "jti": jti,
+        });
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(*alg), &claims, key)
+            .map_err(TokenCallError::Assertion)
+    }
+}
