@@ -442,6 +442,34 @@ async function standardProfile(keysDir) {
     r = await req(`${base}/__test/counts`);
     eq('failed requests are counted', [r.json.token, r.json.jwks, r.json.introspection], [2, 2, 1]);
 
+    // ID tokens no honest provider issues (/__test/id-token)
+    const aud2 = ['portcullis', 'https://other.example.test'];
+    r = await req(`${base}/__test/id-token?grant=authorization_code&claims=${encodeURIComponent(JSON.stringify({ aud: aud2, azp: null }))}`, { method: 'POST' });
+    eq('id-token override armed', r.status, 200);
+    r = await req(`${base}/__test/id-token?grant=implicit`, { method: 'POST' });
+    eq('id-token override: unknown grant', r.status, 400);
+    const odd = await scriptedLogin(disco, { redirectUri });
+    r = await exchange(odd.code, odd.verifier);
+    const oddId = r.json?.id_token && decodeJwt(r.json.id_token).payload;
+    check('overridden ID token: several audiences, no azp, still signed', r.status === 200 && verifyJwt(r.json.id_token, jwks)
+      && JSON.stringify(oddId?.aud) === JSON.stringify(aud2) && !('azp' in oddId) && oddId?.nonce === odd.nonce, oddId);
+    r = await req(`${base}/__test/id-token?grant=refresh_token&claims=${encodeURIComponent(JSON.stringify({ sub: 'user-bob' }))}`, { method: 'POST' });
+    eq('refresh override armed', r.status, 200);
+    const odd2 = await scriptedLogin(disco, { redirectUri });
+    const odd2Tokens = (await exchange(odd2.code, odd2.verifier)).json || {};
+    eq('only count=1 ID tokens are changed', decodeJwt(odd2Tokens.id_token).payload.aud, 'portcullis');
+    r = await refresh(odd2Tokens.refresh_token);
+    const refreshedId = r.json?.id_token && decodeJwt(r.json.id_token).payload;
+    check('refresh grant ID token with another sub', verifyJwt(r.json?.id_token, jwks) && refreshedId.sub === 'user-bob', refreshedId);
+    await req(`${base}/__test/id-token?grant=refresh_token&drop=1`, { method: 'POST' });
+    r = await refresh(r.json?.refresh_token);
+    check('refresh without an ID token', r.status === 200 && r.json.access_token && !('id_token' in r.json), r.text);
+    await req(`${base}/__test/id-token?grant=refresh_token&drop=1&count=0`, { method: 'POST' });
+    r = await req(`${base}/__test/id-token`, { method: 'DELETE' });
+    const odd3 = await scriptedLogin(disco, { redirectUri });
+    r = await refresh((await exchange(odd3.code, odd3.verifier)).json?.refresh_token);
+    check('cleared overrides', r.status === 200 && isJwt(r.json.id_token) && decodeJwt(r.json.id_token).payload.sub === 'user-alice', r.text);
+
     // key rotation in place
     const before = jwks.keys.map((k) => k.kid);
     r = await req(`${base}/__test/rotate-keys`, { method: 'POST' });

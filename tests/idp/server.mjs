@@ -704,12 +704,55 @@ HTMLFormElement.prototype.submit.call(f);})();</script>`);
       if (ctx.path === jwksPath && ctx.status === 200) ctx.set('Cache-Control', `public, max-age=${opts.jwksMaxAge}`);
     });
   }
+  provider.use(idTokenOverrides(provider));
   provider.use(strictClientAuth(provider));
   provider.use(offlineAccessMarker(provider));
   provider.use(interactionRoutes(provider));
   if (AUTH0) provider.use(auth0Middleware(provider, issuer));
   else provider.use(standardMiddleware(provider, issuer));
   return provider;
+}
+
+// /__test/id-token: ID tokens no honest provider issues, for the relying party's checks. The
+// next token responses of a grant get their id_token re-signed (same header, same key) with
+// `claims` merged in (`null` removes a claim), or, with `drop`, no id_token at all.
+function resignJwt(token, changes) {
+  const [h, p] = token.split('.');
+  const header = b64uJson(h);
+  const payload = b64uJson(p);
+  for (const [k, v] of Object.entries(changes)) {
+    if (v === null) delete payload[k];
+    else payload[k] = v;
+  }
+  const jwk = signingKeys.find((k) => k.kid === header.kid);
+  if (!jwk) throw new Error(`no signing key ${header.kid}`);
+  const input = `${h}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`;
+  const key = crypto.createPrivateKey({ key: jwk, format: 'jwk' });
+  const sig = crypto.sign('sha256', Buffer.from(input), header.alg === 'ES256' ? { key, dsaEncoding: 'ieee-p1363' } : key);
+  return `${input}.${sig.toString('base64url')}`;
+}
+
+function idTokenOverrides(provider) {
+  const tokenPath = provider.pathFor('token');
+  return async (ctx, next) => {
+    if (ctx.method !== 'POST' || ctx.path !== tokenPath || !idTokenRules.length) return next();
+    const form = await formOf(ctx);
+    await next();
+    const body = ctx.body;
+    if (ctx.status !== 200 || !body || typeof body !== 'object' || typeof body.id_token !== 'string') return undefined;
+    const rule = idTokenRules.find((r) => r.grant === form?.grant_type && r.remaining > 0);
+    if (!rule) return undefined;
+    rule.remaining -= 1;
+    if (rule.remaining <= 0) idTokenRules.splice(idTokenRules.indexOf(rule), 1);
+    if (rule.drop) {
+      const { id_token: _dropped, ...rest } = body;
+      ctx.body = rest;
+    } else {
+      ctx.body = { ...body, id_token: resignJwt(body.id_token, rule.claims) };
+    }
+    log('id_token of a', form.grant_type, 'grant', rule.drop ? 'dropped' : `changed: ${Object.keys(rule.claims).join(' ')}`);
+    return undefined;
+  };
 }
 
 // oidc-provider accepts client_secret_basic and client_secret_post for a client registered with
@@ -1071,6 +1114,7 @@ let handler;
 let pathNames; // path -> logical name
 const counts = new Map(); // path -> n
 const failures = []; // { path, mode, remaining, ms }
+const idTokenRules = []; // { grant, claims, drop, remaining }: see idTokenOverrides
 
 function nameOfPath(p) {
   if (pathNames.has(p)) return pathNames.get(p);
@@ -1130,6 +1174,30 @@ async function testControl(req, res, url) {
     failures.push(rule);
     return sendJson(res, 200, { ok: true, path: target, mode, count, ms });
   }
+  if (p === '/__test/id-token' && req.method === 'POST') {
+    const grant = url.searchParams.get('grant') || 'authorization_code';
+    if (!['authorization_code', 'refresh_token'].includes(grant)) {
+      return sendJson(res, 400, { error: 'grant must be authorization_code or refresh_token' });
+    }
+    const drop = /^(1|true|yes)$/i.test(url.searchParams.get('drop') || '');
+    let claims = {};
+    if (url.searchParams.has('claims')) {
+      try { claims = JSON.parse(url.searchParams.get('claims')); } catch { claims = undefined; }
+      if (!claims || typeof claims !== 'object' || Array.isArray(claims)) {
+        return sendJson(res, 400, { error: 'claims must be a JSON object' });
+      }
+    }
+    const count = Number(url.searchParams.get('count') ?? '1');
+    if (!Number.isInteger(count) || count < 0) {
+      return sendJson(res, 400, { error: 'count must be an integer >= 0 (0 = until cleared)' });
+    }
+    idTokenRules.push({ grant, claims, drop, remaining: count === 0 ? Infinity : count });
+    return sendJson(res, 200, { ok: true, grant, claims, drop, count });
+  }
+  if (p === '/__test/id-token' && req.method === 'DELETE') {
+    idTokenRules.length = 0;
+    return sendJson(res, 200, { ok: true });
+  }
   if ((p === '/__test/fail' && req.method === 'DELETE') || (p === '/__test/reset-fail' && req.method === 'POST')) {
     failures.length = 0;
     return sendJson(res, 200, { ok: true });
@@ -1137,6 +1205,7 @@ async function testControl(req, res, url) {
   if (p === '/__test/reset' && req.method === 'POST') {
     counts.clear();
     failures.length = 0;
+    idTokenRules.length = 0;
     return sendJson(res, 200, { ok: true });
   }
   if (p === '/__test/keys' && req.method === 'GET') return sendJson(res, 200, { keys: signingKeys });

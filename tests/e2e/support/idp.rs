@@ -413,6 +413,33 @@ impl Idp {
         self.control("POST", "/__test/reset-fail").await;
     }
 
+    /// The next `count` (0: until cleared) token responses of `grant`
+    /// (`authorization_code` or `refresh_token`) carry an ID token with `claims` changed
+    /// (`null` removes one), still signed by the provider's key: ID tokens no honest
+    /// provider issues.
+    pub async fn change_id_tokens(&self, grant: &str, claims: &Value, count: u32) {
+        let q = form(&[
+            ("grant", grant),
+            ("claims", &claims.to_string()),
+            ("count", &count.to_string()),
+        ]);
+        self.control("POST", &format!("/__test/id-token?{q}")).await;
+    }
+
+    /// The next `count` (0: until cleared) token responses of `grant` carry no ID token.
+    pub async fn drop_id_tokens(&self, grant: &str, count: u32) {
+        let q = form(&[
+            ("grant", grant),
+            ("drop", "1"),
+            ("count", &count.to_string()),
+        ]);
+        self.control("POST", &format!("/__test/id-token?{q}")).await;
+    }
+
+    pub async fn clear_id_token_changes(&self) {
+        self.control("DELETE", "/__test/id-token").await;
+    }
+
     /// New signing keys at once, same port, state kept.
     pub async fn rotate_keys(&self) {
         self.control("POST", "/__test/rotate-keys").await;
