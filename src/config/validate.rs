@@ -1067,6 +1067,43 @@ fn headers(cx: &mut Ctx<'_>, h: &HeadersFile) -> HeadersConfig {
     }
     strip.sort();
     strip.dedup();
+    let mut patterns = |key: &str, list: &[String]| -> Vec<NamePattern> {
+        let mut out = Vec::new();
+        for (i, raw) in list.iter().enumerate() {
+            let (name, prefix) = match raw.strip_suffix('*') {
+                Some(p) => (p, true),
+                None => (raw.as_str(), false),
+            };
+            if name.is_empty() || HeaderName::from_bytes(name.as_bytes()).is_err() {
+                cx.err(
+                    format!("{key}[{i}]"),
+                    format!("{raw:?} is not a header name (or a prefix ending in '*')"),
+                );
+                continue;
+            }
+            out.push(NamePattern {
+                name: normalize_header_name(name),
+                prefix,
+            });
+        }
+        out
+    };
+    let strip_extra = patterns("headers.strip", &h.strip);
+    let keep_from_trusted = patterns("headers.keep_from_trusted", &h.keep_from_trusted);
+    // The proxy's own headers are never a client's to keep.
+    for (i, k) in keep_from_trusted.iter().enumerate() {
+        let own = strip
+            .iter()
+            .map(String::as_str)
+            .chain(SET_BY_PROXY)
+            .find(|n| k.matches(n) || (!k.prefix && n == &k.name));
+        if let Some(n) = own {
+            cx.err(
+                format!("headers.keep_from_trusted[{i}]"),
+                format!("covers {n:?}, a header portcullis sets itself"),
+            );
+        }
+    }
     HeadersConfig {
         user,
         email,
@@ -1078,8 +1115,20 @@ fn headers(cx: &mut Ctx<'_>, h: &HeadersFile) -> HeadersConfig {
         pass_authorization: h.pass_authorization,
         claims,
         strip,
+        strip_extra,
+        keep_from_trusted,
     }
 }
+
+/// Headers the proxy sets on every upstream request itself (beside identity headers).
+const SET_BY_PROXY: [&str; 6] = [
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+];
 
 fn upstreams(cx: &mut Ctx<'_>, list: &[UpstreamFile]) -> Vec<UpstreamConfig> {
     let mut out = Vec::new();
@@ -1190,6 +1239,17 @@ fn upstreams(cx: &mut Ctx<'_>, list: &[UpstreamFile]) -> Vec<UpstreamConfig> {
                 Duration::from_secs(90),
             ),
             pool_max_idle: u.pool_max_idle.unwrap_or(1024),
+            path_readings: match u.path_readings.as_deref() {
+                None | Some("strict") => PathReadings::Strict,
+                Some("exact") => PathReadings::Exact,
+                Some(o) => {
+                    cx.err(
+                        format!("{key}.path_readings"),
+                        format!("{o:?} is not one of strict, exact"),
+                    );
+                    PathReadings::Strict
+                }
+            },
         });
     }
     out
