@@ -1470,4 +1470,63 @@ mod tests {
             .contains("MISSING"));
         assert!(expand_str("${OPEN", &env).is_err());
     }
+
+    fn keys(text: &str) -> Vec<String> {
+        match from_toml(text, Path::new("."), &env) {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.into_iter()
+                    .map(|e| format!("{}: {}", e.key, e.message))
+                    .collect()
+            }
+        }
+    }
+
+    const BASE: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n[[route]]\npath = \"/\"\nupstream = \"a\"\nauth = \"public\"\n";
+
+    #[test]
+    fn header_families_and_path_readings_keys() {
+        let ok = format!(
+            "{BASE}[headers]\nstrip = [\"X-Legacy-User\", \"X-Acme-*\"]\nkeep_from_trusted = [\"X-Consumer-*\", \"Cf-Access-Jwt-Assertion\"]\n"
+        );
+        assert_eq!(keys(&ok), Vec::<String>::new());
+        // portcullis's own headers are never a client's to keep.
+        for own in [
+            "X-Auth-Request-User",
+            "x_auth_request_email",
+            "X-Auth-*",
+            "X-Request-Id",
+            "x-forwarded-*",
+        ] {
+            let text = format!("{BASE}[headers]\nkeep_from_trusted = [\"{own}\"]\n");
+            let errs = keys(&text);
+            assert!(
+                errs.iter()
+                    .any(|e| e.starts_with("headers.keep_from_trusted[0]: covers")),
+                "{own}: {errs:?}"
+            );
+        }
+        let bad = format!("{BASE}[headers]\nstrip = [\"bad header\", \"*\"]\n");
+        let errs = keys(&bad);
+        assert!(
+            errs.iter().any(|e| e.starts_with("headers.strip[0]")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("headers.strip[1]")),
+            "{errs:?}"
+        );
+        let exact = BASE.replace(
+            "url = \"http://127.0.0.1:9\"",
+            "url = \"http://127.0.0.1:9\"\npath_readings = \"exact\"",
+        );
+        assert_eq!(keys(&exact), Vec::<String>::new());
+        let wrong = BASE.replace(
+            "url = \"http://127.0.0.1:9\"",
+            "url = \"http://127.0.0.1:9\"\npath_readings = \"loose\"",
+        );
+        assert!(keys(&wrong)
+            .iter()
+            .any(|e| e.starts_with("upstream[0].path_readings")));
+    }
 }
