@@ -248,7 +248,11 @@ impl Login {
             if session.login_claims.is_none() {
                 session.login_claims = Some(claims.login_claims());
             }
-            session.id_token = Some(Secret::new(idt.clone()));
+            // The newest ID token serves as id_token_hint, unless the login dropped it to
+            // fit the cookie store (see `callback::save_new`): it would not fit now either.
+            if session.id_token.is_some() {
+                session.id_token = Some(Secret::new(idt.clone()));
+            }
         }
         // No ID token (providers that return none on refresh): the session's identity
         // stays as its login made it, and its ID token serves on as id_token_hint.

@@ -226,6 +226,15 @@ impl Harness {
         jar
     }
 
+    /// A login as `user`, whose session is then changed by `change` and saved anew (as
+    /// an older release, or a cookie-store login that had to drop its ID token, saved it).
+    async fn log_in_as_saved(&self, user: &str, change: impl FnOnce(&mut Session)) -> Jar {
+        let jar = self.log_in(user).await;
+        let mut s = self.session(&jar).await;
+        change(&mut s);
+        self.jar_with(s).await
+    }
+
     fn token_calls(&self) -> u64 {
         self.idp.counts()["token"]
     }
@@ -511,23 +520,29 @@ async fn a_refreshed_id_token_must_keep_aud_azp_and_auth_time() {
 #[tokio::test]
 async fn a_session_saved_before_login_claims_were_kept_refreshes_and_learns_them() {
     let h = Harness::new().await;
-    let jar = h.log_in("alice").await;
     // As an older release wrote it: no login claims.
-    let mut old = h.session(&jar).await;
-    old.login_claims = None;
-    let mut jar = h.jar_with(old).await;
+    let mut jar = h.log_in_as_saved("alice", |s| s.login_claims = None).await;
     h.advance(Duration::from_secs(250));
     assert_eq!(h.user(&mut jar).await.as_deref(), Some("user-alice"));
     let s = h.session(&jar).await;
     assert_eq!(s.login_claims.unwrap().aud, [DEMO_CLIENT_ID]);
     // Another user is refused all the same.
-    let mut old = h.session(&h.log_in("bob").await).await;
-    old.login_claims = None;
-    let mut jar = h.jar_with(old).await;
+    let mut jar = h.log_in_as_saved("bob", |s| s.login_claims = None).await;
     h.idp
         .override_id_token_claims(Grant::RefreshToken, claims(json!({"sub": "user-alice"})));
     h.advance(Duration::from_secs(250));
     assert_eq!(h.user(&mut jar).await, None);
+}
+
+#[tokio::test]
+async fn a_session_that_dropped_its_id_token_to_fit_does_not_take_one_back_at_refresh() {
+    let h = Harness::new().await;
+    let mut jar = h.log_in_as_saved("alice", |s| s.id_token = None).await;
+    h.advance(Duration::from_secs(250));
+    assert_eq!(h.user(&mut jar).await.as_deref(), Some("user-alice"));
+    let s = h.session(&jar).await;
+    assert!(s.id_token.is_none());
+    assert!(s.access_expires_at > Some(h.clock.now() + Duration::from_secs(250)));
 }
 
 #[tokio::test]
