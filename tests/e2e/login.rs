@@ -89,6 +89,19 @@ pub async fn assert_no_session(http: &Http, proxy: &TestProxy, cookie: &str, wha
     );
 }
 
+/// An API call whose session just ended: 401, and the session cookie cleared.
+fn assert_session_ended(r: &Resp, what: &str) {
+    assert_eq!(r.status, 401, "{what}: {}", r.text());
+    assert!(
+        r.headers
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap_or("").starts_with("_portcullis=;")),
+        "{what}: the dead session is cleared: {:?}",
+        r.headers
+    );
+}
+
 /// The user a request with exactly `cookie` reaches the app as (API call).
 async fn user_with_cookie(http: &Http, proxy: &TestProxy, cookie: &str) -> String {
     echo_user(&with_cookie(http, &proxy.url("/page"), cookie, API_CALL).await)
@@ -889,15 +902,7 @@ async fn failed_refresh_ends_the_session() {
     f.idp.restart_with_new_keys().await;
     let http = Http::new();
     let r = with_cookie(&http, &f.proxy.url("/page"), &cookie, API_CALL).await;
-    assert_eq!(r.status, 401, "{}", r.text());
-    assert!(
-        r.headers
-            .get_all("set-cookie")
-            .iter()
-            .any(|v| v.to_str().unwrap_or("").starts_with("_portcullis=")),
-        "the dead session is cleared: {:?}",
-        r.headers
-    );
+    assert_session_ended(&r, "refused refresh");
     assert!(f.idp.count("token").await >= 1, "a refresh was tried");
     assert_no_session(&http, &f.proxy, &cookie, "after a refused refresh").await;
 }
@@ -1114,15 +1119,7 @@ async fn a_refresh_that_returns_another_users_id_token_ends_the_session() {
             let refreshes = f.idp.count("token").await;
             let http = Http::new();
             let r = with_cookie(&http, &f.proxy.url("/page"), &cookie, API_CALL).await;
-            assert_eq!(r.status, 401, "{what}: {}", r.text());
-            assert!(
-                r.headers
-                    .get_all("set-cookie")
-                    .iter()
-                    .any(|v| v.to_str().unwrap_or("").starts_with("_portcullis=;")),
-                "{what}: the session is cleared: {:?}",
-                r.headers
-            );
+            assert_session_ended(&r, &what);
             assert!(f.idp.count("token").await > refreshes, "{what}: refreshed");
             // Whatever comes next with that cookie, it is never anyone's session.
             assert_no_session(&http, &f.proxy, &cookie, &what).await;
