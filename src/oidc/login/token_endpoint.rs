@@ -232,3 +232,140 @@ impl TokenEndpoint {
             .map_err(TokenCallError::Assertion)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::oidc::transport::TransportConfig;
+    use crate::testutil::{StubResponse, StubServer};
+    use crate::token::SystemClock;
+
+    fn provider(client_auth: &str) -> ProviderConfig {
+        let text = format!(
+            "[provider]\nissuer = \"https://issuer.example/\"\nclient_id = \"c1\"\n\
+             client_secret = \"s3cr:t\"\nclient_auth = \"{client_auth}\"\n\
+             [[upstream]]\nname = \"app\"\nurl = \"http://127.0.0.1:9\"\n\
+             [[route]]\npath = \"/\"\nupstream = \"app\"\nauth = \"public\"\n"
+        );
+        let c = Config::from_toml(&text, std::path::Path::new(".")).unwrap();
+        c.provider.unwrap()
+    }
+
+    fn endpoint(client_auth: &str) -> TokenEndpoint {
+        let transport = HttpTransport::new(TransportConfig::default()).unwrap();
+        TokenEndpoint::new(
+            &provider(client_auth),
+            "c1",
+            transport,
+            Arc::new(SystemClock),
+        )
+        .unwrap()
+    }
+
+    /// A token endpoint that answers `answer` and remembers what it was sent.
+    async fn stub(
+        answer: StubResponse,
+    ) -> (StubServer, Arc<Mutex<Vec<crate::testutil::StubRequest>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let server = StubServer::start(move |req| {
+            s.lock().unwrap().push(req);
+            answer.clone()
+        })
+        .await;
+        (server, seen)
+    }
+
+    #[tokio::test]
+    async fn the_exchange_authenticates_the_client_as_configured() {
+        let ok = StubResponse::json(json!({"access_token": "at", "id_token": "it",
+            "refresh_token": "rt", "expires_in": 60, "scope": "openid"}));
+        let (server, seen) = stub(ok).await;
+        let url = server.url("/token");
+        let t = endpoint("client_secret_basic")
+            .exchange(&url, "the-code", "https://app/cb", "verifier")
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                t.access_token.as_str(),
+                t.expires_in,
+                t.refresh_token.as_deref()
+            ),
+            ("at", Some(60), Some("rt"))
+        );
+        let basic = seen.lock().unwrap()[0].clone();
+        // RFC 6749 §2.3.1: id and secret form-urlencoded, then Basic.
+        assert_eq!(
+            basic.header("authorization").as_deref(),
+            Some("Basic YzE6czNjciUzQXQ=")
+        );
+        let body = basic.body_str();
+        for part in [
+            "grant_type=authorization_code",
+            "code=the-code",
+            "redirect_uri=https%3A%2F%2Fapp%2Fcb",
+            "code_verifier=verifier",
+        ] {
+            assert!(body.contains(part), "{body}");
+        }
+        assert!(!body.contains("client_secret"), "{body}");
+
+        endpoint("client_secret_post")
+            .refresh(&url, "the-rt")
+            .await
+            .unwrap();
+        let post = seen.lock().unwrap()[1].clone();
+        assert!(post.header("authorization").is_none());
+        let body = post.body_str();
+        for part in [
+            "grant_type=refresh_token",
+            "refresh_token=the-rt",
+            "client_id=c1",
+            "client_secret=s3cr%3At",
+        ] {
+            assert!(body.contains(part), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_unusable_answers_and_outages_are_told_apart() {
+        let e = endpoint("client_secret_basic");
+        for (answer, refusal, what) in [
+            (
+                StubResponse::status(400, r#"{"error":"invalid_grant"}"#),
+                true,
+                "400 invalid_grant",
+            ),
+            // Auth0 answers invalid_grant with 403.
+            (
+                StubResponse::status(403, r#"{"error":"invalid_grant"}"#),
+                true,
+                "403",
+            ),
+            (StubResponse::status(401, "no JSON"), true, "401"),
+            (StubResponse::status(503, "{}"), false, "503"),
+            (StubResponse::status(200, "not json"), false, "not JSON"),
+            // RFC 6749 §3.1: a member given twice is no token response.
+            (
+                StubResponse::status(200, r#"{"access_token":"a","access_token":"b"}"#),
+                false,
+                "a duplicated member",
+            ),
+        ] {
+            let (server, _) = stub(answer).await;
+            let got = e.refresh(&server.url("/token"), "rt").await.unwrap_err();
+            assert_eq!(got.is_refusal(), refusal, "{what}: {got}");
+        }
+        let got = e
+            .refresh("http://127.0.0.1:9/token", "rt")
+            .await
+            .unwrap_err();
+        assert!(matches!(got, TokenCallError::Transport(_)), "{got}");
+    }
+}
