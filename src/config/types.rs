@@ -95,6 +95,9 @@ pub enum ClientAuth {
 pub struct ProviderConfig {
     pub issuer: String,
     pub ca_file: Option<PathBuf>,
+    /// A bearer token (a Kubernetes service-account token) for this issuer's discovery
+    /// and JWKS calls only.
+    pub token_file: Option<PathBuf>,
     pub timeout: Duration,
     pub client_id: Option<String>,
     pub client_secret: Option<Secret<String>>,
@@ -139,6 +142,8 @@ pub struct ExtraIssuer {
     pub introspection_client_id: Option<String>,
     pub introspection_client_secret: Option<Secret<String>>,
     pub ca_file: Option<PathBuf>,
+    /// As [`ProviderConfig::token_file`], for this issuer.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

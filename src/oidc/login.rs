@@ -290,6 +290,7 @@ impl Login {
             ca_file: p.ca_file.clone(),
         })?;
         let mut issuer = IssuerConfig::new(p.issuer.clone(), vec![client_id.to_string()]);
+        issuer.token_file = p.token_file.clone();
         issuer.algorithms = vec![
             jsonwebtoken::Algorithm::RS256,
             jsonwebtoken::Algorithm::RS384,

@@ -69,6 +69,8 @@ pub enum TransportError {
     InvalidHeader,
     #[error("TLS configuration")]
     Tls(#[source] rustls::Error),
+    #[error("the issuer's token_file")]
+    Credential(#[source] Box<super::credential::CredentialError>),
 }
 
 /// Calls to the provider. Cheap to clone (the client pool is shared).
