@@ -1237,10 +1237,7 @@ async fn start_fails_on_an_issuer_mismatch() {
 /// A provider whose discovery and JWKS answer only `Authorization: Bearer <expected>`
 /// (a Kubernetes API server's `/openid/v1/jwks`); its discovery names `jwks` as the
 /// `jwks_uri` (or its own `/jwks` when `jwks` is empty).
-async fn authenticating_idp(
-    expected: Arc<Mutex<String>>,
-    jwks: Arc<Mutex<String>>,
-) -> StubServer {
+async fn authenticating_idp(expected: Arc<Mutex<String>>, jwks: Arc<Mutex<String>>) -> StubServer {
     StubServer::start(move |req| {
         let want = format!("Bearer {}", expected.lock().unwrap());
         if req.header("authorization").as_deref() != Some(want.as_str()) {
@@ -1250,7 +1247,11 @@ async fn authenticating_idp(
         match req.path.as_str() {
             "/.well-known/openid-configuration" => {
                 let j = jwks.lock().unwrap().clone();
-                let j = if j.is_empty() { format!("{base}/jwks") } else { j };
+                let j = if j.is_empty() {
+                    format!("{base}/jwks")
+                } else {
+                    j
+                };
                 StubResponse::json(json!({"issuer": base, "jwks_uri": j}))
             }
             "/jwks" => StubResponse::json(default_jwks()),
@@ -1292,7 +1293,10 @@ async fn token_file_authenticates_discovery_and_jwks_and_is_reread() {
     let last = idp.requests().pop().unwrap();
     assert!(idp.hits() > before);
     assert_eq!(last.path, "/jwks");
-    assert_eq!(last.header("authorization").as_deref(), Some("Bearer sa-token-2"));
+    assert_eq!(
+        last.header("authorization").as_deref(),
+        Some("Bearer sa-token-2")
+    );
 }
 
 #[tokio::test]
