@@ -187,6 +187,24 @@ pub struct HeadersConfig {
     pub strip: Vec<String>,
 }
 
+impl HeadersConfig {
+    /// The identity header names this config sets (access token header included).
+    pub fn configured_names(&self) -> impl Iterator<Item = &HeaderName> {
+        [
+            &self.user,
+            &self.email,
+            &self.groups,
+            &self.preferred_username,
+            &self.name,
+            &self.scopes,
+            &self.access_token,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.claims.iter().map(|(_, h)| h))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,

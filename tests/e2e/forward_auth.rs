@@ -136,6 +136,83 @@ async fn forward_auth_from_a_trusted_proxy_is_202_401_or_403_never_a_redirect() 
     assert_eq!(r.header("x-auth-request-user"), Some("user-bob"));
 }
 
+#[tokio::test]
+async fn forward_auth_reads_every_original_uri_source_and_refuses_disagreement() {
+    let f = fixture(
+        Profile::Standard,
+        &[],
+        &Setup {
+            trusted: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let http = Http::new();
+    let mut bob = Agent::new();
+    login(&mut bob, &f.proxy.url("/"), "bob").await;
+    let bob = bob.jar.root_cookie_header();
+    // Each source alone: ingress-nginx's absolute X-Original-URL, Envoy's path suffix.
+    let r = auth(
+        &http,
+        &f.proxy,
+        &bob,
+        &[("x-original-url", "https://app.example.test/app/x?y=1")],
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = auth(
+        &http,
+        &f.proxy,
+        &bob,
+        &[("x-original-url", "https://app.example.test/admin/x")],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = with_cookie(&http, &f.proxy.url("/oauth2/auth/app/x?y=1"), &bob, &[]).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = with_cookie(&http, &f.proxy.url("/oauth2/auth/admin/x"), &bob, &[]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Two sources that disagree: 400, whichever would have passed.
+    for headers in [
+        &[
+            ("x-forwarded-uri", "/app"),
+            ("x-original-url", "https://app.example.test/admin"),
+        ][..],
+        &[("x-forwarded-uri", "/admin"), ("x-original-uri", "/app")][..],
+        &[("x-forwarded-uri", "/app"), ("x-forwarded-uri", "/admin")][..],
+    ] {
+        let r = auth(&http, &f.proxy, &bob, headers).await;
+        assert_eq!(r.status, 400, "{headers:?}: {}", r.text());
+    }
+    let r = with_cookie(
+        &http,
+        &f.proxy.url("/oauth2/auth/app"),
+        &bob,
+        &[("x-forwarded-uri", "/admin")],
+    )
+    .await;
+    assert_eq!(r.status, 400, "suffix and header disagree: {}", r.text());
+    // Agreeing sources are fine.
+    let r = auth(
+        &http,
+        &f.proxy,
+        &bob,
+        &[("x-forwarded-uri", "/app/x"), ("x-original-uri", "/app//x")],
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    // Every configured identity header is on the 202, empty where bob has no value.
+    for name in [
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-groups",
+        "x-auth-request-preferred-username",
+        "x-auth-request-scopes",
+    ] {
+        assert!(r.header(name).is_some(), "{name} missing: {:?}", r.headers);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Behind nginx auth_request
 // ---------------------------------------------------------------------------------------
@@ -155,25 +232,70 @@ impl Drop for Nginx {
     }
 }
 
+/// The recipe the project ships.
+pub const SHIPPED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/nginx/forward-auth.conf"
+);
+
+/// An `nginx.conf` whose `http { }` holds `http_body`, with every path in `dir`.
+fn nginx_conf(dir: &std::path::Path, http_body: &str) -> String {
+    let d = dir.display();
+    format!(
+        "master_process off;\ndaemon off;\nworker_processes 1;\n\
+         error_log {d}/error.log info;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log {d}/access.log;\n\
+           client_body_temp_path {d}/client_body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+           scgi_temp_path {d}/scgi;\n{http_body}\n}}\n"
+    )
+}
+
+/// `nginx -t` on `http_body` inside `http { }`: (success, output).
+fn nginx_test(http_body: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, nginx_conf(dir.path(), http_body)).unwrap();
+    let out = Command::new("/usr/sbin/nginx")
+        .arg("-t")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run /usr/sbin/nginx (apt-get install -y nginx)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The shipped recipe with its two upstream addresses and its listener replaced (each
+/// replacement must find its text: the recipe and this test stay in step).
+fn shipped_recipe(port: u16, portcullis: std::net::SocketAddr, app: &str) -> String {
+    let mut text = std::fs::read_to_string(SHIPPED).unwrap();
+    for (from, to) in [
+        ("server 127.0.0.1:4180;", format!("server {portcullis};")),
+        ("server 127.0.0.1:8080;", format!("server {app};")),
+        ("listen 443 ssl http2;", format!("listen 127.0.0.1:{port};")),
+    ] {
+        assert_eq!(text.matches(from).count(), 1, "{from:?} in {SHIPPED}");
+        text = text.replace(from, &to);
+    }
+    text
+}
+
 impl Nginx {
-    /// `body` is the `server { ... }` content; `@PORT@` is replaced by the listen port.
-    async fn start(port: u16, server_body: &str) -> Nginx {
+    /// `http_body` goes inside `http { }`.
+    async fn start(port: u16, http_body: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display().to_string();
-        let conf = format!(
-            "master_process off;\ndaemon off;\nworker_processes 1;\n\
-             error_log {d}/error.log info;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  access_log {d}/access.log;\n\
-               client_body_temp_path {d}/client_body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
-               scgi_temp_path {d}/scgi;\n\
-               large_client_header_buffers 8 32k;\n\
-               proxy_buffer_size 32k;\n  proxy_buffers 8 32k;\n\
-               server {{\n    listen 127.0.0.1:{port};\n{server_body}\n  }}\n}}\n"
-        );
         let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
+        std::fs::write(&path, nginx_conf(dir.path(), http_body)).unwrap();
         let log = File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new("/usr/sbin/nginx")
             .arg("-p")
@@ -218,52 +340,14 @@ impl Nginx {
     }
 }
 
-/// The oauth2-proxy-style nginx config: `/oauth2/` to portcullis, `/oauth2/auth` for the
-/// `auth_request` subrequest with the original URI and method, a login-protected `/`
-/// (401 → `/oauth2/start?rd=$request_uri`, refreshed cookies passed on), and an API `/api/`
-/// (bearer; 401 stays 401).
-fn nginx_server(proxy: &TestProxy, upstream: &str) -> String {
-    let p = proxy.addr;
-    format!(
-        "    location /oauth2/ {{\n\
-               proxy_pass http://{p};\n\
-               proxy_set_header Host $http_host;\n\
-               proxy_set_header X-Forwarded-Uri $request_uri;\n\
-             }}\n\
-             location = /oauth2/auth {{\n\
-               internal;\n\
-               proxy_pass http://{p};\n\
-               proxy_pass_request_body off;\n\
-               proxy_set_header Content-Length \"\";\n\
-               proxy_set_header Host $http_host;\n\
-               proxy_set_header X-Forwarded-Uri $request_uri;\n\
-               proxy_set_header X-Forwarded-Method $request_method;\n\
-             }}\n\
-             location @login {{\n\
-               return 302 /oauth2/start?rd=$request_uri;\n\
-             }}\n\
-             location /api/ {{\n\
-               auth_request /oauth2/auth;\n\
-               auth_request_set $user $upstream_http_x_auth_request_user;\n\
-               proxy_set_header X-User $user;\n\
-               proxy_pass {upstream};\n\
-             }}\n\
-             location / {{\n\
-               auth_request /oauth2/auth;\n\
-               auth_request_set $user $upstream_http_x_auth_request_user;\n\
-               auth_request_set $email $upstream_http_x_auth_request_email;\n\
-               auth_request_set $auth_cookie $upstream_http_set_cookie;\n\
-               add_header Set-Cookie $auth_cookie;\n\
-               error_page 401 = @login;\n\
-               proxy_set_header X-User $user;\n\
-               proxy_set_header X-Email $email;\n\
-               proxy_pass {upstream};\n\
-             }}\n"
-    )
+#[test]
+fn shipped_nginx_recipe_passes_nginx_t() {
+    let (ok, out) = nginx_test(&format!("include {SHIPPED};"));
+    assert!(ok, "nginx -t on {SHIPPED}:\n{out}");
 }
 
 #[tokio::test]
-async fn nginx_auth_request_with_a_login_route_and_an_api_route() {
+async fn shipped_nginx_recipe_with_a_login_route_and_an_api_route() {
     // Access tokens live 5 s: every request through nginx refreshes the session, and the
     // new cookie must come back through `auth_request_set` + `add_header`.
     let idp = Idp::start_with(Profile::Standard, &["--access-token-ttl", "5"]).await;
@@ -278,7 +362,8 @@ async fn nginx_auth_request_with_a_login_route_and_an_api_route() {
     };
     let proxy = TestProxy::start(&config(&idp, &echo, &s)).await;
     wait_ready(&proxy).await;
-    let nginx = Nginx::start(nginx_port, &nginx_server(&proxy, &echo.url(""))).await;
+    let app = echo.url("").trim_start_matches("http://").to_string();
+    let nginx = Nginx::start(nginx_port, &shipped_recipe(nginx_port, proxy.addr, &app)).await;
 
     // An unauthenticated browser is sent to the login...
     let mut a = Agent::new();
@@ -288,17 +373,17 @@ async fn nginx_auth_request_with_a_login_route_and_an_api_route() {
         location_of(&r),
         format!("{public}/oauth2/start?rd=/app/page")
     );
-    // ...logs in (callback through nginx), and reaches the upstream with X-User set.
+    // ...logs in (callback through nginx), and reaches the upstream with its identity.
     let (url, r) = login(&mut a, &nginx.url("/app/page"), "alice").await;
     assert_eq!(url, nginx.url("/app/page"));
     assert_eq!(r.status, 200, "{}\n{}", r.text(), nginx.logs());
     let echo_json = r.json();
     assert_eq!(
-        echo_header(&echo_json, "x-user").as_deref(),
+        echo_header(&echo_json, "x-auth-request-user").as_deref(),
         Some("user-alice")
     );
     assert_eq!(
-        echo_header(&echo_json, "x-email").as_deref(),
+        echo_header(&echo_json, "x-auth-request-email").as_deref(),
         Some("alice@example.com")
     );
     // The session refreshed during the auth subrequest comes back as a Set-Cookie.
@@ -306,7 +391,7 @@ async fn nginx_auth_request_with_a_login_route_and_an_api_route() {
     let r = a.get(&nginx.url("/app/again"), API_CALL).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
-        echo_header(&r.json(), "x-user").as_deref(),
+        echo_header(&r.json(), "x-auth-request-user").as_deref(),
         Some("user-alice")
     );
     assert!(
@@ -318,16 +403,45 @@ async fn nginx_auth_request_with_a_login_route_and_an_api_route() {
         r.headers
     );
     assert_ne!(a.jar.get("_portcullis").unwrap(), before);
-    let r = a.get(&nginx.url("/app/third"), API_CALL).await;
+    // Spoofed identity headers, a client Authorization and a client's own original-URI
+    // headers: the identity comes from portcullis only, the credentials stop at nginx.
+    let r = a
+        .get(
+            &nginx.url("/app/third"),
+            &[
+                ("accept", "application/json"),
+                ("x-auth-request-user", "user-mallory"),
+                ("x-auth-request-groups", "admins"),
+                ("x-forwarded-user", "mallory"),
+                ("remote-user", "mallory"),
+                ("authorization", "Basic bWFsbG9yeTpwdw=="),
+                ("x-original-url", "http://127.0.0.1/public"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), nginx.logs());
+    let e = r.json();
     assert_eq!(
-        echo_header(&r.json(), "x-user").as_deref(),
+        echo_header(&e, "x-auth-request-user").as_deref(),
         Some("user-alice")
     );
+    assert!(echo_header(&e, "x-auth-request-groups").is_some_and(|g| !g.contains("mallory")));
+    for h in ["x-forwarded-user", "remote-user", "authorization"] {
+        assert_eq!(echo_header(&e, h), None, "{h} reached the app");
+    }
     // The forward-auth endpoint itself is not reachable from outside nginx.
     let r = a.get(&nginx.url("/oauth2/auth"), API_CALL).await;
     assert_eq!(r.status, 404);
+    // alice may see /admin; bob may not (403 from portcullis, passed on by nginx).
+    let r = a.get(&nginx.url("/admin/x"), API_CALL).await;
+    assert_eq!(r.status, 200);
+    let mut bob = Agent::new();
+    login(&mut bob, &nginx.url("/app/"), "bob").await;
+    let r = bob.get(&nginx.url("/admin/x"), API_CALL).await;
+    assert_eq!(r.status, 403, "{}", r.text());
 
-    // The API route: a bearer token, judged by portcullis through nginx.
+    // The API route: a bearer token, judged by portcullis through nginx; the token itself
+    // does not reach the app.
     let http = Http::new();
     let token = idp.machine_jwt().await;
     let r = with_cookie(
@@ -338,20 +452,31 @@ async fn nginx_auth_request_with_a_login_route_and_an_api_route() {
     )
     .await;
     assert_eq!(r.status, 200, "{}\n{}", r.text(), nginx.logs());
-    assert_eq!(echo_header(&r.json(), "x-user").as_deref(), Some("machine"));
-    // No token or a bad one: 401 from nginx, not a redirect.
+    assert_eq!(
+        echo_header(&r.json(), "x-auth-request-user").as_deref(),
+        Some("machine")
+    );
+    assert_eq!(echo_header(&r.json(), "authorization"), None);
+    // An API client without a token or with a bad one: 401 with portcullis' challenge,
+    // not a redirect.
     for auth in [None, Some("Bearer not.a.jwt")] {
-        let mut h = vec![NAVIGATE[0]];
+        let mut h = vec![("accept", "application/json")];
         if let Some(v) = auth {
             h.push(("authorization", v));
         }
         let r = with_cookie(&http, &nginx.url("/api/items"), "", &h).await;
         assert_eq!(r.status, 401, "{auth:?}: {}", r.text());
         assert!(r.header("location").is_none());
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|w| w.starts_with("Bearer realm=\"portcullis\"")),
+            "{:?}",
+            r.headers
+        );
     }
 
     // A browser that lost its session (tampered cookie) is sent to the login again.
     let r = with_cookie(&http, &nginx.url("/app/page"), "_portcullis=AAAA", NAVIGATE).await;
     assert_eq!(r.status, 302);
-    // (the 302 is nginx's @login; portcullis answered 401)
+    // (the 302 is nginx's @portcullis_login; portcullis answered 401)
 }
