@@ -1,6 +1,7 @@
 //! `/oauth2/auth` (forward-auth, issue 4): who may ask (only `trusted_proxies`), what it
 //! answers (202 + identity headers, 401 never a redirect, 403 for the route named by
-//! `X-Forwarded-Uri`), and the real thing: Debian's nginx with `auth_request` in front of
+//! `X-Forwarded-Uri` and its siblings), and the shipped recipes run for real: Debian's nginx
+//! (`deploy/nginx/forward-auth.conf`) and caddy (`deploy/caddy/Caddyfile`) in front of
 //! the echo upstream, with a login route and a bearer API route.
 
 use std::fs::File;
@@ -479,4 +480,207 @@ async fn shipped_nginx_recipe_with_a_login_route_and_an_api_route() {
     let r = with_cookie(&http, &nginx.url("/app/page"), "_portcullis=AAAA", NAVIGATE).await;
     assert_eq!(r.status, 302);
     // (the 302 is nginx's @portcullis_login; portcullis answered 401)
+}
+
+// ---------------------------------------------------------------------------------------
+// Behind Caddy forward_auth
+// ---------------------------------------------------------------------------------------
+
+/// The Caddy recipe the project ships.
+pub const SHIPPED_CADDY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/caddy/Caddyfile");
+
+/// Debian's caddy (`caddy run`) on a plain-HTTP port with the shipped site block, its
+/// admin endpoint off, its storage in a temp dir; killed by PID on drop.
+struct Caddy {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Caddy {
+    async fn start(port: u16, portcullis: std::net::SocketAddr, app: &str) -> Caddy {
+        let dir = tempfile::tempdir().unwrap();
+        let mut site = std::fs::read_to_string(SHIPPED_CADDY).unwrap();
+        for (from, to) in [
+            ("app.example.com {", format!("http://127.0.0.1:{port} {{")),
+            ("127.0.0.1:4180", portcullis.to_string()),
+            ("127.0.0.1:8080", app.to_string()),
+        ] {
+            assert!(site.contains(from), "{from:?} in {SHIPPED_CADDY}");
+            site = site.replace(from, &to);
+        }
+        let conf = format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}");
+        let path = dir.path().join("Caddyfile");
+        std::fs::write(&path, conf).unwrap();
+        let log = File::create(dir.path().join("caddy.log")).unwrap();
+        let child = Command::new("caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&path)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn caddy (apt-get install -y caddy)");
+        let mut c = Caddy { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = c.child.try_wait() {
+                panic!("caddy exited ({st}):\n{}", c.logs());
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "caddy not listening:\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("caddy.log")).unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn shipped_caddy_recipe_with_login_api_and_public_routes() {
+    let idp = Idp::start(Profile::Standard).await;
+    let echo = EchoUpstream::start().await;
+    let caddy_port = free_port();
+    let public = format!("http://127.0.0.1:{caddy_port}");
+    let s = Setup {
+        trusted: true,
+        bearer: true,
+        public_url: Some(public.clone()),
+        ..Setup::default()
+    };
+    // A public route beside the login and API routes.
+    let app_route = "[[route]]\nname = \"app\"\npath = \"/\"";
+    let cfg = config(&idp, &echo, &s);
+    assert!(cfg.contains(app_route));
+    let cfg = cfg.replace(
+        app_route,
+        &format!("[[route]]\nname = \"pub\"\npath = \"/pub/\"\nupstream = \"app\"\nauth = \"public\"\n\n{app_route}"),
+    );
+    let proxy = TestProxy::start(&cfg).await;
+    wait_ready(&proxy).await;
+    let app = echo.url("").trim_start_matches("http://").to_string();
+    let caddy = Caddy::start(caddy_port, proxy.addr, &app).await;
+
+    // A browser without a session is sent to the login; an API call gets the 401 itself.
+    let mut a = Agent::new();
+    let r = a.navigate(&caddy.url("/app/page")).await;
+    assert_eq!(r.status, 302, "{}\n{}", r.text(), caddy.logs());
+    assert_eq!(location_of(&r), "/oauth2/start?rd=/app/page");
+    let http = Http::new();
+    let r = with_cookie(&http, &caddy.url("/api/items"), "", API_CALL).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.header("location").is_none());
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|w| w.starts_with("Bearer realm=\"portcullis\"")),
+        "{:?}",
+        r.headers
+    );
+
+    // Login through Caddy (/oauth2/* routed to portcullis); the identity reaches the app,
+    // spoofed identity headers (any spelling) and the client's Authorization do not.
+    let (url, r) = login(&mut a, &caddy.url("/app/page"), "alice").await;
+    assert_eq!(url, caddy.url("/app/page"));
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), caddy.logs());
+    let r = a
+        .get(
+            &caddy.url("/app/x"),
+            &[
+                ("accept", "application/json"),
+                ("x-auth-request-user", "user-mallory"),
+                ("x_auth_request_groups", "admins"),
+                ("x-forwarded-user", "mallory"),
+                ("remote-user", "mallory"),
+                ("authorization", "Basic bWFsbG9yeTpwdw=="),
+                ("x-original-url", "http://127.0.0.1/pub/x"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), caddy.logs());
+    let e = r.json();
+    assert_eq!(
+        echo_header(&e, "x-auth-request-user").as_deref(),
+        Some("user-alice")
+    );
+    assert_eq!(
+        echo_header(&e, "x-auth-request-email").as_deref(),
+        Some("alice@example.com")
+    );
+    for h in [
+        "x_auth_request_groups",
+        "x-forwarded-user",
+        "remote-user",
+        "authorization",
+        "x-original-url",
+    ] {
+        assert_eq!(echo_header(&e, h), None, "{h} reached the app: {e}");
+    }
+    // bob is refused /admin with portcullis' 403.
+    let mut bob = Agent::new();
+    login(&mut bob, &caddy.url("/app/"), "bob").await;
+    let r = bob.get(&caddy.url("/admin/x"), API_CALL).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // A bearer token is checked by portcullis and stops at Caddy.
+    let token = idp.machine_jwt().await;
+    let r = with_cookie(
+        &http,
+        &caddy.url("/api/items"),
+        "",
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), caddy.logs());
+    let e = r.json();
+    assert_eq!(
+        echo_header(&e, "x-auth-request-user").as_deref(),
+        Some("machine")
+    );
+    assert_eq!(echo_header(&e, "authorization"), None);
+
+    // A public route: no identity, and no Caddy placeholder reaches the app.
+    let r = with_cookie(
+        &http,
+        &caddy.url("/pub/x"),
+        "",
+        &[("x-auth-request-user", "mallory")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), caddy.logs());
+    let e = r.json();
+    for name in [
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-groups",
+        "x-auth-request-preferred-username",
+        "x-auth-request-scopes",
+    ] {
+        let v = echo_header(&e, name).unwrap_or_default();
+        assert!(v.is_empty(), "{name}: {v:?} on a public route");
+    }
 }
