@@ -9,7 +9,7 @@
 # Runs as the numeric user 65532 (distroless "nonroot"), writes nothing (a read-only root
 # filesystem works), needs no capability (ports above 1024).
 
-ARG RUST_VERSION=1.85
+ARG RUST_VERSION=1.89
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
