@@ -11,13 +11,42 @@ use std::time::{Duration, Instant};
 use crate::support::agent::{location_of, Agent, API_CALL, NAVIGATE};
 use crate::support::client::Resp;
 use crate::support::idp::{Idp, Profile};
-use crate::support::login::{config, fixture, login, with_cookie, Setup};
+use crate::support::login::{config, fixture, login, with_cookie, Fixture, Setup};
 use crate::support::proxy::{free_port, wait_ready};
 use crate::support::*;
+
+/// The identity headers of the `auth-request` preset.
+const AUTH_REQUEST_HEADERS: [&str; 5] = [
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-auth-request-scopes",
+];
 
 /// `GET /oauth2/auth` with `cookie` and the headers a front proxy would add.
 async fn auth(http: &Http, proxy: &TestProxy, cookie: &str, headers: &[(&str, &str)]) -> Resp {
     with_cookie(http, &proxy.url("/oauth2/auth"), cookie, headers).await
+}
+
+/// The login fixture with 127.0.0.1 (the front proxy's place) in `trusted_proxies`.
+async fn trusted_fixture() -> Fixture {
+    fixture(
+        Profile::Standard,
+        &[],
+        &Setup {
+            trusted: true,
+            ..Setup::default()
+        },
+    )
+    .await
+}
+
+/// The `Cookie` header of `user`'s new session at `f`'s proxy.
+async fn session_cookie(f: &Fixture, user: &str) -> String {
+    let mut a = Agent::new();
+    login(&mut a, &f.proxy.url("/"), user).await;
+    a.jar.root_cookie_header()
 }
 
 #[tokio::test]
@@ -40,15 +69,7 @@ async fn forward_auth_from_an_untrusted_peer_is_403() {
 
 #[tokio::test]
 async fn forward_auth_from_a_trusted_proxy_is_202_401_or_403_never_a_redirect() {
-    let f = fixture(
-        Profile::Standard,
-        &[],
-        &Setup {
-            trusted: true,
-            ..Setup::default()
-        },
-    )
-    .await;
+    let f = trusted_fixture().await;
     let http = Http::new();
     // No session: 401, even for a browser navigation (the front proxy redirects).
     for headers in [
@@ -64,12 +85,8 @@ async fn forward_auth_from_a_trusted_proxy_is_202_401_or_403_never_a_redirect() 
     let r = auth(&http, &f.proxy, "", &[]).await;
     assert_eq!(r.status, 403);
 
-    let mut alice = Agent::new();
-    login(&mut alice, &f.proxy.url("/"), "alice").await;
-    let alice = alice.jar.root_cookie_header();
-    let mut bob = Agent::new();
-    login(&mut bob, &f.proxy.url("/"), "bob").await;
-    let bob = bob.jar.root_cookie_header();
+    let alice = session_cookie(&f, "alice").await;
+    let bob = session_cookie(&f, "bob").await;
 
     let r = auth(&http, &f.proxy, &alice, &[("x-forwarded-uri", "/app?x=1")]).await;
     assert_eq!(r.status, 202, "{}", r.text());
@@ -139,77 +156,62 @@ async fn forward_auth_from_a_trusted_proxy_is_202_401_or_403_never_a_redirect() 
 
 #[tokio::test]
 async fn forward_auth_reads_every_original_uri_source_and_refuses_disagreement() {
-    let f = fixture(
-        Profile::Standard,
-        &[],
-        &Setup {
-            trusted: true,
-            ..Setup::default()
-        },
-    )
-    .await;
+    let f = trusted_fixture().await;
     let http = Http::new();
-    let mut bob = Agent::new();
-    login(&mut bob, &f.proxy.url("/"), "bob").await;
-    let bob = bob.jar.root_cookie_header();
-    // Each source alone: ingress-nginx's absolute X-Original-URL, Envoy's path suffix.
-    let r = auth(
-        &http,
-        &f.proxy,
-        &bob,
-        &[("x-original-url", "https://app.example.test/app/x?y=1")],
-    )
-    .await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    let r = auth(
-        &http,
-        &f.proxy,
-        &bob,
-        &[("x-original-url", "https://app.example.test/admin/x")],
-    )
-    .await;
-    assert_eq!(r.status, 403, "{}", r.text());
-    let r = with_cookie(&http, &f.proxy.url("/oauth2/auth/app/x?y=1"), &bob, &[]).await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    let r = with_cookie(&http, &f.proxy.url("/oauth2/auth/admin/x"), &bob, &[]).await;
-    assert_eq!(r.status, 403, "{}", r.text());
-    // Two sources that disagree: 400, whichever would have passed.
-    for headers in [
-        &[
-            ("x-forwarded-uri", "/app"),
-            ("x-original-url", "https://app.example.test/admin"),
-        ][..],
-        &[("x-forwarded-uri", "/admin"), ("x-original-uri", "/app")][..],
-        &[("x-forwarded-uri", "/app"), ("x-forwarded-uri", "/admin")][..],
-    ] {
-        let r = auth(&http, &f.proxy, &bob, headers).await;
-        assert_eq!(r.status, 400, "{headers:?}: {}", r.text());
+    let bob = session_cookie(&f, "bob").await;
+    // (path of the check, headers, status) for bob (in `staff`, not in `admins`).
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: [Case; 10] = [
+        // Each source alone: ingress-nginx's absolute X-Original-URL, Envoy's path suffix.
+        (
+            "/oauth2/auth",
+            &[("x-original-url", "https://app.example.test/app/x?y=1")],
+            202,
+        ),
+        (
+            "/oauth2/auth",
+            &[("x-original-url", "https://app.example.test/admin/x")],
+            403,
+        ),
+        ("/oauth2/auth/app/x?y=1", &[], 202),
+        ("/oauth2/auth/admin/x", &[], 403),
+        // Two sources that disagree: 400, whichever would have passed.
+        (
+            "/oauth2/auth",
+            &[
+                ("x-forwarded-uri", "/app"),
+                ("x-original-url", "https://app.example.test/admin"),
+            ],
+            400,
+        ),
+        (
+            "/oauth2/auth",
+            &[("x-forwarded-uri", "/admin"), ("x-original-uri", "/app")],
+            400,
+        ),
+        (
+            "/oauth2/auth",
+            &[("x-forwarded-uri", "/app"), ("x-forwarded-uri", "/admin")],
+            400,
+        ),
+        ("/oauth2/auth/app", &[("x-forwarded-uri", "/admin")], 400),
+        // Agreeing sources are fine.
+        ("/oauth2/auth/app/x", &[("x-forwarded-uri", "/app//x")], 202),
+        (
+            "/oauth2/auth",
+            &[("x-forwarded-uri", "/app/x"), ("x-original-uri", "/app//x")],
+            202,
+        ),
+    ];
+    let mut r = None;
+    for (path, headers, status) in cases {
+        let resp = with_cookie(&http, &f.proxy.url(path), &bob, headers).await;
+        assert_eq!(resp.status, status, "{path} {headers:?}: {}", resp.text());
+        r = Some(resp);
     }
-    let r = with_cookie(
-        &http,
-        &f.proxy.url("/oauth2/auth/app"),
-        &bob,
-        &[("x-forwarded-uri", "/admin")],
-    )
-    .await;
-    assert_eq!(r.status, 400, "suffix and header disagree: {}", r.text());
-    // Agreeing sources are fine.
-    let r = auth(
-        &http,
-        &f.proxy,
-        &bob,
-        &[("x-forwarded-uri", "/app/x"), ("x-original-uri", "/app//x")],
-    )
-    .await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    // Every configured identity header is on the 202, empty where bob has no value.
-    for name in [
-        "x-auth-request-user",
-        "x-auth-request-email",
-        "x-auth-request-groups",
-        "x-auth-request-preferred-username",
-        "x-auth-request-scopes",
-    ] {
+    let r = r.unwrap();
+    // Every configured identity header is on the 202 (empty ones: the Caddy test).
+    for name in AUTH_REQUEST_HEADERS {
         assert!(r.header(name).is_some(), "{name} missing: {:?}", r.headers);
     }
 }
@@ -218,18 +220,67 @@ async fn forward_auth_reads_every_original_uri_source_and_refuses_disagreement()
 // Behind nginx auth_request
 // ---------------------------------------------------------------------------------------
 
-/// Debian's nginx as a foreground child (`daemon off`, `master_process off`: one process,
-/// killed by PID on drop), with a generated config, logs and pid file in a temp dir.
-struct Nginx {
+/// A front proxy (Debian's nginx or caddy) as a foreground child, with its config, logs
+/// and state in a temp dir; killed by PID on drop.
+struct FrontProxy {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// Log files in `dir`, shown when something fails.
+    log_files: &'static [&'static str],
 }
 
-impl Drop for Nginx {
+impl Drop for FrontProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl FrontProxy {
+    /// Spawns `cmd` (its output to `dir/stderr.log`) and waits until `port` accepts.
+    async fn spawn(
+        mut cmd: Command,
+        port: u16,
+        dir: tempfile::TempDir,
+        log_files: &'static [&'static str],
+    ) -> FrontProxy {
+        let log = File::create(dir.path().join("stderr.log")).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?} (apt-get install -y nginx caddy): {e}"));
+        let mut p = FrontProxy {
+            child,
+            port,
+            dir,
+            log_files,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                panic!("{cmd:?} exited ({st}):\n{}", p.logs());
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "not listening:\n{}", p.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    fn logs(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+        self.log_files.iter().map(|f| read(f)).collect()
     }
 }
 
@@ -291,53 +342,120 @@ fn shipped_recipe(port: u16, portcullis: std::net::SocketAddr, app: &str) -> Str
     text
 }
 
-impl Nginx {
-    /// `http_body` goes inside `http { }`.
-    async fn start(port: u16, http_body: &str) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, nginx_conf(dir.path(), http_body)).unwrap();
-        let log = File::create(dir.path().join("stderr.log")).unwrap();
-        let child = Command::new("/usr/sbin/nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn /usr/sbin/nginx (apt-get install -y nginx)");
-        let mut n = Nginx { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(st)) = n.child.try_wait() {
-                panic!("nginx exited ({st}):\n{}", n.logs());
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return n;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx not listening:\n{}",
-                n.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+/// Debian's nginx (`daemon off`, `master_process off`: one process) with `http_body`
+/// inside `http { }`.
+async fn start_nginx(port: u16, http_body: &str) -> FrontProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, nginx_conf(dir.path(), http_body)).unwrap();
+    let mut cmd = Command::new("/usr/sbin/nginx");
+    cmd.arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-c")
+        .arg(&path);
+    FrontProxy::spawn(cmd, port, dir, &["stderr.log", "error.log"]).await
+}
+
+/// The login fixture's setup behind a front proxy on `port`: its URL is the public one,
+/// 127.0.0.1 is trusted, and there is a bearer API route.
+fn behind_front_proxy(port: u16) -> (String, Setup) {
+    let public = format!("http://127.0.0.1:{port}");
+    let s = Setup {
+        trusted: true,
+        bearer: true,
+        public_url: Some(public.clone()),
+        ..Setup::default()
+    };
+    (public, s)
+}
+
+/// What the app saw is alice's identity (the `auth-request` preset).
+fn assert_alice(echoed: &serde_json::Value) {
+    assert_eq!(
+        echo_header(echoed, "x-auth-request-user").as_deref(),
+        Some("user-alice"),
+        "{echoed}"
+    );
+    assert_eq!(
+        echo_header(echoed, "x-auth-request-email").as_deref(),
+        Some("alice@example.com"),
+        "{echoed}"
+    );
+}
+
+/// A logged-in alice's request through a front proxy that also carries spoofed identity
+/// headers (both spellings), a client `Authorization` and a client's own original-URI
+/// header: it reaches the app as alice, and none of those headers does.
+async fn spoofed_request_reaches_the_app_as_alice(a: &mut Agent, front: &FrontProxy, path: &str) {
+    let r = a
+        .get(
+            &front.url(path),
+            &[
+                ("accept", "application/json"),
+                ("x-auth-request-user", "user-mallory"),
+                ("x_auth_request_groups", "admins"),
+                ("x-forwarded-user", "mallory"),
+                ("remote-user", "mallory"),
+                ("authorization", "Basic bWFsbG9yeTpwdw=="),
+                ("x-original-url", "http://127.0.0.1/pub/x"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), front.logs());
+    let e = r.json();
+    assert_alice(&e);
+    for h in [
+        "x_auth_request_groups",
+        "x-forwarded-user",
+        "remote-user",
+        "authorization",
+        "x-original-url",
+    ] {
+        assert_eq!(echo_header(&e, h), None, "{h} reached the app: {e}");
+    }
+}
+
+/// Through a front proxy: bob is refused `/admin` with portcullis' 403; a bearer token is
+/// checked by portcullis and stops at the front proxy; an API client without a token or
+/// with a bad one gets the 401 with portcullis' challenge, not a redirect.
+async fn api_and_bob_through(front: &FrontProxy, idp: &Idp) {
+    let mut bob = Agent::new();
+    login(&mut bob, &front.url("/app/"), "bob").await;
+    let r = bob.get(&front.url("/admin/x"), API_CALL).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let http = Http::new();
+    let token = idp.machine_jwt().await;
+    let bearer = format!("Bearer {token}");
+    let r = with_cookie(
+        &http,
+        &front.url("/api/items"),
+        "",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), front.logs());
+    let e = r.json();
+    assert_eq!(
+        echo_header(&e, "x-auth-request-user").as_deref(),
+        Some("machine")
+    );
+    assert_eq!(echo_header(&e, "authorization"), None);
+    for auth in [None, Some("Bearer not.a.jwt")] {
+        let mut h = vec![("accept", "application/json")];
+        if let Some(v) = auth {
+            h.push(("authorization", v));
         }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
-    }
-
-    fn logs(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
-        format!("{}{}", read("stderr.log"), read("error.log"))
+        let r = with_cookie(&http, &front.url("/api/items"), "", &h).await;
+        assert_eq!(r.status, 401, "{auth:?}: {}", r.text());
+        assert!(r.header("location").is_none());
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|w| w.starts_with("Bearer realm=\"portcullis\"")),
+            "{:?}",
+            r.headers
+        );
     }
 }
 
@@ -354,17 +472,11 @@ async fn shipped_nginx_recipe_with_a_login_route_and_an_api_route() {
     let idp = Idp::start_with(Profile::Standard, &["--access-token-ttl", "5"]).await;
     let echo = EchoUpstream::start().await;
     let nginx_port = free_port();
-    let public = format!("http://127.0.0.1:{nginx_port}");
-    let s = Setup {
-        trusted: true,
-        bearer: true,
-        public_url: Some(public.clone()),
-        ..Setup::default()
-    };
+    let (public, s) = behind_front_proxy(nginx_port);
     let proxy = TestProxy::start(&config(&idp, &echo, &s)).await;
     wait_ready(&proxy).await;
     let app = echo.url("").trim_start_matches("http://").to_string();
-    let nginx = Nginx::start(nginx_port, &shipped_recipe(nginx_port, proxy.addr, &app)).await;
+    let nginx = start_nginx(nginx_port, &shipped_recipe(nginx_port, proxy.addr, &app)).await;
 
     // An unauthenticated browser is sent to the login...
     let mut a = Agent::new();
@@ -378,15 +490,7 @@ async fn shipped_nginx_recipe_with_a_login_route_and_an_api_route() {
     let (url, r) = login(&mut a, &nginx.url("/app/page"), "alice").await;
     assert_eq!(url, nginx.url("/app/page"));
     assert_eq!(r.status, 200, "{}\n{}", r.text(), nginx.logs());
-    let echo_json = r.json();
-    assert_eq!(
-        echo_header(&echo_json, "x-auth-request-user").as_deref(),
-        Some("user-alice")
-    );
-    assert_eq!(
-        echo_header(&echo_json, "x-auth-request-email").as_deref(),
-        Some("alice@example.com")
-    );
+    assert_alice(&r.json());
     // The session refreshed during the auth subrequest comes back as a Set-Cookie.
     let before = a.jar.get("_portcullis").unwrap();
     let r = a.get(&nginx.url("/app/again"), API_CALL).await;
@@ -404,79 +508,17 @@ async fn shipped_nginx_recipe_with_a_login_route_and_an_api_route() {
         r.headers
     );
     assert_ne!(a.jar.get("_portcullis").unwrap(), before);
-    // Spoofed identity headers, a client Authorization and a client's own original-URI
-    // headers: the identity comes from portcullis only, the credentials stop at nginx.
-    let r = a
-        .get(
-            &nginx.url("/app/third"),
-            &[
-                ("accept", "application/json"),
-                ("x-auth-request-user", "user-mallory"),
-                ("x-auth-request-groups", "admins"),
-                ("x-forwarded-user", "mallory"),
-                ("remote-user", "mallory"),
-                ("authorization", "Basic bWFsbG9yeTpwdw=="),
-                ("x-original-url", "http://127.0.0.1/public"),
-            ],
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}\n{}", r.text(), nginx.logs());
-    let e = r.json();
-    assert_eq!(
-        echo_header(&e, "x-auth-request-user").as_deref(),
-        Some("user-alice")
-    );
-    assert!(echo_header(&e, "x-auth-request-groups").is_some_and(|g| !g.contains("mallory")));
-    for h in ["x-forwarded-user", "remote-user", "authorization"] {
-        assert_eq!(echo_header(&e, h), None, "{h} reached the app");
-    }
+    spoofed_request_reaches_the_app_as_alice(&mut a, &nginx, "/app/third").await;
     // The forward-auth endpoint itself is not reachable from outside nginx.
     let r = a.get(&nginx.url("/oauth2/auth"), API_CALL).await;
     assert_eq!(r.status, 404);
-    // alice may see /admin; bob may not (403 from portcullis, passed on by nginx).
+    // alice may see /admin; bob may not (403 from portcullis, passed on by nginx); the API.
     let r = a.get(&nginx.url("/admin/x"), API_CALL).await;
     assert_eq!(r.status, 200);
-    let mut bob = Agent::new();
-    login(&mut bob, &nginx.url("/app/"), "bob").await;
-    let r = bob.get(&nginx.url("/admin/x"), API_CALL).await;
-    assert_eq!(r.status, 403, "{}", r.text());
-
-    // The API route: a bearer token, judged by portcullis through nginx; the token itself
-    // does not reach the app.
-    let http = Http::new();
-    let token = idp.machine_jwt().await;
-    let r = with_cookie(
-        &http,
-        &nginx.url("/api/items"),
-        "",
-        &[("authorization", &format!("Bearer {token}"))],
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}\n{}", r.text(), nginx.logs());
-    assert_eq!(
-        echo_header(&r.json(), "x-auth-request-user").as_deref(),
-        Some("machine")
-    );
-    assert_eq!(echo_header(&r.json(), "authorization"), None);
-    // An API client without a token or with a bad one: 401 with portcullis' challenge,
-    // not a redirect.
-    for auth in [None, Some("Bearer not.a.jwt")] {
-        let mut h = vec![("accept", "application/json")];
-        if let Some(v) = auth {
-            h.push(("authorization", v));
-        }
-        let r = with_cookie(&http, &nginx.url("/api/items"), "", &h).await;
-        assert_eq!(r.status, 401, "{auth:?}: {}", r.text());
-        assert!(r.header("location").is_none());
-        assert!(
-            r.header("www-authenticate")
-                .is_some_and(|w| w.starts_with("Bearer realm=\"portcullis\"")),
-            "{:?}",
-            r.headers
-        );
-    }
+    api_and_bob_through(&nginx, &idp).await;
 
     // A browser that lost its session (tampered cookie) is sent to the login again.
+    let http = Http::new();
     let r = with_cookie(&http, &nginx.url("/app/page"), "_portcullis=AAAA", NAVIGATE).await;
     assert_eq!(r.status, 302);
     // (the 302 is nginx's @portcullis_login; portcullis answered 401)
@@ -490,75 +532,28 @@ async fn shipped_nginx_recipe_with_a_login_route_and_an_api_route() {
 pub const SHIPPED_CADDY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/caddy/Caddyfile");
 
 /// Debian's caddy (`caddy run`) on a plain-HTTP port with the shipped site block, its
-/// admin endpoint off, its storage in a temp dir; killed by PID on drop.
-struct Caddy {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// admin endpoint off, its storage in the temp dir.
+async fn start_caddy(port: u16, portcullis: std::net::SocketAddr, app: &str) -> FrontProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let mut site = std::fs::read_to_string(SHIPPED_CADDY).unwrap();
+    for (from, to) in [
+        ("app.example.com {", format!("http://127.0.0.1:{port} {{")),
+        ("127.0.0.1:4180", portcullis.to_string()),
+        ("127.0.0.1:8080", app.to_string()),
+    ] {
+        assert!(site.contains(from), "{from:?} in {SHIPPED_CADDY}");
+        site = site.replace(from, &to);
     }
-}
-
-impl Caddy {
-    async fn start(port: u16, portcullis: std::net::SocketAddr, app: &str) -> Caddy {
-        let dir = tempfile::tempdir().unwrap();
-        let mut site = std::fs::read_to_string(SHIPPED_CADDY).unwrap();
-        for (from, to) in [
-            ("app.example.com {", format!("http://127.0.0.1:{port} {{")),
-            ("127.0.0.1:4180", portcullis.to_string()),
-            ("127.0.0.1:8080", app.to_string()),
-        ] {
-            assert!(site.contains(from), "{from:?} in {SHIPPED_CADDY}");
-            site = site.replace(from, &to);
-        }
-        let conf = format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}");
-        let path = dir.path().join("Caddyfile");
-        std::fs::write(&path, conf).unwrap();
-        let log = File::create(dir.path().join("caddy.log")).unwrap();
-        let child = Command::new("caddy")
-            .args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(&path)
-            .env("HOME", dir.path())
-            .env("XDG_DATA_HOME", dir.path().join("data"))
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn caddy (apt-get install -y caddy)");
-        let mut c = Caddy { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(st)) = c.child.try_wait() {
-                panic!("caddy exited ({st}):\n{}", c.logs());
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "caddy not listening:\n{}",
-                c.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("caddy.log")).unwrap_or_default()
-    }
+    let conf = format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}");
+    let path = dir.path().join("Caddyfile");
+    std::fs::write(&path, conf).unwrap();
+    let mut cmd = Command::new("caddy");
+    cmd.args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .env("XDG_CONFIG_HOME", dir.path().join("config"));
+    FrontProxy::spawn(cmd, port, dir, &["stderr.log"]).await
 }
 
 #[tokio::test]
@@ -566,13 +561,7 @@ async fn shipped_caddy_recipe_with_login_api_and_public_routes() {
     let idp = Idp::start(Profile::Standard).await;
     let echo = EchoUpstream::start().await;
     let caddy_port = free_port();
-    let public = format!("http://127.0.0.1:{caddy_port}");
-    let s = Setup {
-        trusted: true,
-        bearer: true,
-        public_url: Some(public.clone()),
-        ..Setup::default()
-    };
+    let (_, s) = behind_front_proxy(caddy_port);
     // A public route beside the login and API routes.
     let app_route = "[[route]]\nname = \"app\"\npath = \"/\"";
     let cfg = config(&idp, &echo, &s);
@@ -584,86 +573,23 @@ async fn shipped_caddy_recipe_with_login_api_and_public_routes() {
     let proxy = TestProxy::start(&cfg).await;
     wait_ready(&proxy).await;
     let app = echo.url("").trim_start_matches("http://").to_string();
-    let caddy = Caddy::start(caddy_port, proxy.addr, &app).await;
+    let caddy = start_caddy(caddy_port, proxy.addr, &app).await;
 
-    // A browser without a session is sent to the login; an API call gets the 401 itself.
+    // A browser without a session is sent to the login.
     let mut a = Agent::new();
     let r = a.navigate(&caddy.url("/app/page")).await;
     assert_eq!(r.status, 302, "{}\n{}", r.text(), caddy.logs());
     assert_eq!(location_of(&r), "/oauth2/start?rd=/app/page");
-    let http = Http::new();
-    let r = with_cookie(&http, &caddy.url("/api/items"), "", API_CALL).await;
-    assert_eq!(r.status, 401, "{}", r.text());
-    assert!(r.header("location").is_none());
-    assert!(
-        r.header("www-authenticate")
-            .is_some_and(|w| w.starts_with("Bearer realm=\"portcullis\"")),
-        "{:?}",
-        r.headers
-    );
-
     // Login through Caddy (/oauth2/* routed to portcullis); the identity reaches the app,
     // spoofed identity headers (any spelling) and the client's Authorization do not.
     let (url, r) = login(&mut a, &caddy.url("/app/page"), "alice").await;
     assert_eq!(url, caddy.url("/app/page"));
     assert_eq!(r.status, 200, "{}\n{}", r.text(), caddy.logs());
-    let r = a
-        .get(
-            &caddy.url("/app/x"),
-            &[
-                ("accept", "application/json"),
-                ("x-auth-request-user", "user-mallory"),
-                ("x_auth_request_groups", "admins"),
-                ("x-forwarded-user", "mallory"),
-                ("remote-user", "mallory"),
-                ("authorization", "Basic bWFsbG9yeTpwdw=="),
-                ("x-original-url", "http://127.0.0.1/pub/x"),
-            ],
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}\n{}", r.text(), caddy.logs());
-    let e = r.json();
-    assert_eq!(
-        echo_header(&e, "x-auth-request-user").as_deref(),
-        Some("user-alice")
-    );
-    assert_eq!(
-        echo_header(&e, "x-auth-request-email").as_deref(),
-        Some("alice@example.com")
-    );
-    for h in [
-        "x_auth_request_groups",
-        "x-forwarded-user",
-        "remote-user",
-        "authorization",
-        "x-original-url",
-    ] {
-        assert_eq!(echo_header(&e, h), None, "{h} reached the app: {e}");
-    }
-    // bob is refused /admin with portcullis' 403.
-    let mut bob = Agent::new();
-    login(&mut bob, &caddy.url("/app/"), "bob").await;
-    let r = bob.get(&caddy.url("/admin/x"), API_CALL).await;
-    assert_eq!(r.status, 403, "{}", r.text());
-
-    // A bearer token is checked by portcullis and stops at Caddy.
-    let token = idp.machine_jwt().await;
-    let r = with_cookie(
-        &http,
-        &caddy.url("/api/items"),
-        "",
-        &[("authorization", &format!("Bearer {token}"))],
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}\n{}", r.text(), caddy.logs());
-    let e = r.json();
-    assert_eq!(
-        echo_header(&e, "x-auth-request-user").as_deref(),
-        Some("machine")
-    );
-    assert_eq!(echo_header(&e, "authorization"), None);
+    spoofed_request_reaches_the_app_as_alice(&mut a, &caddy, "/app/x").await;
+    api_and_bob_through(&caddy, &idp).await;
 
     // A public route: no identity, and no Caddy placeholder reaches the app.
+    let http = Http::new();
     let r = with_cookie(
         &http,
         &caddy.url("/pub/x"),
@@ -673,13 +599,7 @@ async fn shipped_caddy_recipe_with_login_api_and_public_routes() {
     .await;
     assert_eq!(r.status, 200, "{}\n{}", r.text(), caddy.logs());
     let e = r.json();
-    for name in [
-        "x-auth-request-user",
-        "x-auth-request-email",
-        "x-auth-request-groups",
-        "x-auth-request-preferred-username",
-        "x-auth-request-scopes",
-    ] {
+    for name in AUTH_REQUEST_HEADERS {
         let v = echo_header(&e, name).unwrap_or_default();
         assert!(v.is_empty(), "{name}: {v:?} on a public route");
     }
