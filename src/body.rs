@@ -71,6 +71,12 @@ impl Body for RespBody {
     }
 }
 
+/// The client's body failed on its way in (malformed chunked framing, a reset): the
+/// client's fault, whatever the upstream makes of the truncated body.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// The body is paused for longer than the body read timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("request body read timed out")]
@@ -123,7 +129,7 @@ impl Body for ReqBody {
         match inner.poll_frame(cx) {
             Poll::Ready(frame) => {
                 *this.sleep = None;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)))
             }
             Poll::Pending => {
                 let timeout = *this.timeout;

@@ -65,6 +65,10 @@ pub enum Refusal {
     /// A malformed `Authorization` header (RFC 6750 §3.1 `invalid_request`, 400).
     #[error("malformed Authorization header")]
     TokenMalformed,
+    /// A token in the `Authorization` header and another in the `access_token` query
+    /// parameter (RFC 6750 §2: one method per request; `invalid_request`, 400).
+    #[error("bearer token sent in more than one way")]
+    TokenTwice,
     /// The bearer token is not valid (RFC 6750 §3.1 `invalid_token`, 401).
     #[error("bearer token refused: {0}")]
     TokenRefused(#[source] crate::token::TokenError),
@@ -127,7 +131,9 @@ impl Refusal {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::BadRequest(_) | Refusal::TokenMalformed => StatusCode::BAD_REQUEST,
+            Refusal::BadRequest(_) | Refusal::TokenMalformed | Refusal::TokenTwice => {
+                StatusCode::BAD_REQUEST
+            }
             Refusal::NotFound => StatusCode::NOT_FOUND,
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
             Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -156,6 +162,7 @@ impl Refusal {
             | Refusal::Forbidden
             | Refusal::SignInRequired { .. }
             | Refusal::TokenMalformed
+            | Refusal::TokenTwice
             | Refusal::TokenRefused(_)
             | Refusal::InsufficientScope { .. } => Fault::Client,
             Refusal::TokenUnavailable(_) | Refusal::Unavailable(_) | Refusal::UnsafeIdentity(_) => {
@@ -185,6 +192,10 @@ impl Refusal {
             ),
             Refusal::SignInRequired { .. } => t("unauthorized", "a bearer token is required"),
             Refusal::TokenMalformed => t("invalid_request", "malformed Authorization header"),
+            Refusal::TokenTwice => t(
+                "invalid_request",
+                "a bearer token may be sent in one way only (RFC 6750 section 2)",
+            ),
             Refusal::TokenRefused(e) => t("invalid_token", e.description()),
             Refusal::InsufficientScope { .. } => t(
                 "insufficient_scope",
@@ -206,7 +217,7 @@ impl Refusal {
     fn challenge(&self) -> Option<String> {
         match self {
             Refusal::SignInRequired { .. } => Some(format!("Bearer realm=\"{REALM}\"")),
-            Refusal::TokenMalformed => Some(format!(
+            Refusal::TokenMalformed | Refusal::TokenTwice => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"invalid_request\""
             )),
             Refusal::TokenRefused(e) => Some(format!(
@@ -233,6 +244,7 @@ impl Refusal {
             self,
             Refusal::SignInRequired { .. }
                 | Refusal::TokenMalformed
+                | Refusal::TokenTwice
                 | Refusal::TokenRefused(_)
                 | Refusal::InsufficientScope { .. }
                 | Refusal::TokenUnavailable(_)

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use crate::admin::metrics::Metrics;
 use crate::auth::identity_headers::HeaderSettings;
-use crate::config::{Config, Limits, UpstreamConfig};
+use crate::config::{Config, Limits, PathReadings, UpstreamConfig};
 use crate::oidc::login::{Login, LoginBuildError};
 use crate::proxy::client::ClientBuildError;
-use crate::proxy::headers::IdentityStrip;
+use crate::proxy::header_policy::HeaderPolicy;
 use crate::proxy::hygiene::TrustedProxies;
 use crate::proxy::pool::UpstreamPool;
 use crate::proxy::upstream::Upstream;
@@ -155,13 +155,14 @@ impl Generation {
                     base_path: u.base_path.as_str().into(),
                     preserve_host: u.preserve_host,
                     h2: u.h2,
+                    exact_readings: u.path_readings == PathReadings::Exact,
                     client: set[w].clone(),
                 }));
             }
             clients.insert(key, set);
         }
 
-        let strip = Arc::new(IdentityStrip::new(&config.headers.strip));
+        let strip = Arc::new(HeaderPolicy::new(&config.headers));
         let trusted = TrustedProxies::new(&config.server.trusted_proxies);
         let headers = Arc::new(HeaderSettings::new(config.headers.clone()));
         let prefix: Arc<str> = config.server.proxy_prefix.as_str().into();

@@ -17,6 +17,9 @@ pub enum PathError {
     NotAbsolute,
     /// `%2F`, `%5C`, `%23` or `%00`: an encoded separator or terminator.
     EncodedSeparator,
+    /// The same, encoded twice (`%252F`, `%255C`, `%2523`, `%2500`): one more decoding
+    /// by the upstream or its framework makes it a separator.
+    DoubleEncodedSeparator,
     /// A raw `\`, which some servers read as `/`.
     Backslash,
     /// `%` not followed by two hex digits.
@@ -36,6 +39,7 @@ impl fmt::Display for PathError {
         f.write_str(match self {
             PathError::NotAbsolute => "path must start with '/'",
             PathError::EncodedSeparator => "encoded '/', '\\', '#' or NUL in path",
+            PathError::DoubleEncodedSeparator => "double-encoded '/', '\\', '#' or NUL in path",
             PathError::Backslash => "backslash in path",
             PathError::BadEscape => "malformed percent-encoding in path",
             PathError::InvalidUtf8 => "path is not valid UTF-8",
@@ -106,6 +110,17 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                 let v = h << 4 | l;
                 match v {
                     b'/' | b'\\' | b'#' | 0 => return Err(PathError::EncodedSeparator),
+                    b'%' => {
+                        let next = (
+                            bytes.get(i + 3).copied().and_then(hex),
+                            bytes.get(i + 4).copied().and_then(hex),
+                        );
+                        if let (Some(h2), Some(l2)) = next {
+                            if matches!(h2 << 4 | l2, b'/' | b'\\' | b'#' | 0) {
+                                return Err(PathError::DoubleEncodedSeparator);
+                            }
+                        }
+                    }
                     _ => {}
                 }
                 if is_unreserved(v) {
@@ -266,6 +281,133 @@ pub fn strip_route_prefix<'p>(prefix: &str, strip: bool, path: &'p str) -> &'p s
     }
 }
 
+/// Can an upstream read canonical path `p` other than as it is (see [`readings`])? Only
+/// if it has an escape, a `;`, an upper-case letter or a segment ending in `.`: one pass,
+/// and false for most paths.
+pub fn has_other_readings(p: &str) -> bool {
+    let b = p.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        c == b'%'
+            || c == b';'
+            || c.is_ascii_uppercase()
+            || (c == b'.' && b.get(i + 1).is_none_or(|n| *n == b'/'))
+    })
+}
+
+/// One way a common upstream may read a path: canonical again, and whether route prefixes
+/// are to be compared with it case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    pub path: String,
+    pub folded: bool,
+}
+
+/// The readings of canonical path `p` by common upstreams that differ from `p`, each
+/// canonicalized again (dot segments removed); a reading that is not a valid path after
+/// its change is left out:
+/// - servlet containers (Tomcat, Jetty, Spring): `%3B` decoded to `;` and path
+///   parameters (`;...` in a segment) dropped;
+/// - trailing spaces (`%20`) and dots of each segment dropped (Windows/IIS, older Spring
+///   matchers);
+/// - case folded (IIS, case-insensitive apps);
+/// - decoded once more (an app that decodes what its server decoded): `%25` read as `%`;
+/// - and all of these together.
+pub fn readings(p: &str) -> Vec<Reading> {
+    let mut out: Vec<Reading> = Vec::new();
+    let mut push = |path: String, folded: bool| {
+        let differs = if folded {
+            !path.eq_ignore_ascii_case(p) || p.bytes().any(|b| b.is_ascii_uppercase())
+        } else {
+            path != p
+        };
+        if differs && !out.iter().any(|r| r.path == path && r.folded == folded) {
+            out.push(Reading { path, folded });
+        }
+    };
+    let params = without_params(p);
+    let trimmed = trimmed_segments(p);
+    let decoded = decoded_once(p);
+    if let Some(r) = &params {
+        push(r.clone(), false);
+    }
+    if let Some(r) = &trimmed {
+        push(r.clone(), false);
+    }
+    if p.bytes().any(|b| b.is_ascii_uppercase()) {
+        push(p.to_ascii_lowercase(), true);
+    }
+    if let Some(r) = &decoded {
+        push(r.clone(), false);
+    }
+    // All together, each step kept only when it yields a valid path.
+    let mut all = decoded.unwrap_or_else(|| p.to_string());
+    if let Some(r) = without_params(&all) {
+        all = r;
+    }
+    if let Some(r) = trimmed_segments(&all) {
+        all = r;
+    }
+    push(all.to_ascii_lowercase(), true);
+    push(all, false);
+    out
+}
+
+fn canonical_again(raw: &str) -> Option<String> {
+    normalize_path(raw).ok().map(Cow::into_owned)
+}
+
+/// `%3B` read as `;`, then every segment's `;...` parameters dropped.
+fn without_params(p: &str) -> Option<String> {
+    if !p.contains(';') && !p.contains("%3B") && !p.contains("%3b") {
+        return None;
+    }
+    let decoded = p.replace("%3B", ";").replace("%3b", ";");
+    let mut out = String::with_capacity(decoded.len());
+    for seg in decoded.split('/').skip(1) {
+        out.push('/');
+        out.push_str(seg.split(';').next().unwrap_or(""));
+    }
+    canonical_again(&out)
+}
+
+/// Every segment without its trailing spaces (`%20`) and dots (a segment of dots alone
+/// stays a dot segment: `..%20` is `..`).
+fn trimmed_segments(p: &str) -> Option<String> {
+    if !p.contains("%20") && !p.contains("./") && !p.ends_with('.') {
+        return None;
+    }
+    let mut out = String::with_capacity(p.len());
+    for seg in p.split('/').skip(1) {
+        let mut t = seg;
+        loop {
+            if let Some(x) = t.strip_suffix("%20") {
+                t = x;
+            } else if let Some(x) = t.strip_suffix('.') {
+                t = x;
+            } else {
+                break;
+            }
+        }
+        if t.is_empty() && seg.starts_with("..") {
+            t = "..";
+        } else if t.is_empty() && seg.starts_with('.') {
+            t = ".";
+        }
+        out.push('/');
+        out.push_str(t);
+    }
+    canonical_again(&out)
+}
+
+/// One more percent-decoding: what was `%25` (a literal `%`) becomes the start of an
+/// escape.
+fn decoded_once(p: &str) -> Option<String> {
+    if !p.contains("%25") {
+        return None;
+    }
+    canonical_again(&p.replace("%25", "%"))
+}
+
 /// Request host for routing: lowercase, without port or trailing dot.
 pub fn normalize_host(h: &str) -> Option<Cow<'_, str>> {
     let h = h.trim();
@@ -341,6 +483,11 @@ mod tests {
             ("/a%5Cb", PathError::EncodedSeparator),
             ("/a%23b", PathError::EncodedSeparator),
             ("/a%00b", PathError::EncodedSeparator),
+            ("/a%252Fb", PathError::DoubleEncodedSeparator),
+            ("/a%252fb", PathError::DoubleEncodedSeparator),
+            ("/a%255cb", PathError::DoubleEncodedSeparator),
+            ("/a%2500b", PathError::DoubleEncodedSeparator),
+            ("/a%2523b", PathError::DoubleEncodedSeparator),
             ("/a\\b", PathError::Backslash),
             ("/%2e%2e/x", PathError::AboveRoot),
             ("/../x", PathError::AboveRoot),
@@ -409,6 +556,80 @@ mod tests {
         assert_eq!(normalize_host("evil.com/x"), None);
         assert_eq!(normalize_host("t:99999"), None);
         assert_eq!(normalize_host("t:"), None);
+    }
+}
+
+#[cfg(test)]
+mod reading_tests {
+    use super::*;
+
+    /// The non-folded readings, and whether a folded one exists, of a canonical path.
+    fn read(p: &str) -> (Vec<String>, Vec<String>) {
+        let canonical = normalize_path(p).unwrap().into_owned();
+        let r = readings(&canonical);
+        let plain = r
+            .iter()
+            .filter(|r| !r.folded)
+            .map(|r| r.path.clone())
+            .collect();
+        let folded = r
+            .iter()
+            .filter(|r| r.folded)
+            .map(|r| r.path.clone())
+            .collect();
+        (plain, folded)
+    }
+
+    #[test]
+    fn readings_table() {
+        // (raw path, a reading that must be among them, folded?)
+        let cases: &[(&str, &str, bool)] = &[
+            ("/admin%3Bx/users", "/admin/users", false),
+            ("/admin;jsessionid=1/users", "/admin/users", false),
+            ("/public/..%3B/admin", "/admin", false),
+            ("/public/..%3bx/admin", "/admin", false),
+            ("/admin%20/users", "/admin/users", false),
+            ("/admin%20%20/users", "/admin/users", false),
+            ("/admin./users", "/admin/users", false),
+            ("/admin.%20./users", "/admin/users", false),
+            ("/public/..%20/admin", "/admin", false),
+            ("/public/...%20/admin", "/admin", false),
+            ("/ADMIN/users", "/admin/users", true),
+            ("/Admin", "/admin", true),
+            ("/public/%252e%252e/admin", "/admin", false),
+            ("/public/%252E%252E/admin", "/admin", false),
+            ("/public/%252e%252e%253b/admin", "/admin", false),
+            ("/%2541dmin", "/Admin", false),
+            ("/%2561dmin", "/admin", false),
+            ("/public/.%252e/admin", "/admin", false),
+            ("/ADMIN%20/x", "/admin/x", true),
+            ("/Public/..%3B/ADMIN", "/admin", true),
+            ("/public/%252E%252E/ADMIN%3B", "/admin", true),
+        ];
+        for (raw, want, folded) in cases {
+            let (plain, fold) = read(raw);
+            let list = if *folded { &fold } else { &plain };
+            assert!(
+                list.iter().any(|r| r == want),
+                "{raw}: no reading {want:?} (folded {folded}) in {plain:?} / {fold:?}"
+            );
+        }
+        // Paths nobody reads otherwise: no readings at all.
+        for raw in [
+            "/",
+            "/admin/users",
+            "/a/b.c/d",
+            "/api/v1/items-2",
+            "/x_y/z~",
+        ] {
+            let canonical = normalize_path(raw).unwrap();
+            assert!(!has_other_readings(&canonical), "{raw}");
+            assert!(readings(&canonical).is_empty(), "{raw}");
+        }
+        // A reading that is not a path after its change is left out, not refused.
+        let (plain, _) = read("/public/%2525/x");
+        assert!(plain.iter().all(|p| normalize_path(p).is_ok()));
+        assert!(readings(&normalize_path("/%252e%252e/admin").unwrap()).is_empty());
     }
 }
 

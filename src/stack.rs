@@ -15,7 +15,7 @@ use crate::auth::{Auth, AuthLayer};
 use crate::oidc::endpoints::Endpoints;
 use crate::oidc::login::Login;
 use crate::proxy::forward::ProxyService;
-use crate::proxy::headers::IdentityStrip;
+use crate::proxy::header_policy::HeaderPolicy;
 use crate::proxy::hygiene::{Hygiene, HygieneLayer, TrustedProxies};
 use crate::routing::layer::HeadLimits;
 use crate::routing::{RouteTable, Routing, RoutingLayer};
@@ -32,7 +32,7 @@ pub struct Parts {
     /// `server.proxy_prefix`.
     pub prefix: Arc<str>,
     /// Client headers that no request may bring (identity headers, path overrides).
-    pub strip: Arc<IdentityStrip>,
+    pub strip: Arc<HeaderPolicy>,
     pub trusted: TrustedProxies,
     /// The identity headers set on passed requests.
     pub headers: Arc<HeaderSettings>,

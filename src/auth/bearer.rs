@@ -16,6 +16,27 @@ pub enum Extracted<'a> {
     Malformed,
 }
 
+/// Does the query carry an `access_token` parameter (RFC 6750 §2.3), its name decoded as
+/// a form decoder would (`access%5Ftoken` too)?
+pub fn query_has_token(query: &str) -> bool {
+    // Cheap filter first: the name, or an escape that could spell it.
+    (query.contains("token") || query.contains('%'))
+        && url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "access_token")
+}
+
+/// The query without its `access_token` parameters (the other pairs kept as they were);
+/// `None` when nothing is left.
+pub fn query_without_token(query: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            !url::form_urlencoded::parse(name.as_bytes()).any(|(k, _)| k == "access_token")
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
 /// Spaces (only) around the token.
 fn trim_spaces(mut t: &[u8]) -> &[u8] {
     while let [b' ', rest @ ..] = t {
@@ -113,5 +134,32 @@ mod tests {
             HeaderValue::from_bytes(b"Basic \xc3\xa9t\xc3\xa9").unwrap(),
         );
         assert!(matches!(extract(&m), Extracted::Malformed));
+    }
+
+    #[test]
+    fn query_tokens() {
+        for q in [
+            "access_token=x",
+            "a=1&access_token=x",
+            "access%5Ftoken=x",
+            "access%5ftoken",
+            "b=2&access_token&c=3",
+        ] {
+            assert!(query_has_token(q), "{q}");
+        }
+        for q in [
+            "a=1",
+            "access_tokens=x",
+            "xaccess_token=1",
+            "token=1",
+            "a=access_token",
+        ] {
+            assert!(!query_has_token(q), "{q}");
+        }
+        assert_eq!(
+            query_without_token("a=1&access_token=x&b=%41&access%5Ftoken=y").as_deref(),
+            Some("a=1&b=%41")
+        );
+        assert_eq!(query_without_token("access_token=x"), None);
     }
 }

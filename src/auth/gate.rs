@@ -85,10 +85,17 @@ pub struct Judged<'a> {
     pub forward_auth: bool,
 }
 
-/// Authenticates and authorizes a request for `route`.
-pub async fn authenticate(route: &Route, j: &Judged<'_>) -> Result<Passed, Denied> {
+/// Authenticates a request for `route` and authorizes it by the policy of `route` and of
+/// every route in `also` (the routes other readings of its path select; they share
+/// `route`'s upstream and auth mode).
+pub async fn authenticate(
+    route: &Route,
+    also: &[Arc<Route>],
+    j: &Judged<'_>,
+) -> Result<Passed, Denied> {
+    let all = || std::iter::once(route).chain(also.iter().map(|r| &**r));
     if matches!(route.auth, RouteAuth::Public)
-        || preflight_passes(&route.policy, j.method, j.headers)
+        || all().all(|r| preflight_passes(&r.policy, j.method, j.headers))
     {
         return Ok(anonymous());
     }
@@ -109,24 +116,26 @@ pub async fn authenticate(route: &Route, j: &Judged<'_>) -> Result<Passed, Denie
             ),
         },
     };
-    let refusal = match decide(&route.policy, j.method, &identity) {
-        Decision::Allow => {
-            return Ok(Passed {
-                identity: Some(identity),
-                token,
-                set_cookies,
-            })
-        }
+    // The first route whose policy refuses answers (with its own scopes).
+    let refusal = all().find_map(|r| match decide(&r.policy, j.method, &identity) {
+        Decision::Allow => None,
         Decision::InsufficientScope { required } if matches!(token, AccessToken::Bearer) => {
-            Refusal::InsufficientScope { required }
+            Some(Refusal::InsufficientScope { required })
         }
-        Decision::InsufficientScope { .. } | Decision::Forbidden => Refusal::Forbidden,
-    };
-    Err(Denied {
-        refusal,
-        set_cookies: Vec::new(),
-        user: Some(identity),
-    })
+        Decision::InsufficientScope { .. } | Decision::Forbidden => Some(Refusal::Forbidden),
+    });
+    match refusal {
+        None => Ok(Passed {
+            identity: Some(identity),
+            token,
+            set_cookies,
+        }),
+        Some(refusal) => Err(Denied {
+            refusal,
+            set_cookies: Vec::new(),
+            user: Some(identity),
+        }),
+    }
 }
 
 fn anonymous() -> Passed {

@@ -13,6 +13,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::bearer;
 use super::gate::{self, Denied, Judged};
 use super::identity_headers::{self, HeaderSettings};
 use crate::error::Refusal;
@@ -98,6 +99,11 @@ where
     }
 
     fn call(&mut self, mut r: Routed<B>) -> Self::Future {
+        if let Err(refusal) = token_placement(&mut r) {
+            return AuthFuture::Gated {
+                fut: Box::pin(std::future::ready(Ok(refuse(refusal.into(), &r)))),
+            };
+        }
         if let RouteAuth::Public = r.route.auth {
             // Nothing to prove; the proxy's cookies still go no further.
             strip_own_cookies(&self.own_cookie, r.req.headers_mut());
@@ -118,7 +124,7 @@ where
                 request_id: r.id.as_str(),
                 forward_auth: false,
             };
-            let mut passed = match gate::authenticate(&r.route, &judged).await {
+            let mut passed = match gate::authenticate(&r.route, &r.also, &judged).await {
                 Ok(p) => p,
                 Err(denied) => return Ok(refuse(denied, &r)),
             };
@@ -152,6 +158,39 @@ where
         };
         AuthFuture::Gated { fut: Box::pin(fut) }
     }
+}
+
+/// RFC 6750 §2, on routes that take tokens: a token in the `Authorization` header and
+/// another in the `access_token` query parameter is a malformed request (400); a query
+/// token alone is no credential here, and is taken out of the query so that it never
+/// reaches the upstream (or its logs). Form bodies are not read.
+fn token_placement<B>(r: &mut Routed<B>) -> Result<(), Refusal> {
+    if !matches!(
+        r.route.auth,
+        RouteAuth::Bearer(_) | RouteAuth::Either { .. }
+    ) {
+        return Ok(());
+    }
+    let Some(query) = r.req.uri().query().filter(|q| bearer::query_has_token(q)) else {
+        return Ok(());
+    };
+    if !matches!(bearer::extract(r.req.headers()), bearer::Extracted::Missing) {
+        return Err(Refusal::TokenTwice);
+    }
+    let path = r.req.uri().path();
+    let pq = match bearer::query_without_token(query) {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = r.req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::from_maybe_shared(pq)
+            .map_err(|_| Refusal::BadRequest("malformed request target"))?,
+    );
+    *r.req.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|_| Refusal::BadRequest("malformed request target"))?;
+    tracing::debug!("removed an access_token query parameter");
+    Ok(())
 }
 
 fn append_cookies(answer: &mut Answer, cookies: Vec<HeaderValue>) {

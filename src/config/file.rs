@@ -153,6 +153,12 @@ pub struct HeadersFile {
     pub pass_authorization: bool,
     #[serde(default)]
     pub claims: BTreeMap<String, String>,
+    /// Site-specific client headers to drop (exact names, or a prefix ending in `*`).
+    #[serde(default)]
+    pub strip: Vec<String>,
+    /// Foreign identity headers kept when a trusted proxy sends them (exact, or `prefix*`).
+    #[serde(default)]
+    pub keep_from_trusted: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +175,8 @@ pub struct UpstreamFile {
     pub connect_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle: Option<usize>,
+    /// `"strict"` (default) or `"exact"`.
+    pub path_readings: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -185,6 +185,11 @@ pub struct HeadersConfig {
     /// Every header name that this config or any preset may set, normalized
     /// (lowercase, `_` as `-`): stripped from every client request.
     pub strip: Vec<String>,
+    /// `[headers] strip`: site-specific client headers to drop, beside the built-in
+    /// identity headers of other proxies.
+    pub strip_extra: Vec<NamePattern>,
+    /// `[headers] keep_from_trusted`: foreign identity headers a trusted proxy may send.
+    pub keep_from_trusted: Vec<NamePattern>,
 }
 
 impl HeadersConfig {
@@ -219,6 +224,36 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    /// How many ways the upstream may read a path (the path-reading rule).
+    pub path_readings: PathReadings,
+}
+
+/// `[[upstream]] path_readings`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathReadings {
+    /// Every common reading of a path must satisfy the policy of the route it selects.
+    Strict,
+    /// The app reads paths exactly as routed: only the canonical path counts.
+    Exact,
+}
+
+/// A header name pattern of `[headers] strip` / `keep_from_trusted`: normalized (lowercase,
+/// `_` as `-`), a prefix when it ended in `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePattern {
+    pub name: String,
+    pub prefix: bool,
+}
+
+impl NamePattern {
+    /// Does normalized header name `n` match?
+    pub fn matches(&self, n: &str) -> bool {
+        if self.prefix {
+            n.starts_with(&self.name)
+        } else {
+            n == self.name
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

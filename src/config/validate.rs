@@ -1069,6 +1069,43 @@ fn headers(cx: &mut Ctx<'_>, h: &HeadersFile) -> HeadersConfig {
     }
     strip.sort();
     strip.dedup();
+    let mut patterns = |key: &str, list: &[String]| -> Vec<NamePattern> {
+        let mut out = Vec::new();
+        for (i, raw) in list.iter().enumerate() {
+            let (name, prefix) = match raw.strip_suffix('*') {
+                Some(p) => (p, true),
+                None => (raw.as_str(), false),
+            };
+            if name.is_empty() || HeaderName::from_bytes(name.as_bytes()).is_err() {
+                cx.err(
+                    format!("{key}[{i}]"),
+                    format!("{raw:?} is not a header name (or a prefix ending in '*')"),
+                );
+                continue;
+            }
+            out.push(NamePattern {
+                name: normalize_header_name(name),
+                prefix,
+            });
+        }
+        out
+    };
+    let strip_extra = patterns("headers.strip", &h.strip);
+    let keep_from_trusted = patterns("headers.keep_from_trusted", &h.keep_from_trusted);
+    // The proxy's own headers are never a client's to keep.
+    for (i, k) in keep_from_trusted.iter().enumerate() {
+        let own = strip
+            .iter()
+            .map(String::as_str)
+            .chain(SET_BY_PROXY)
+            .find(|n| k.matches(n) || (!k.prefix && n == &k.name));
+        if let Some(n) = own {
+            cx.err(
+                format!("headers.keep_from_trusted[{i}]"),
+                format!("covers {n:?}, a header portcullis sets itself"),
+            );
+        }
+    }
     HeadersConfig {
         user,
         email,
@@ -1080,8 +1117,20 @@ fn headers(cx: &mut Ctx<'_>, h: &HeadersFile) -> HeadersConfig {
         pass_authorization: h.pass_authorization,
         claims,
         strip,
+        strip_extra,
+        keep_from_trusted,
     }
 }
+
+/// Headers the proxy sets on every upstream request itself (beside identity headers).
+const SET_BY_PROXY: [&str; 6] = [
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+];
 
 fn upstreams(cx: &mut Ctx<'_>, list: &[UpstreamFile]) -> Vec<UpstreamConfig> {
     let mut out = Vec::new();
@@ -1192,6 +1241,17 @@ fn upstreams(cx: &mut Ctx<'_>, list: &[UpstreamFile]) -> Vec<UpstreamConfig> {
                 Duration::from_secs(90),
             ),
             pool_max_idle: u.pool_max_idle.unwrap_or(1024),
+            path_readings: match u.path_readings.as_deref() {
+                None | Some("strict") => PathReadings::Strict,
+                Some("exact") => PathReadings::Exact,
+                Some(o) => {
+                    cx.err(
+                        format!("{key}.path_readings"),
+                        format!("{o:?} is not one of strict, exact"),
+                    );
+                    PathReadings::Strict
+                }
+            },
         });
     }
     out
@@ -1411,5 +1471,64 @@ mod tests {
             .unwrap_err()
             .contains("MISSING"));
         assert!(expand_str("${OPEN", &env).is_err());
+    }
+
+    fn keys(text: &str) -> Vec<String> {
+        match from_toml(text, Path::new("."), &env) {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.into_iter()
+                    .map(|e| format!("{}: {}", e.key, e.message))
+                    .collect()
+            }
+        }
+    }
+
+    const BASE: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n[[route]]\npath = \"/\"\nupstream = \"a\"\nauth = \"public\"\n";
+
+    #[test]
+    fn header_families_and_path_readings_keys() {
+        let ok = format!(
+            "{BASE}[headers]\nstrip = [\"X-Legacy-User\", \"X-Acme-*\"]\nkeep_from_trusted = [\"X-Consumer-*\", \"Cf-Access-Jwt-Assertion\"]\n"
+        );
+        assert_eq!(keys(&ok), Vec::<String>::new());
+        // portcullis's own headers are never a client's to keep.
+        for own in [
+            "X-Auth-Request-User",
+            "x_auth_request_email",
+            "X-Auth-*",
+            "X-Request-Id",
+            "x-forwarded-*",
+        ] {
+            let text = format!("{BASE}[headers]\nkeep_from_trusted = [\"{own}\"]\n");
+            let errs = keys(&text);
+            assert!(
+                errs.iter()
+                    .any(|e| e.starts_with("headers.keep_from_trusted[0]: covers")),
+                "{own}: {errs:?}"
+            );
+        }
+        let bad = format!("{BASE}[headers]\nstrip = [\"bad header\", \"*\"]\n");
+        let errs = keys(&bad);
+        assert!(
+            errs.iter().any(|e| e.starts_with("headers.strip[0]")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("headers.strip[1]")),
+            "{errs:?}"
+        );
+        let exact = BASE.replace(
+            "url = \"http://127.0.0.1:9\"",
+            "url = \"http://127.0.0.1:9\"\npath_readings = \"exact\"",
+        );
+        assert_eq!(keys(&exact), Vec::<String>::new());
+        let wrong = BASE.replace(
+            "url = \"http://127.0.0.1:9\"",
+            "url = \"http://127.0.0.1:9\"\npath_readings = \"loose\"",
+        );
+        assert!(keys(&wrong)
+            .iter()
+            .any(|e| e.starts_with("upstream[0].path_readings")));
     }
 }

@@ -21,6 +21,7 @@ use crate::error::Refusal;
 use crate::exchange::Answer;
 use crate::path::{normalize_host, normalize_path};
 use crate::proxy::hygiene::TrustedProxies;
+use crate::routing::layer::AMBIGUOUS_READINGS;
 use crate::routing::{OwnEndpoint, RouteTable};
 
 /// What the endpoints need: the login (when configured), and for forward auth the route
@@ -149,8 +150,14 @@ impl Endpoints {
             .or_else(|| header(&["host"]).and_then(|h| normalize_host(&h).map(|h| h.into_owned())));
         let path = original.path;
         let query = original.query;
-        let Some(route) = self.table.find(host.as_deref(), &path) else {
-            return refuse(Refusal::Forbidden);
+        // The path-reading rule, as for a proxied request.
+        let selected = match self.table.select(host.as_deref(), &path) {
+            Ok(Some(s)) => s,
+            Ok(None) => return refuse(Refusal::Forbidden),
+            Err(conflict) => {
+                tracing::debug!(reason = %conflict, "forward auth: a path its readings make ambiguous");
+                return refuse(Refusal::BadRequest(AMBIGUOUS_READINGS));
+            }
         };
         let pq = match query {
             Some(q) => format!("{path}?{q}"),
@@ -163,7 +170,7 @@ impl Endpoints {
             request_id: rid,
             forward_auth: true,
         };
-        let passed = match gate::authenticate(route, &judged).await {
+        let passed = match gate::authenticate(&selected.route, &selected.also, &judged).await {
             Ok(p) => p,
             Err(denied) => {
                 let resp = denied

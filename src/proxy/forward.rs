@@ -55,20 +55,24 @@ impl Service<Routed<Incoming>> for ProxyService {
     }
 }
 
-/// Classifies an upstream failure without exposing it to the client.
-fn classify(e: PoolError, upstream: &Arc<str>) -> (Refusal, UpstreamError) {
-    if e.is_connect() {
-        return (
-            Refusal::BadGateway(upstream.clone(), Some(e.into())),
-            UpstreamError::Connect,
-        );
-    }
+/// Classifies a failed exchange by whose fault it is, without exposing it to the client:
+/// the client's body (too slow: 408; malformed: 400; not an upstream error), or the
+/// upstream (502, counted by kind).
+fn classify(e: PoolError, upstream: &Arc<str>) -> (Refusal, Option<UpstreamError>) {
     if e.is_body_timeout() {
-        return (Refusal::RequestTimeout, UpstreamError::Other);
+        return (Refusal::RequestTimeout, None);
     }
+    if e.is_client_body_error() {
+        return (Refusal::BadRequest("the request body is malformed"), None);
+    }
+    let kind = if e.is_connect() {
+        UpstreamError::Connect
+    } else {
+        UpstreamError::Other
+    };
     (
         Refusal::BadGateway(upstream.clone(), Some(e.into())),
-        UpstreamError::Other,
+        Some(kind),
     )
 }
 
@@ -156,8 +160,10 @@ impl ProxyService {
         let started = Instant::now();
         let result = tokio::time::timeout(route.timeout, upstream.client.send(up_req)).await;
         let latency = started.elapsed();
-        let failed = |refusal: Refusal, kind: UpstreamError| {
-            self.metrics.upstream_error(kind);
+        let failed = |refusal: Refusal, kind: Option<UpstreamError>| {
+            if let Some(kind) = kind {
+                self.metrics.upstream_error(kind);
+            }
             let mut answer = Answer::from(refusal.respond_as(id.as_str(), html));
             answer.upstream_latency = Some(latency);
             answer
@@ -166,7 +172,7 @@ impl ProxyService {
             Err(_) => {
                 return failed(
                     Refusal::GatewayTimeout(upstream.name.clone()),
-                    UpstreamError::Timeout,
+                    Some(UpstreamError::Timeout),
                 )
             }
             Ok(Err(e)) => {
@@ -181,7 +187,7 @@ impl ProxyService {
                 // An upgrade nobody asked for.
                 return failed(
                     Refusal::BadGateway(upstream.name.clone(), None),
-                    UpstreamError::Other,
+                    Some(UpstreamError::Other),
                 );
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);

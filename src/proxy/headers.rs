@@ -7,8 +7,7 @@
 //! proxy add its own. Names are compared as `HeaderName`s or bytes: nothing is parsed or
 //! formatted per request.
 
-use std::collections::HashSet;
-
+use super::header_policy::{Class, HeaderPolicy};
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
     TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -18,23 +17,6 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-
-/// Headers that rewrite the path or method a backend believes it serves (IIS, Symfony,
-/// Spring, Rails/Express method overrides, forward-auth): the upstream must see only the
-/// path and method that were authorized (a GET with `X-HTTP-Method-Override: DELETE` would
-/// otherwise dodge `method_scopes`). Never forwarded, whoever sent them.
-const PATH_OVERRIDES: [&str; 10] = [
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-uri",
-    "x-forwarded-uri",
-    "x-forwarded-prefix",
-    "x-forwarded-path",
-    "x-original-method",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
 
 /// RFC 9110 §7.6.1 and the usual extras: never forwarded by a proxy.
 fn is_hop_by_hop(n: &HeaderName) -> bool {
@@ -117,6 +99,24 @@ fn hop_by_hop_names(h: &HeaderMap, facts: &ConnectionFacts) -> Vec<HeaderName> {
         .collect()
 }
 
+/// Removes the headers a client's `Connection` header names (RFC 9110 §7.6.1) at once,
+/// before anything reads them (the request id, forward auth's `X-Forwarded-Uri`): a
+/// nominated header is the hop's, never the request's. The hop-by-hop set itself (and
+/// `Connection`) goes in [`clean_request`].
+pub fn remove_connection_named(h: &mut HeaderMap) {
+    if !connection_facts(h).names_others {
+        return;
+    }
+    let doomed: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| !is_hop_by_hop(n) && named_in_connection(h, n))
+        .cloned()
+        .collect();
+    for n in doomed {
+        h.remove(n);
+    }
+}
+
 /// Removes `Connection`-named and hop-by-hop headers from an upstream's response.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let facts = connection_facts(h);
@@ -135,68 +135,13 @@ fn normalized(name: &HeaderName) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Is this a forwarding header that only a trusted proxy may send? (`n` normalized.)
-fn is_forwarding(n: &str) -> bool {
-    n.starts_with("x-forwarded-") || n == "forwarded" || n == "x-real-ip"
-}
-
-/// FNV-1a: the names are fixed at build time and only looked up per request (nothing a
-/// client sends is ever inserted), so a keyed hash buys nothing here and costs ~10x.
-#[derive(Default, Clone, Copy)]
-struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
-type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
-
-/// The header names no client may send: every identity header any configuration or
-/// preset may set, and the path and method overrides. Built once per generation.
-#[derive(Debug, Clone, Default)]
-pub struct IdentityStrip {
-    names: HashSet<Box<str>, FnvBuild>,
-    /// Bit `n` set: some name of length `n` (capped at 63) is in `names`. Most request
-    /// headers are ruled out by their length alone, before any hashing.
-    lengths: u64,
-}
-
-impl IdentityStrip {
-    /// `names`: normalized (lowercase, `_` as `-`).
-    pub fn new(names: &[String]) -> Self {
-        let mut s = IdentityStrip::default();
-        for n in names.iter().map(String::as_str).chain(PATH_OVERRIDES) {
-            s.lengths |= 1 << n.len().min(63);
-            s.names.insert(n.into());
-        }
-        s
-    }
-
-    fn matches(&self, normalized: &str) -> bool {
-        self.lengths & (1 << normalized.len().min(63)) != 0 && self.names.contains(normalized)
-    }
-}
-
 /// Cleans a request from a client in one pass over its header names (see the module
 /// doc), then sets the forwarding headers: from an untrusted peer every copy is discarded
 /// and rebuilt from the connection; a trusted proxy's are kept (underscore spellings
 /// excepted) and the peer appended to `X-Forwarded-For`.
 pub fn clean_request(
     h: &mut HeaderMap,
-    strip: &IdentityStrip,
+    policy: &HeaderPolicy,
     forwarded: &Forwarded<'_>,
 ) -> HopByHop {
     let facts = connection_facts(h);
@@ -219,12 +164,15 @@ pub fn clean_request(
             doomed.push(n.clone());
             continue;
         }
-        let norm = normalized(n);
-        if strip.matches(&norm) {
-            tracing::debug!(header = %n, "stripped client-sent identity or path header");
-            doomed.push(n.clone());
-        } else if is_forwarding(&norm) && (!forwarded.trusted || n.as_str().contains('_')) {
+        let drop = match policy.class(&normalized(n)) {
+            None => false,
+            Some(Class::Drop) => true,
+            Some(Class::Foreign { keep }) => !(keep && forwarded.trusted),
             // Underscore spellings are ambiguous even from a trusted proxy.
+            Some(Class::Peer) => !forwarded.trusted || n.as_str().contains('_'),
+        };
+        if drop {
+            tracing::debug!(header = %n, "dropped a client header");
             doomed.push(n.clone());
         }
     }
@@ -283,6 +231,10 @@ fn set_forwarded(h: &mut HeaderMap, f: &Forwarded<'_>) {
 mod tests {
     use super::*;
 
+    fn policy(own: &[&str]) -> HeaderPolicy {
+        HeaderPolicy::new(&super::super::header_policy::test_config(own, &[], &[]))
+    }
+
     fn untrusted<'a>(peer: &'a HeaderValue, host: Option<&'a HeaderValue>) -> Forwarded<'a> {
         Forwarded {
             peer,
@@ -306,7 +258,7 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         let mut response = h.clone();
         let peer = HeaderValue::from_static("10.0.0.9");
-        let c = clean_request(&mut h, &IdentityStrip::new(&[]), &untrusted(&peer, None));
+        let c = clean_request(&mut h, &policy(&[]), &untrusted(&peer, None));
         assert_eq!(
             c.upgrade.as_ref().map(|v| v.as_bytes()),
             Some(&b"websocket"[..])
@@ -333,7 +285,7 @@ mod tests {
 
     #[test]
     fn strips_identity_in_every_spelling() {
-        let s = IdentityStrip::new(&["x-auth-request-user".into()]);
+        let s = policy(&["x-auth-request-user"]);
         let mut h = HeaderMap::new();
         h.append("X-Auth-Request-User", HeaderValue::from_static("a"));
         h.append("x_auth_request_user", HeaderValue::from_static("b"));
@@ -362,7 +314,7 @@ mod tests {
 
     #[test]
     fn clean_request_does_all_in_one_pass() {
-        let s = IdentityStrip::new(&["x-auth-request-user".into()]);
+        let s = policy(&["x-auth-request-user"]);
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("x-hop"));
         h.insert("x-hop", HeaderValue::from_static("1"));
@@ -393,7 +345,7 @@ mod tests {
 
     #[test]
     fn forwarded_trusted_is_appended() {
-        let s = IdentityStrip::new(&[]);
+        let s = policy(&[]);
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));

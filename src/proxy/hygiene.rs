@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::headers::{clean_request, Forwarded, IdentityStrip};
+use super::header_policy::HeaderPolicy;
+use super::headers::{clean_request, Forwarded};
 use crate::exchange::{Answer, X_REQUEST_ID};
 use crate::routing::Routed;
 
@@ -29,12 +30,12 @@ impl TrustedProxies {
 
 #[derive(Clone)]
 pub struct HygieneLayer {
-    strip: Arc<IdentityStrip>,
+    strip: Arc<HeaderPolicy>,
     trusted: TrustedProxies,
 }
 
 impl HygieneLayer {
-    pub fn new(strip: Arc<IdentityStrip>, trusted: TrustedProxies) -> Self {
+    pub fn new(strip: Arc<HeaderPolicy>, trusted: TrustedProxies) -> Self {
         HygieneLayer { strip, trusted }
     }
 }
@@ -53,7 +54,7 @@ impl<S> Layer<S> for HygieneLayer {
 #[derive(Clone)]
 pub struct Hygiene<S> {
     inner: S,
-    strip: Arc<IdentityStrip>,
+    strip: Arc<HeaderPolicy>,
     trusted: TrustedProxies,
 }
 

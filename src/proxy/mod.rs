@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod forward;
+pub mod header_policy;
 pub mod headers;
 pub mod hygiene;
 pub mod pool;

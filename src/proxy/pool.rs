@@ -36,7 +36,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::client::{tls_client_config, ClientBuildError};
-use crate::body::{BodyTimeout, ReqBody};
+use crate::body::{BodyTimeout, ClientBodyError, ReqBody};
 use crate::config::UpstreamConfig;
 
 /// TCP keepalive probes start after this much silence (as the legacy client had it).
@@ -63,9 +63,19 @@ impl PoolError {
     /// The request failed because the client's body paused for longer than the body read
     /// timeout ([`BodyTimeout`] is in the source chain).
     pub fn is_body_timeout(&self) -> bool {
+        self.caused_by::<BodyTimeout>()
+    }
+
+    /// The request failed because the client's body did ([`ClientBodyError`]: malformed
+    /// framing, a reset).
+    pub fn is_client_body_error(&self) -> bool {
+        self.caused_by::<ClientBodyError>()
+    }
+
+    fn caused_by<E: std::error::Error + 'static>(&self) -> bool {
         let mut source = std::error::Error::source(self);
         while let Some(s) = source {
-            if s.is::<BodyTimeout>() {
+            if s.is::<E>() {
                 return true;
             }
             source = s.source();

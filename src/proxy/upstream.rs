@@ -17,6 +17,9 @@ pub struct Upstream {
     pub preserve_host: bool,
     /// HTTP/2 (gRPC): prior knowledge over plain TCP, ALPN over TLS.
     pub h2: bool,
+    /// `path_readings = "exact"`: the app reads paths exactly as routed, so other
+    /// readings of a path are not considered for routes that send to it.
+    pub exact_readings: bool,
     /// This worker's pooled client; it outlives config generations whose settings for
     /// this upstream did not change.
     pub client: Arc<UpstreamPool>,

@@ -20,6 +20,10 @@ use crate::error::Refusal;
 use crate::exchange::{Answer, Exchange};
 use crate::path::{normalize_host, normalize_path};
 
+/// The refusal of a path whose readings select routes that cannot be enforced together.
+pub const AMBIGUOUS_READINGS: &str =
+    "ambiguous path: upstreams may read it as a path of another route";
+
 /// The limits the routing layer checks (hyper enforces its own, looser ones first).
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
@@ -123,6 +127,7 @@ enum Decision {
     Endpoint(Box<str>),
     Route {
         route: Arc<Route>,
+        also: Vec<Arc<Route>>,
         authority: Option<HeaderValue>,
         canonical: Option<Box<str>>,
     },
@@ -161,13 +166,17 @@ impl<S, E> Routing<S, E> {
                 return Ok(Decision::Endpoint(rest.into()));
             }
         }
-        let route = self
+        let selected = self
             .table
-            .find(host.as_deref(), &path)
-            .ok_or(Refusal::NotFound)?
-            .clone();
+            .select(host.as_deref(), &path)
+            .map_err(|conflict| {
+                tracing::debug!(reason = %conflict, "refused a path its readings make ambiguous");
+                Refusal::BadRequest(AMBIGUOUS_READINGS)
+            })?
+            .ok_or(Refusal::NotFound)?;
         Ok(Decision::Route {
-            route,
+            route: selected.route,
+            also: selected.also,
             authority,
             canonical: match path {
                 Cow::Borrowed(_) => None,
@@ -214,11 +223,13 @@ where
             }
             Ok(Decision::Route {
                 route,
+                also,
                 authority,
                 canonical,
             }) => {
                 let metrics = route.metrics.clone();
-                let routed = Routed::new(req, conn, id, route, canonical, authority);
+                let mut routed = Routed::new(req, conn, id, route, canonical, authority);
+                routed.also = also;
                 RoutingFuture::Routed {
                     fut: self.inner.call(routed),
                     metrics: Some(metrics),

@@ -21,6 +21,9 @@ pub struct Routed<B> {
     pub conn: Arc<ConnInfo>,
     pub id: RequestId,
     pub route: Arc<Route>,
+    /// Routes that other readings of the path select (the path-reading rule): their
+    /// policies must pass too. Usually empty.
+    pub also: Vec<Arc<Route>>,
     /// The canonical path when it differs from the request's own; `None`: the request's
     /// path is canonical as it came (the common case, no copy).
     canonical: Option<Box<str>>,
@@ -46,6 +49,7 @@ impl<B> Routed<B> {
             conn,
             id,
             route,
+            also: Vec::new(),
             canonical,
             authority,
             hop: HopByHop::default(),

@@ -10,7 +10,9 @@ use std::time::Duration;
 use crate::admin::metrics::{Metrics, RouteMetrics};
 use crate::config::{AuthMode, RouteConfig};
 use crate::oidc::login::Login;
-use crate::path::{plain_prefix_matches, prefix_matches, strip_route_prefix};
+use crate::path::{
+    has_other_readings, plain_prefix_matches, prefix_matches, readings, strip_route_prefix, Reading,
+};
 use crate::policy::{Allow, RoutePolicy};
 use crate::proxy::upstream::Upstream;
 use crate::token::TokenValidator;
@@ -49,6 +51,8 @@ pub struct Route {
     pub host: Option<Box<str>>,
     /// Canonical prefix: starts with `/`, no trailing slash unless it is `/`.
     pub prefix: Box<str>,
+    /// The prefix in ASCII lower case, for case-folded readings of a path.
+    prefix_folded: Box<str>,
     /// The prefix has a `;` (validation allows it; matching then ignores parameters).
     prefix_has_params: bool,
     pub strip_prefix: bool,
@@ -67,12 +71,18 @@ impl Route {
     }
 
     /// `plain`: the path has no `;` (no path parameters), so a byte comparison decides.
-    fn matches(&self, host: Option<&str>, path: &str, plain: bool) -> bool {
+    /// `folded`: `path` is in lower case and is compared with the folded prefix.
+    fn matches(&self, host: Option<&str>, path: &str, plain: bool, folded: bool) -> bool {
+        let prefix = if folded {
+            &self.prefix_folded
+        } else {
+            &self.prefix
+        };
         self.host.as_deref().is_none_or(|h| Some(h) == host)
             && if plain && !self.prefix_has_params {
-                plain_prefix_matches(&self.prefix, path)
+                plain_prefix_matches(prefix, path)
             } else {
-                prefix_matches(&self.prefix, path)
+                prefix_matches(prefix, path)
             }
     }
 }
@@ -80,6 +90,26 @@ impl Route {
 /// The routes in file order: the first match wins.
 pub struct RouteTable {
     routes: Box<[Arc<Route>]>,
+    /// Some prefix has an upper-case letter: a case-folded reading of any path may then
+    /// select another route.
+    upper_prefixes: bool,
+}
+
+/// The routes a request is subject to: the one its canonical path selects (it decides
+/// the upstream, `strip_prefix` and timeouts) and those other readings of the path select
+/// (their policies must pass too).
+pub struct Selected {
+    pub route: Arc<Route>,
+    pub also: Vec<Arc<Route>>,
+}
+
+/// The readings of a path select routes that cannot be enforced together.
+#[derive(Debug, thiserror::Error)]
+#[error("read as {reading:?} the path selects route {other:?} (another upstream or auth mode than {route:?})")]
+pub struct ReadingConflict {
+    pub reading: String,
+    pub route: Arc<str>,
+    pub other: Arc<str>,
 }
 
 /// A config that validation accepted but that cannot be compiled: a bug in validation,
@@ -147,6 +177,7 @@ impl RouteTable {
                 name: r.name.clone(),
                 host: r.host.as_deref().map(Box::from),
                 prefix: r.path.as_str().into(),
+                prefix_folded: r.path.to_ascii_lowercase().into(),
                 prefix_has_params: r.path.contains(';'),
                 strip_prefix: r.strip_prefix,
                 policy: policy(r),
@@ -157,6 +188,9 @@ impl RouteTable {
             }));
         }
         Ok(RouteTable {
+            upper_prefixes: routes
+                .iter()
+                .any(|r| r.path.bytes().any(|b| b.is_ascii_uppercase())),
             routes: out.into_boxed_slice(),
         })
     }
@@ -165,7 +199,69 @@ impl RouteTable {
     /// without port; `path` canonical.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         let plain = !path.contains(';');
-        self.routes.iter().find(|r| r.matches(host, path, plain))
+        self.routes
+            .iter()
+            .find(|r| r.matches(host, path, plain, false))
+    }
+
+    /// The first route for a path in lower case, compared with folded prefixes.
+    fn find_folded(&self, host: Option<&str>, lower: &str) -> Option<&Arc<Route>> {
+        let plain = !lower.contains(';');
+        self.routes
+            .iter()
+            .find(|r| r.matches(host, lower, plain, true))
+    }
+
+    /// The routes a request for `path` (canonical) is subject to, by the path-reading
+    /// rule (README "Path readings"): every route that a common reading of the path
+    /// selects must let the request through. Readings that select a route with another
+    /// upstream or another auth mode cannot be enforced together: `Err`. Routes whose
+    /// upstream reads paths exactly (`path_readings = "exact"`) consider the canonical
+    /// path only. `None`: no route for the canonical path.
+    pub fn select(
+        &self,
+        host: Option<&str>,
+        path: &str,
+    ) -> Result<Option<Selected>, ReadingConflict> {
+        let Some(route) = self.find(host, path) else {
+            return Ok(None);
+        };
+        let mut selected = Selected {
+            route: route.clone(),
+            also: Vec::new(),
+        };
+        if route.upstream.exact_readings || !(self.upper_prefixes || has_other_readings(path)) {
+            return Ok(Some(selected));
+        }
+        let mut readings = readings(path);
+        if self.upper_prefixes {
+            readings.push(Reading {
+                path: path.to_ascii_lowercase(),
+                folded: true,
+            });
+        }
+        for r in readings {
+            let other = if r.folded {
+                self.find_folded(host, &r.path)
+            } else {
+                self.find(host, &r.path)
+            };
+            let Some(other) = other else { continue };
+            if Arc::ptr_eq(other, route) || selected.also.iter().any(|a| Arc::ptr_eq(a, other)) {
+                continue;
+            }
+            if !Arc::ptr_eq(&other.upstream, &route.upstream)
+                || other.auth.mode() != route.auth.mode()
+            {
+                return Err(ReadingConflict {
+                    reading: r.path,
+                    route: route.name.clone(),
+                    other: other.name.clone(),
+                });
+            }
+            selected.also.push(other.clone());
+        }
+        Ok(Some(selected))
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {

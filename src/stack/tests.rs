@@ -19,7 +19,7 @@ use crate::config::{Config, Secret};
 use crate::exchange::{Answer, Arrival, ConnInfo};
 use crate::oidc::login::Login;
 use crate::oidc::transport::{HttpTransport, TransportConfig};
-use crate::proxy::headers::IdentityStrip;
+use crate::proxy::header_policy::HeaderPolicy;
 use crate::proxy::hygiene::TrustedProxies;
 use crate::proxy::pool::UpstreamPool;
 use crate::proxy::upstream::Upstream;
@@ -41,6 +41,7 @@ struct Seen {
     route: String,
     path: String,
     upstream_path: String,
+    query: Option<String>,
     headers: HeaderMap,
 }
 
@@ -70,6 +71,7 @@ impl<B> tower_service::Service<Routed<B>> for Recorder {
             route: r.route.name.to_string(),
             path: r.path().to_string(),
             upstream_path: r.route.upstream_path(r.path()).to_string(),
+            query: r.req.uri().query().map(String::from),
             headers: r.req.headers().clone(),
         });
         std::future::ready(Ok(Answer::from(Resp::new(RespBody::full("upstream")))))
@@ -85,7 +87,7 @@ public_url = "https://app.test"
 trusted_proxies = ["10.0.12.0/24"]
 
 [server.limits]
-max_headers = 20
+max_headers = 40
 max_uri_length = 200
 
 [provider]
@@ -100,6 +102,10 @@ introspection = "off"
 
 [session]
 secrets = ["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]
+
+[headers]
+strip = ["X-Legacy-User", "X-Acme-*"]
+keep_from_trusted = ["X-Consumer-*", "X-Webauth-User", "X-Legacy-User"]
 
 [[upstream]]
 name = "app"
@@ -181,7 +187,12 @@ struct Harness {
 }
 
 fn harness() -> Harness {
-    let config = Config::from_toml(&base_config(ROUTES), std::path::Path::new(".")).unwrap();
+    harness_with(ROUTES)
+}
+
+/// A harness for `routes` (and any `[[upstream]]` they add beside `app`).
+fn harness_with(routes: &str) -> Harness {
+    let config = Config::from_toml(&base_config(routes), std::path::Path::new(".")).unwrap();
     let metrics = Arc::new(Metrics::default());
     let upstreams: Vec<Arc<Upstream>> = config
         .upstreams
@@ -194,6 +205,7 @@ fn harness() -> Harness {
                 base_path: u.base_path.as_str().into(),
                 preserve_host: u.preserve_host,
                 h2: u.h2,
+                exact_readings: u.path_readings == crate::config::PathReadings::Exact,
                 client: Arc::new(UpstreamPool::new(u).unwrap()),
             })
         })
@@ -219,7 +231,7 @@ fn harness() -> Harness {
             max_header_bytes: limits.max_header_bytes,
         },
         prefix: config.server.proxy_prefix.as_str().into(),
-        strip: Arc::new(IdentityStrip::new(&config.headers.strip)),
+        strip: Arc::new(HeaderPolicy::new(&config.headers)),
         trusted: TrustedProxies::new(&config.server.trusted_proxies),
         headers: Arc::new(HeaderSettings::new(config.headers.clone())),
         login: Some(login.clone()),
@@ -365,7 +377,7 @@ async fn head_limits_and_bad_hosts_are_refused() {
     let h = harness();
     let long = format!("/{}", "a".repeat(300));
     assert_eq!(h.get(&long, &[]).await.status(), 414);
-    let many: Vec<(String, String)> = (0..25).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let many: Vec<(String, String)> = (0..45).map(|i| (format!("x-h{i}"), "v".into())).collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(h.get("/", &many).await.status(), 431);
     let mut twice = request(Method::GET, "/", &[]);
@@ -481,6 +493,132 @@ async fn trusted_proxies_forwarding_headers_are_kept_and_appended() {
     let seen = h.one_seen().headers;
     assert_eq!(seen["x-forwarded-for"], "198.51.100.1, 10.0.12.7");
     assert_eq!(seen["x-forwarded-proto"], "https");
+}
+
+/// Other proxies' identity headers, client-IP headers and rewrite hints (issue 9).
+#[tokio::test]
+async fn foreign_identity_client_ip_and_rewrite_headers() {
+    let h = harness();
+    let sent = [
+        ("x-user", "admin"),
+        ("x-email", "admin@evil"),
+        ("oidc_claim_email", "admin@evil"),
+        ("OIDC_access_token", "t"),
+        ("x-pomerium-claim-groups", "admins"),
+        ("cf-access-authenticated-user-email", "a@evil"),
+        ("x-goog-authenticated-user-email", "a@evil"),
+        ("x-ms-client-principal-name", "admin"),
+        ("x-consumer-username", "admin"),
+        ("x-webauth-user", "admin"),
+        ("x-legacy-user", "admin"),
+        ("x-acme-role", "admin"),
+        ("true-client-ip", "1.2.3.4"),
+        ("cf-connecting-ip", "1.2.3.4"),
+        ("x-client-ip", "1.2.3.4"),
+        ("x-cluster-client-ip", "1.2.3.4"),
+        ("fastly-client-ip", "1.2.3.4"),
+        ("x-forwarded-client-cert", "Hash=abc"),
+        ("x-envoy-original-path", "/admin"),
+        ("x-original-path", "/admin"),
+        ("accept", "*/*"),
+    ];
+    // From a client: all of them gone.
+    h.get("/page", &sent).await;
+    let seen = h.one_seen().headers;
+    for (name, _) in &sent[..sent.len() - 1] {
+        assert!(!seen.contains_key(*name), "{name} reached the upstream");
+    }
+    assert_eq!(seen["accept"], "*/*");
+    // From a trusted proxy: client-IP and named foreign headers kept, the rest gone.
+    h.send_from(TRUSTED, request(Method::GET, "/page", &sent))
+        .await;
+    let seen = h.one_seen().headers;
+    for kept in [
+        "x-consumer-username",
+        "x-webauth-user",
+        "x-legacy-user",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "fastly-client-ip",
+        "x-forwarded-client-cert",
+    ] {
+        assert!(
+            seen.contains_key(kept),
+            "{kept} from a trusted proxy was dropped"
+        );
+    }
+    for gone in [
+        "x-user",
+        "x-email",
+        "oidc_claim_email",
+        "oidc_access_token",
+        "x-pomerium-claim-groups",
+        "cf-access-authenticated-user-email",
+        "x-ms-client-principal-name",
+        "x-acme-role",
+        "x-envoy-original-path",
+        "x-original-path",
+        "x-auth-request-user",
+    ] {
+        assert!(
+            !seen.contains_key(gone),
+            "{gone} from a trusted proxy reached the upstream"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_id_named_in_connection_is_not_the_clients() {
+    let h = harness();
+    let r = h
+        .get(
+            "/",
+            &[
+                ("connection", "x-request-id"),
+                ("x-request-id", "chosen-by-client"),
+            ],
+        )
+        .await;
+    let id = header(&r, "x-request-id").to_string();
+    assert_ne!(id, "chosen-by-client");
+    assert_eq!(id.len(), 32);
+    assert_eq!(h.one_seen().headers["x-request-id"], id.as_str());
+}
+
+#[tokio::test]
+async fn query_tokens_on_token_routes() {
+    let h = harness();
+    let auth = format!("Bearer {}", token(claims("svc", "read")));
+    // A token in the header and another in the query: 400, nothing forwarded.
+    let r = h
+        .get(
+            "/api/x?access_token=abc",
+            &[("host", "api.test"), ("authorization", &auth)],
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert!(header(&r, "www-authenticate").contains("invalid_request"));
+    h.nothing_seen();
+    // A query token alone is no credential (401) and is never forwarded.
+    let r = h
+        .get("/api/x?a=1&access%5Ftoken=abc", &[("host", "api.test")])
+        .await;
+    assert_eq!(r.status(), 401);
+    h.nothing_seen();
+    // With a header token, the query without it reaches the upstream.
+    let staff = h.session_cookie("alice", &["staff"]).await;
+    let r = h
+        .get("/mixed/x?a=1&access_token=abc&b=2", &[("cookie", &staff)])
+        .await;
+    assert_eq!(r.status(), 200);
+    let seen = h.one_seen();
+    assert_eq!(seen.route, "mixed");
+    assert_eq!(seen.query.as_deref(), Some("a=1&b=2"));
+    // Public routes leave the app's own parameters alone.
+    h.get("/page?access_token=mine", &[]).await;
+    assert_eq!(h.one_seen().query.as_deref(), Some("access_token=mine"));
 }
 
 #[tokio::test]
@@ -689,4 +827,139 @@ async fn body_text(r: Resp) -> String {
     use http_body_util::BodyExt;
     let b = r.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(b.to_vec()).unwrap()
+}
+
+// ---- the path-reading rule ---------------------------------------------------------------
+
+const READING_ROUTES: &str = r#"
+[[upstream]]
+name = "other"
+url = "http://127.0.0.1:10"
+
+[[upstream]]
+name = "exact"
+url = "http://127.0.0.1:11"
+path_readings = "exact"
+
+[[route]]
+name = "admin"
+path = "/admin"
+upstream = "app"
+auth = "login"
+allow = { groups = ["staff"] }
+
+[[route]]
+name = "api-admin"
+path = "/api/admin"
+upstream = "app"
+auth = "bearer"
+scopes = ["admin"]
+
+[[route]]
+name = "api"
+path = "/api"
+upstream = "app"
+auth = "bearer"
+scopes = ["read"]
+
+[[route]]
+name = "files"
+path = "/files"
+upstream = "exact"
+auth = "public"
+
+[[route]]
+name = "internal"
+path = "/internal"
+upstream = "other"
+auth = "public"
+
+[[route]]
+name = "pub"
+path = "/"
+upstream = "app"
+auth = "public"
+"#;
+
+/// Every route that any common reading of a path selects must let the request through
+/// (README "Path readings"); readings that select another upstream or auth mode are 400.
+#[tokio::test]
+async fn path_readings_table() {
+    let h = harness_with(READING_ROUTES);
+    let read = format!("Bearer {}", token(claims("svc", "read")));
+    let both = format!("Bearer {}", token(claims("svc", "read admin")));
+    // (path, Authorization, status, the route that got it)
+    let cases: &[(&str, &str, u16, Option<&str>)] = &[
+        ("/admin/users", "", 401, None),
+        ("/admin;x/users", "", 401, None),
+        ("/ADMIN/users", "", 400, None),
+        ("/Admin", "", 400, None),
+        ("/admin%20/users", "", 400, None),
+        ("/admin./users", "", 400, None),
+        ("/admin%3Bx/users", "", 400, None),
+        ("/admin%3bx/users", "", 400, None),
+        ("/public/..%3B/admin", "", 400, None),
+        ("/public/..%20/admin", "", 400, None),
+        ("/public/%252e%252e/admin", "", 400, None),
+        ("/public/%252E%252E/admin", "", 400, None),
+        ("/public/%252f..%252fadmin", "", 400, None),
+        ("/public/..;/admin", "", 400, None),
+        ("/admin%2Fusers", "", 400, None),
+        ("/x%255c", "", 400, None),
+        ("/x%2500", "", 400, None),
+        ("/x%2523", "", 400, None),
+        ("/x%2541", "", 200, Some("pub")),
+        ("/hello", "", 200, Some("pub")),
+        ("/Hello", "", 200, Some("pub")),
+        ("/HELLO%20./", "", 200, Some("pub")),
+        ("/api/items", &read, 200, Some("api")),
+        ("/api/ADMIN/x", &read, 403, None),
+        ("/api/admin/x", &read, 403, None),
+        ("/api/admin%20/x", &read, 403, None),
+        ("/api/admin./x", &read, 403, None),
+        ("/api/admin;p/x", &read, 403, None),
+        ("/api/admin%3Bp/x", &read, 403, None),
+        ("/api/%2561dmin/x", &read, 403, None),
+        ("/api/items", &both, 200, Some("api")),
+        ("/api/ADMIN/x", &both, 200, Some("api")),
+        ("/api/admin%3Bp/x", &both, 200, Some("api")),
+        ("/files/ADMIN", "", 200, Some("files")),
+        ("/files/..%3B/x", "", 200, Some("files")),
+        ("/FILES/x", "", 400, None),
+        ("/internal/x", "", 200, Some("internal")),
+        ("/INTERNAL/x", "", 400, None),
+        ("/Internal%20/x", "", 400, None),
+    ];
+    for (path, auth, status, route) in cases {
+        let mut headers = vec![("accept", "application/json")];
+        if !auth.is_empty() {
+            headers.push(("authorization", auth));
+        }
+        let r = h.get(path, &headers).await;
+        assert_eq!(r.status().as_u16(), *status, "{path} ({auth:.12})");
+        let seen = h.seen.take();
+        match route {
+            Some(name) => {
+                assert_eq!(seen.len(), 1, "{path}: forwarded once");
+                assert_eq!(seen[0].route, *name, "{path}");
+            }
+            None => assert!(seen.is_empty(), "{path} reached {:?}", seen[0].route),
+        }
+    }
+}
+
+/// Forward auth judges the URI it is given by the same rule.
+#[tokio::test]
+async fn forward_auth_applies_the_path_reading_rule() {
+    let h = harness_with(READING_ROUTES);
+    for (uri, status) in [("/hello", 202), ("/ADMIN/x", 400), ("/admin/x", 401)] {
+        let r = h
+            .send_from(
+                TRUSTED,
+                request(Method::GET, "/oauth2/auth", &[("x-forwarded-uri", uri)]),
+            )
+            .await;
+        assert_eq!(r.status().as_u16(), status, "{uri}");
+    }
+    h.nothing_seen();
 }

@@ -19,6 +19,7 @@ use tower_service::Service;
 use crate::admin::metrics::{Metrics, RouteMetrics};
 use crate::body::Resp;
 use crate::exchange::{Answer, Arrival, Exchange, RequestId, X_REQUEST_ID};
+use crate::proxy::headers::remove_connection_named;
 
 #[derive(Clone)]
 pub struct TraceLayer {
@@ -71,8 +72,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, a: Arrival<B>) -> Self::Future {
+    fn call(&mut self, mut a: Arrival<B>) -> Self::Future {
         let start = Instant::now();
+        // Headers the client's `Connection` names are the hop's: gone before anything
+        // (the request id first) reads them.
+        remove_connection_named(a.req.headers_mut());
         let id = RequestId::for_request(a.req.headers());
         let access =
             tracing::enabled!(target: "access", tracing::Level::INFO).then(|| AccessFacts {

@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod ambiguity;
 mod bearer;
 mod check;
 mod demo;

@@ -33,6 +33,7 @@ fn config(scheme: Scheme, addr: SocketAddr) -> UpstreamConfig {
         connect_timeout: Duration::from_secs(5),
         pool_idle_timeout: Duration::from_secs(90),
         pool_max_idle: 16,
+        path_readings: crate::config::PathReadings::Strict,
     }
 }
 
