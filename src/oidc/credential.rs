@@ -11,8 +11,6 @@
 
 use std::path::PathBuf;
 
-use super::transport::TransportError;
-
 /// Why a metadata call with a `token_file` could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -30,12 +28,6 @@ pub enum CredentialError {
          issuer's origin)"
     )]
     ForeignOrigin,
-}
-
-impl From<CredentialError> for TransportError {
-    fn from(e: CredentialError) -> Self {
-        TransportError::Credential(Box::new(e))
-    }
 }
 
 /// One issuer's metadata credential.

@@ -73,6 +73,12 @@ pub enum TransportError {
     Credential(#[source] Box<super::credential::CredentialError>),
 }
 
+impl From<super::credential::CredentialError> for TransportError {
+    fn from(e: super::credential::CredentialError) -> Self {
+        TransportError::Credential(Box::new(e))
+    }
+}
+
 /// Calls to the provider. Cheap to clone (the client pool is shared).
 #[derive(Clone)]
 pub struct HttpTransport {
