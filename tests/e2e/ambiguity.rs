@@ -75,7 +75,8 @@ async fn path_readings_never_reach_a_protected_prefix_under_a_weaker_policy() {
     let token = f.idp.machine_jwt().await; // read:items write:items, no admin:items
     let bearer = format!("Authorization: Bearer {token}");
     let accept = "Accept: application/json";
-    // Public catch-all against the login prefix: readings that select /admin are 400.
+    // Public catch-all against the login prefix (or another upstream): readings that
+    // select /admin (or /internal) are 400.
     let conflicts = [
         "/ADMIN/users",
         "/Admin",
@@ -87,23 +88,13 @@ async fn path_readings_never_reach_a_protected_prefix_under_a_weaker_policy() {
         "/public/%252e%252e/admin",
         "/public/%252E%252E/admin/x",
         "/INTERNAL/x",
-    ];
-    for target in conflicts {
-        let before = f.echo.count();
-        assert_eq!(
-            status_of(&f.proxy, target, &[accept]).await,
-            400,
-            "{target}"
-        );
-        assert_eq!(f.echo.count(), before, "{target} reached the upstream");
-    }
-    // Double-encoded separators are refused like encoded ones.
-    for target in [
+        // Double-encoded separators are refused like encoded ones.
         "/public/%252f..%252fadmin",
         "/x%255cadmin",
         "/x%2500",
         "/x%2523",
-    ] {
+    ];
+    for target in conflicts {
         let before = f.echo.count();
         assert_eq!(
             status_of(&f.proxy, target, &[accept]).await,
