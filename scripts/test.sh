@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a fresh Debian machine (as root), then runs every test.
+# Installs what the tests need on a fresh Debian machine (as root), then runs every test:
+# the deployment-file checks (scripts/check-deploy.sh) and the Rust tests (cargo-nextest,
+# installed when missing).
 # This is the README's test command and what CI (.ci/run) calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v caddy >/dev/null 2>&1 || need+=(caddy)
+# Debian's self-signed pair, named by the shipped nginx recipe (nginx -t loads it).
+[ -f /etc/ssl/certs/ssl-cert-snakeoil.pem ] || need+=(ssl-cert)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v curl >/dev/null 2>&1 || need+=(curl)
@@ -21,6 +28,9 @@ if [ -f tests/idp/package-lock.json ]; then
   echo "==> npm ci (tests/idp)"
   (cd tests/idp && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+echo "==> deployment files (scripts/check-deploy.sh)"
+scripts/check-deploy.sh
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"

@@ -150,7 +150,22 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
         app.addr(),
     );
     if opts.print_config {
+        // The demo's provider and sample app end with this command: the printed config
+        // is a starting point whose provider and upstream must be replaced.
+        println!(
+            "# A starting point, not a running setup: the development provider ({}) and the\n\
+             # sample app ({}) it names existed only while this command ran. Replace\n\
+             # [provider] issuer/client_id/client_secret with your provider's (see\n\
+             # docs/providers/) and [[upstream]] url with your app, then check it with\n\
+             # `portcullis check --config FILE`.",
+            idp.issuer(),
+            app.addr()
+        );
         print!("{text}");
+        eprintln!(
+            "note: the provider URL and the upstream in this config must be replaced: \
+             the demo's provider and app are gone once this command exits"
+        );
         return Ok(());
     }
     let dir = std::env::temp_dir().join("portcullis-demo");

@@ -66,6 +66,7 @@ pub struct LimitsFile {
 pub struct ProviderFile {
     pub issuer: Option<String>,
     pub ca_file: Option<String>,
+    pub token_file: Option<String>,
     pub timeout: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
@@ -114,6 +115,7 @@ pub struct IssuerFile {
     pub introspection_client_secret: Option<String>,
     pub introspection_client_secret_file: Option<String>,
     pub ca_file: Option<String>,
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -95,6 +95,9 @@ pub enum ClientAuth {
 pub struct ProviderConfig {
     pub issuer: String,
     pub ca_file: Option<PathBuf>,
+    /// A bearer token (a Kubernetes service-account token) for this issuer's discovery
+    /// and JWKS calls only.
+    pub token_file: Option<PathBuf>,
     pub timeout: Duration,
     pub client_id: Option<String>,
     pub client_secret: Option<Secret<String>>,
@@ -142,6 +145,8 @@ pub struct ExtraIssuer {
     pub introspection_client_id: Option<String>,
     pub introspection_client_secret: Option<Secret<String>>,
     pub ca_file: Option<PathBuf>,
+    /// As [`ProviderConfig::token_file`], for this issuer.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +193,24 @@ pub struct HeadersConfig {
     pub strip_extra: Vec<NamePattern>,
     /// `[headers] keep_from_trusted`: foreign identity headers a trusted proxy may send.
     pub keep_from_trusted: Vec<NamePattern>,
+}
+
+impl HeadersConfig {
+    /// The identity header names this config sets (access token header included).
+    pub fn configured_names(&self) -> impl Iterator<Item = &HeaderName> {
+        [
+            &self.user,
+            &self.email,
+            &self.groups,
+            &self.preferred_username,
+            &self.name,
+            &self.scopes,
+            &self.access_token,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.claims.iter().map(|(_, h)| h))
+    }
 }
 
 #[derive(Debug, Clone)]

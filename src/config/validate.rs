@@ -648,6 +648,7 @@ fn provider(cx: &mut Ctx<'_>, p: &ProviderFile) -> ProviderConfig {
     ProviderConfig {
         issuer,
         ca_file: cx.existing_file("provider.ca_file", &p.ca_file),
+        token_file: cx.existing_file("provider.token_file", &p.token_file),
         timeout: cx.duration(
             "provider.timeout",
             p.timeout.as_deref(),
@@ -843,6 +844,7 @@ fn bearer(cx: &mut Ctx<'_>, b: &BearerFile, provider: Option<&ProviderConfig>) -
                 &it.introspection_client_secret_file,
             ),
             ca_file: cx.existing_file(&format!("{key}.ca_file"), &it.ca_file),
+            token_file: cx.existing_file(&format!("{key}.token_file"), &it.token_file),
         });
     }
     let cache_capacity = b.cache_capacity.unwrap_or(100_000);

@@ -116,7 +116,7 @@ impl Store {
     /// Counts a write and collects garbage every 256 of them.
     pub fn maybe_gc(&mut self, now: u64) {
         self.writes = self.writes.wrapping_add(1);
-        if self.writes % 256 == 0 {
+        if self.writes.is_multiple_of(256) {
             self.gc(now);
         }
     }

@@ -8,6 +8,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::credential::IssuerCredential;
 use super::transport::{HttpTransport, TransportError};
 
 /// The provider metadata portcullis uses (OIDC Discovery 1.0 §3, RFC 8414 §2).
@@ -100,8 +101,26 @@ pub async fn discover(
     transport: &HttpTransport,
     issuer: &str,
 ) -> Result<ProviderMetadata, DiscoveryError> {
+    discover_as(transport, issuer, None).await
+}
+
+/// [`discover`], with the issuer's `token_file` credential when it has one.
+pub async fn discover_as(
+    transport: &HttpTransport,
+    issuer: &str,
+    credential: Option<&IssuerCredential>,
+) -> Result<ProviderMetadata, DiscoveryError> {
+    let url = discovery_url(issuer);
+    let bearer = match credential {
+        Some(c) => Some(
+            c.token_for(&url)
+                .await
+                .map_err(|e| DiscoveryError::Transport(e.into()))?,
+        ),
+        None => None,
+    };
     let resp = transport
-        .get(&discovery_url(issuer))
+        .get_with_bearer(&url, bearer.as_deref())
         .await
         .map_err(DiscoveryError::Transport)?;
     if !resp.status.is_success() {
@@ -178,11 +197,12 @@ where
 pub async fn discover_with_retry(
     transport: &HttpTransport,
     issuer: &str,
+    credential: Option<&IssuerCredential>,
     deadline: Instant,
     backoff: Backoff,
 ) -> Result<ProviderMetadata, DiscoveryError> {
     retry_until(deadline, backoff, DiscoveryError::is_transient, || {
-        discover(transport, issuer)
+        discover_as(transport, issuer, credential)
     })
     .await
     .map_err(|(e, timed_out)| {
@@ -277,6 +297,7 @@ mod tests {
         let err = discover_with_retry(
             &transport(),
             &without_slash,
+            None,
             Instant::now() + Duration::from_secs(5),
             Backoff::default(),
         )
@@ -336,6 +357,7 @@ mod tests {
         let meta = discover_with_retry(
             &transport(),
             &issuer,
+            None,
             Instant::now() + Duration::from_secs(5),
             backoff,
         )
@@ -356,6 +378,7 @@ mod tests {
         let err = discover_with_retry(
             &transport(),
             &server.url(""),
+            None,
             Instant::now() + Duration::from_millis(100),
             backoff,
         )

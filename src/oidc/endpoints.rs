@@ -82,8 +82,15 @@ impl Endpoints {
                 r
             }
             // Any method: nginx's auth_request and Traefik's forwardAuth send the
-            // subrequest with the original request's method.
-            ("/auth", _) => return self.forward_auth(&parts, e.conn.peer_ip(), rid).await,
+            // subrequest with the original request's method. Envoy's HTTP ext_authz
+            // appends the original path to its path prefix: `/oauth2/auth/orig/path`.
+            ("/auth", _) => return self.forward_auth(&parts, None, e.conn.peer_ip(), rid).await,
+            (rest, _) if rest.starts_with("/auth/") => {
+                let suffix = &rest["/auth".len()..];
+                return self
+                    .forward_auth(&parts, Some(suffix), e.conn.peer_ip(), rid)
+                    .await;
+            }
             ("/start", Some(l)) if get => l.start(query, headers, rid),
             ("/callback", Some(l)) if get => l.callback(query, headers, rid).await,
             ("/sign_out", Some(l)) if get || method == Method::POST => {
@@ -96,14 +103,15 @@ impl Endpoints {
     }
 
     /// `/oauth2/auth` for nginx `auth_request`, Traefik `forwardAuth`, Caddy
-    /// `forward_auth`: 202 with identity headers, 401 or 403; never a redirect. The
-    /// original request is described by `X-Forwarded-Uri` / `X-Original-URI`,
-    /// `X-Forwarded-Method` / `X-Original-Method` and `X-Forwarded-Host`, believed only from
-    /// `trusted_proxies`: a client that could set them would choose its own policy. Without
-    /// them the answer is 403.
+    /// `forward_auth`, Envoy `ext_authz` and ingress-nginx: 202 with identity headers, 401
+    /// or 403; never a redirect. The original request is described by the headers that
+    /// [`original_request`] reads and `X-Forwarded-Method` / `X-Original-Method`, believed
+    /// only from `trusted_proxies`: a client that could set them would choose its own
+    /// policy. Without them the answer is 403; with conflicting ones, 400.
     async fn forward_auth(
         &self,
         req: &http::request::Parts,
+        suffix: Option<&str>,
         peer: std::net::IpAddr,
         rid: &str,
     ) -> Answer {
@@ -117,27 +125,31 @@ impl Endpoints {
                 .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
                 .map(str::to_string)
         };
-        let uri = header(&["x-forwarded-uri", "x-original-uri"]);
-        let (true, Some(uri)) = (trusted, uri) else {
-            tracing::warn!(request_id = rid, %peer, trusted, "forward-auth request without a trusted X-Forwarded-Uri; denied");
+        if !trusted {
+            tracing::warn!(request_id = rid, %peer, "forward-auth request from a peer outside trusted_proxies; denied");
             return refuse(Refusal::Forbidden);
+        }
+        let original = match original_request(h, suffix, req.uri.query()) {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                tracing::warn!(request_id = rid, %peer, "forward-auth request without X-Forwarded-Uri (or another original URI); denied");
+                return refuse(Refusal::Forbidden);
+            }
+            Err(why) => {
+                tracing::debug!(request_id = rid, %peer, reason = why, "forward-auth original URI refused");
+                return refuse(Refusal::BadRequest(why));
+            }
         };
         // The original method: named by the front proxy, else the subrequest's own (nginx
         // auth_request keeps the original method).
         let method = header(&["x-forwarded-method", "x-original-method"])
             .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
             .unwrap_or_else(|| req.method.clone());
-        let host = header(&["x-forwarded-host"])
-            .or_else(|| header(&["host"]))
-            .and_then(|h| normalize_host(&h).map(|h| h.into_owned()));
-        let (path, query) = match uri.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (uri.as_str(), None),
-        };
-        // The URI named is normalized like any request path.
-        let Ok(path) = normalize_path(path) else {
-            return refuse(Refusal::BadRequest("ambiguous or malformed path"));
-        };
+        let host = original
+            .host
+            .or_else(|| header(&["host"]).and_then(|h| normalize_host(&h).map(|h| h.into_owned())));
+        let path = original.path;
+        let query = original.query;
         // The path-reading rule, as for a proxied request.
         let selected = match self.table.select(host.as_deref(), &path) {
             Ok(Some(s)) => s,
@@ -149,7 +161,7 @@ impl Endpoints {
         };
         let pq = match query {
             Some(q) => format!("{path}?{q}"),
-            None => path.into_owned(),
+            None => path,
         };
         let judged = Judged {
             method: &method,
@@ -171,6 +183,14 @@ impl Endpoints {
         };
         let mut r: Resp = Response::new(RespBody::empty());
         *r.status_mut() = StatusCode::ACCEPTED;
+        // Every configured identity header is on the answer, empty when the identity has
+        // no value for it (or on a public route): front proxies that copy named headers
+        // (Caddy's `copy_headers`) then set an empty value, never a stale client copy or
+        // an unexpanded placeholder.
+        for name in self.headers.cfg.configured_names() {
+            r.headers_mut()
+                .insert(name.clone(), HeaderValue::from_static(""));
+        }
         if let Some(id) = &passed.identity {
             // The front proxy copies these onto the upstream request; never the
             // Authorization header itself.
@@ -194,5 +214,236 @@ impl Endpoints {
         let mut a = Answer::from(r);
         a.user = passed.identity;
         a
+    }
+}
+
+/// The original request, as the front proxy named it.
+#[derive(Debug, PartialEq, Eq)]
+struct Original {
+    /// Canonical, like any request path.
+    path: String,
+    query: Option<String>,
+    /// Lowercase, without port.
+    host: Option<String>,
+}
+
+/// Headers that name the original URI, in the order they are read. `X-Original-URL` is
+/// an absolute URL (ingress-nginx) or a path.
+const ORIGINAL_URI_HEADERS: [&str; 3] = ["x-forwarded-uri", "x-original-uri", "x-original-url"];
+
+/// The original request of a forward-auth call: its URI from `X-Forwarded-Uri` (Traefik,
+/// Caddy, our nginx recipe), `X-Original-URI`, `X-Original-URL` (ingress-nginx; its host
+/// too) or the path `suffix` after `/oauth2/auth` (Envoy, with the subrequest's `query`);
+/// its host from there or `X-Forwarded-Host`. `None` when nothing names a URI. When more
+/// than one source is present they must agree (after canonicalization): a client must
+/// not pick the route by adding a header that its ingress passes through.
+fn original_request(
+    h: &http::HeaderMap,
+    suffix: Option<&str>,
+    query: Option<&str>,
+) -> Result<Option<Original>, &'static str> {
+    let mut uris: Vec<(String, Option<String>)> = Vec::new();
+    let mut hosts: Vec<String> = Vec::new();
+    let host_of = |v: &str| -> Result<String, &'static str> {
+        normalize_host(v)
+            .map(|h| h.into_owned())
+            .ok_or("malformed original host")
+    };
+    for name in ORIGINAL_URI_HEADERS {
+        for v in h.get_all(name) {
+            let v = v.to_str().map_err(|_| "malformed original URI header")?;
+            if name == "x-original-url" && !v.starts_with('/') {
+                let u = url::Url::parse(v).map_err(|_| "malformed X-Original-URL")?;
+                if !matches!(u.scheme(), "http" | "https") {
+                    return Err("malformed X-Original-URL");
+                }
+                let host = u.host_str().ok_or("malformed X-Original-URL")?;
+                hosts.push(host_of(host)?);
+                uris.push((u.path().to_string(), u.query().map(str::to_string)));
+            } else {
+                let (p, q) = match v.split_once('?') {
+                    Some((p, q)) => (p, Some(q.to_string())),
+                    None => (v, None),
+                };
+                uris.push((p.to_string(), q));
+            }
+        }
+    }
+    if let Some(s) = suffix {
+        uris.push((s.to_string(), query.map(str::to_string)));
+    }
+    for v in h.get_all("x-forwarded-host") {
+        hosts.push(host_of(
+            v.to_str().map_err(|_| "malformed X-Forwarded-Host")?,
+        )?);
+    }
+    let mut canonical = Vec::with_capacity(uris.len());
+    for (p, q) in uris {
+        // The URI named is normalized like any request path.
+        let p = normalize_path(&p).map_err(|_| "ambiguous or malformed path")?;
+        canonical.push((p.into_owned(), q));
+    }
+    if canonical.windows(2).any(|w| w[0] != w[1]) {
+        return Err("conflicting original URI headers");
+    }
+    if hosts.windows(2).any(|w| w[0] != w[1]) {
+        return Err("conflicting original host headers");
+    }
+    Ok(canonical.into_iter().next().map(|(path, query)| Original {
+        path,
+        query,
+        host: hosts.into_iter().next(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(
+        pairs: &[(&str, &str)],
+        suffix: Option<&str>,
+        query: Option<&str>,
+    ) -> Result<Option<Original>, &'static str> {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        original_request(&h, suffix, query)
+    }
+
+    fn orig(path: &str, query: Option<&str>, host: Option<&str>) -> Option<Original> {
+        Some(Original {
+            path: path.into(),
+            query: query.map(Into::into),
+            host: host.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn each_source_names_the_original_uri() {
+        assert_eq!(read(&[], None, None), Ok(None));
+        assert_eq!(
+            read(
+                &[
+                    ("x-forwarded-uri", "/a/./b?x=1"),
+                    ("x-forwarded-host", "App.Example.com:8443")
+                ],
+                None,
+                None
+            ),
+            Ok(orig("/a/b", Some("x=1"), Some("app.example.com")))
+        );
+        assert_eq!(
+            read(&[("x-original-uri", "/admin")], None, None),
+            Ok(orig("/admin", None, None))
+        );
+        assert_eq!(
+            read(
+                &[("x-original-url", "https://App.example.com/admin/x?y")],
+                None,
+                None
+            ),
+            Ok(orig("/admin/x", Some("y"), Some("app.example.com")))
+        );
+        assert_eq!(
+            read(&[("x-original-url", "/iis/style")], None, None),
+            Ok(orig("/iis/style", None, None))
+        );
+        // Envoy: the path after /oauth2/auth, the subrequest's own query.
+        assert_eq!(
+            read(&[], Some("/orders/1"), Some("q=2")),
+            Ok(orig("/orders/1", Some("q=2"), None))
+        );
+    }
+
+    #[test]
+    fn sources_that_disagree_are_400() {
+        let conflict = Err("conflicting original URI headers");
+        assert_eq!(
+            read(
+                &[
+                    ("x-forwarded-uri", "/public"),
+                    ("x-original-url", "https://a.example/admin")
+                ],
+                None,
+                None
+            ),
+            conflict
+        );
+        assert_eq!(
+            read(
+                &[("x-forwarded-uri", "/public"), ("x-original-uri", "/admin")],
+                None,
+                None
+            ),
+            conflict
+        );
+        assert_eq!(
+            read(
+                &[
+                    ("x-forwarded-uri", "/public"),
+                    ("x-forwarded-uri", "/admin")
+                ],
+                None,
+                None
+            ),
+            conflict
+        );
+        assert_eq!(
+            read(&[("x-forwarded-uri", "/public")], Some("/admin"), None),
+            conflict
+        );
+        assert_eq!(
+            read(
+                &[("x-forwarded-uri", "/a?x=1"), ("x-original-uri", "/a?x=2")],
+                None,
+                None
+            ),
+            conflict
+        );
+        assert_eq!(
+            read(
+                &[
+                    ("x-original-url", "https://a.example/x"),
+                    ("x-forwarded-host", "b.example")
+                ],
+                None,
+                None
+            ),
+            Err("conflicting original host headers")
+        );
+        // The same URI in two spellings agrees.
+        assert_eq!(
+            read(
+                &[
+                    ("x-forwarded-uri", "/a//b?x"),
+                    ("x-original-url", "http://h.example/a/b?x")
+                ],
+                None,
+                None
+            ),
+            Ok(orig("/a/b", Some("x"), Some("h.example")))
+        );
+    }
+
+    #[test]
+    fn malformed_sources_are_400() {
+        assert!(read(&[("x-forwarded-uri", "/a/%2F/b")], None, None).is_err());
+        assert!(read(&[("x-forwarded-uri", "relative")], None, None).is_err());
+        assert!(read(&[("x-original-url", "ftp://h/x")], None, None).is_err());
+        assert!(read(&[("x-original-url", "not a url")], None, None).is_err());
+        assert!(read(
+            &[
+                ("x-forwarded-uri", "/x"),
+                ("x-forwarded-host", "bad host:port")
+            ],
+            None,
+            None
+        )
+        .is_err());
     }
 }

@@ -69,6 +69,14 @@ pub enum TransportError {
     InvalidHeader,
     #[error("TLS configuration")]
     Tls(#[source] rustls::Error),
+    #[error("the issuer's token_file")]
+    Credential(#[source] Box<super::credential::CredentialError>),
+}
+
+impl From<super::credential::CredentialError> for TransportError {
+    fn from(e: super::credential::CredentialError) -> Self {
+        TransportError::Credential(Box::new(e))
+    }
 }
 
 /// Calls to the provider. Cheap to clone (the client pool is shared).

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
+use crate::oidc::credential::IssuerCredential;
+
 /// A secret value: redacted `Debug`, explicit [`Secret::expose`], constant-time equality.
 ///
 /// The config loader may hold its own secret type; it converts with `Secret::new`.
@@ -95,6 +97,9 @@ pub struct IssuerConfig {
     pub introspection_client_id: Option<String>,
     pub introspection_client_secret: Option<Secret>,
     pub introspection_auth: ClientAuth,
+    /// `token_file`: a bearer token for this issuer's discovery and JWKS calls only
+    /// (see [`crate::oidc::credential`]).
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl IssuerConfig {
@@ -112,7 +117,18 @@ impl IssuerConfig {
             introspection_client_id: None,
             introspection_client_secret: None,
             introspection_auth: ClientAuth::Basic,
+            token_file: None,
         }
+    }
+
+    /// The `token_file` credential of this issuer's discovery and JWKS calls, if any.
+    pub fn credential(&self) -> Option<IssuerCredential> {
+        let file = self.token_file.clone()?;
+        Some(IssuerCredential::new(
+            file,
+            &self.issuer,
+            self.jwks_uri.clone(),
+        ))
     }
 }
 

@@ -40,6 +40,7 @@ pub fn token_config(c: &Config) -> Option<(BearerConfig, TransportConfig, String
     if let Some(p) = &c.provider {
         let mut i = IssuerConfig::new(p.issuer.clone(), b.audiences.clone());
         i.algorithms = algorithms(&b.algorithms);
+        i.token_file = p.token_file.clone();
         if let Some(hs) = &b.shared_secret {
             fingerprint.update(hs.expose());
             i.hs_secret = Some(token::Secret::new(hs.expose().clone()));
@@ -62,6 +63,7 @@ pub fn token_config(c: &Config) -> Option<(BearerConfig, TransportConfig, String
         i.algorithms = algorithms(&e.algorithms);
         i.discovery = e.jwks_uri.is_none();
         i.jwks_uri = e.jwks_uri.clone();
+        i.token_file = e.token_file.clone();
         i.introspection_client_id = e.introspection_client_id.clone();
         i.introspection_client_secret = secret(&e.introspection_client_secret, &mut fingerprint);
         issuers.push(i);

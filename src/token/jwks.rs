@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::Value;
 
 use super::metrics::{bump, TokenMetrics};
+use crate::oidc::credential::IssuerCredential;
 use crate::oidc::transport::{HttpTransport, TransportError};
 
 /// Refresh interval bounds when the JWKS response has `Cache-Control: max-age`.
@@ -291,6 +292,8 @@ pub struct KeySet {
     next_refresh: Mutex<Option<Instant>>,
     min_refetch: Duration,
     transport: HttpTransport,
+    /// The issuer's `token_file`, sent with each fetch.
+    credential: Option<IssuerCredential>,
     metrics: Arc<TokenMetrics>,
 }
 
@@ -324,8 +327,15 @@ impl KeySet {
             next_refresh: Mutex::new(None),
             min_refetch,
             transport,
+            credential: None,
             metrics,
         }
+    }
+
+    /// Sends the issuer's `token_file` token with each fetch (where it may go).
+    pub fn with_credential(mut self, credential: Option<IssuerCredential>) -> Self {
+        self.credential = credential;
+        self
     }
 
     pub fn uri(&self) -> Option<String> {
@@ -406,9 +416,17 @@ impl KeySet {
 
     async fn fetch_inner(&self) -> Result<Duration, JwksError> {
         let uri = self.uri().ok_or(JwksError::NoUri)?;
+        let bearer = match &self.credential {
+            Some(c) => Some(
+                c.token_for(&uri)
+                    .await
+                    .map_err(|e| JwksError::Transport(e.into()))?,
+            ),
+            None => None,
+        };
         let resp = self
             .transport
-            .get(&uri)
+            .get_with_bearer(&uri, bearer.as_deref())
             .await
             .map_err(JwksError::Transport)?;
         if !resp.status.is_success() {

@@ -311,7 +311,8 @@ impl TokenValidator {
                         config.jwks_min_refetch_interval,
                         transport.clone(),
                         metrics.clone(),
-                    ),
+                    )
+                    .with_credential(ic.credential()),
                     hs_key,
                     validations,
                 }
@@ -357,13 +358,19 @@ impl TokenValidator {
         for issuer in &self.inner.issuers {
             let name = issuer.config.issuer.clone();
             if issuer.config.discovery {
-                let meta =
-                    discovery::discover_with_retry(&self.inner.transport, &name, deadline, backoff)
-                        .await
-                        .map_err(|source| StartError::Discovery {
-                            issuer: name.clone(),
-                            source,
-                        })?;
+                let credential = issuer.config.credential();
+                let meta = discovery::discover_with_retry(
+                    &self.inner.transport,
+                    &name,
+                    credential.as_ref(),
+                    deadline,
+                    backoff,
+                )
+                .await
+                .map_err(|source| StartError::Discovery {
+                    issuer: name.clone(),
+                    source,
+                })?;
                 issuer.set_metadata(meta);
             }
             if issuer.needs_keys() {
@@ -708,7 +715,14 @@ impl Inner {
                 let due = fetched.is_none_or(|at| now.duration_since(at) >= self.metadata_refresh);
                 let may_try = lock(&issuer.metadata_next_try).is_none_or(|at| now >= at);
                 if due && may_try {
-                    match discovery::discover(&self.transport, &issuer.config.issuer).await {
+                    let credential = issuer.config.credential();
+                    let found = discovery::discover_as(
+                        &self.transport,
+                        &issuer.config.issuer,
+                        credential.as_ref(),
+                    )
+                    .await;
+                    match found {
                         Ok(meta) => issuer.set_metadata(meta),
                         Err(e) => {
                             let retry = if fetched.is_none() {

@@ -1233,3 +1233,101 @@ async fn start_fails_on_an_issuer_mismatch() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A provider whose discovery and JWKS answer only `Authorization: Bearer <expected>`
+/// (a Kubernetes API server's `/openid/v1/jwks`); its discovery names `jwks` as the
+/// `jwks_uri` (or its own `/jwks` when `jwks` is empty).
+async fn authenticating_idp(expected: Arc<Mutex<String>>, jwks: Arc<Mutex<String>>) -> StubServer {
+    StubServer::start(move |req| {
+        let want = format!("Bearer {}", expected.lock().unwrap());
+        if req.header("authorization").as_deref() != Some(want.as_str()) {
+            return StubResponse::status(401, "{\"kind\":\"Status\",\"code\":401}");
+        }
+        let base = req.base.clone();
+        match req.path.as_str() {
+            "/.well-known/openid-configuration" => {
+                let j = jwks.lock().unwrap().clone();
+                let j = if j.is_empty() {
+                    format!("{base}/jwks")
+                } else {
+                    j
+                };
+                StubResponse::json(json!({"issuer": base, "jwks_uri": j}))
+            }
+            "/jwks" => StubResponse::json(default_jwks()),
+            _ => StubResponse::status(404, ""),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn token_file_authenticates_discovery_and_jwks_and_is_reread() {
+    let expected = Arc::new(Mutex::new("sa-token-1".to_string()));
+    let idp = authenticating_idp(expected.clone(), Arc::new(Mutex::new(String::new()))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let issuer = idp.url("");
+    let mut ic = IssuerConfig::new(issuer.clone(), vec![API.to_string()]);
+    let config = |ic: &IssuerConfig| BearerConfig {
+        issuers: vec![ic.clone()],
+        start_timeout: Duration::from_millis(500),
+        jwks_min_refetch_interval: Duration::ZERO,
+        ..BearerConfig::default()
+    };
+    // Without the token: 401 from the provider, so the validator never gets ready.
+    let v = TokenValidator::new(config(&ic), transport());
+    assert!(v.start().await.is_err());
+    std::fs::write(&file, "sa-token-1\n").unwrap();
+    ic.token_file = Some(file.clone());
+    let v = TokenValidator::new(config(&ic), transport());
+    v.start().await.unwrap();
+    let token = sign_jwt(TestKey::rsa(), "RS256", "rsa1", &claims(&issuer));
+    assert_eq!(v.validate(&token).await.unwrap().subject(), "user-1");
+    // The kubelet rotates the token: the next fetch (an unknown kid) reads the new one.
+    *expected.lock().unwrap() = "sa-token-2".into();
+    std::fs::write(&file, "sa-token-2").unwrap();
+    let before = idp.hits();
+    let other = sign_jwt(TestKey::rsa(), "RS256", "unknown-kid", &claims(&issuer));
+    assert!(v.validate(&other).await.is_err());
+    let last = idp.requests().pop().unwrap();
+    assert!(idp.hits() > before);
+    assert_eq!(last.path, "/jwks");
+    assert_eq!(
+        last.header("authorization").as_deref(),
+        Some("Bearer sa-token-2")
+    );
+}
+
+#[tokio::test]
+async fn token_file_never_goes_to_a_jwks_on_another_origin_unless_configured() {
+    let expected = Arc::new(Mutex::new("sa-token".to_string()));
+    let elsewhere = authenticating_idp(expected.clone(), Arc::new(Mutex::new(String::new()))).await;
+    let jwks_elsewhere = elsewhere.url("/jwks");
+    let idp = authenticating_idp(expected, Arc::new(Mutex::new(jwks_elsewhere.clone()))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "sa-token").unwrap();
+    let issuer = idp.url("");
+    let mut ic = IssuerConfig::new(issuer.clone(), vec![API.to_string()]);
+    ic.token_file = Some(file);
+    let config = |ic: &IssuerConfig| BearerConfig {
+        issuers: vec![ic.clone()],
+        start_timeout: Duration::from_millis(500),
+        ..BearerConfig::default()
+    };
+    // Discovery (on the issuer's origin) carries the token; the discovered jwks_uri is on
+    // another port, so nothing is sent there at all.
+    let v = TokenValidator::new(config(&ic), transport());
+    let err = v.start().await.unwrap_err();
+    assert!(format!("{err:?}").contains("ForeignOrigin"), "{err:?}");
+    assert!(idp.hits() >= 1);
+    assert_eq!(elsewhere.hits(), 0);
+    // Named in the config, the same URL gets the token.
+    ic.jwks_uri = Some(jwks_elsewhere);
+    let v = TokenValidator::new(config(&ic), transport());
+    v.start().await.unwrap();
+    assert!(elsewhere.hits() >= 1);
+    let token = sign_jwt(TestKey::rsa(), "RS256", "rsa1", &claims(&issuer));
+    assert!(v.validate(&token).await.is_ok());
+}

@@ -1732,3 +1732,77 @@ fn idp_harness_selftest_passes() {
     assert_eq!(code, Some(0), "node tests/idp/selftest.mjs:\n{out}");
     assert!(out.contains(" 0 failed"), "{out}");
 }
+
+// -------------------------------------------------------------------------------------------
+// token_file: a provider whose discovery and JWKS need a bearer token (Kubernetes)
+// -------------------------------------------------------------------------------------------
+
+/// The sidecar recipe's issuer entry against a provider that, like a default Kubernetes
+/// API server, answers discovery and JWKS only to an authenticated caller: with
+/// `token_file` the proxy gets ready and accepts the provider's tokens; a rotated token
+/// file is read at the next fetch; without `token_file` requests fail closed (503).
+#[tokio::test]
+async fn service_account_token_file_authenticates_the_jwks_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("sa-token");
+    std::fs::write(&token_file, "sa-token-1\n").unwrap();
+    let tf = token_file.to_str().unwrap();
+    let idp = Idp::start_with(Profile::Standard, &["--metadata-token-file", tf]).await;
+    let echo = EchoUpstream::start().await;
+    let config = |issuer_extra: &str| {
+        format!(
+            "{server}\
+             [bearer]\naudiences = [\"{API}\"]\n\n\
+             [[bearer.issuers]]\nissuer = \"{issuer}\"\naudiences = [\"{API}\"]\n{issuer_extra}\n\
+             [[upstream]]\nname = \"app\"\nurl = \"{upstream}\"\n\n\
+             [[route]]\nname = \"api\"\npath = \"/api/\"\nupstream = \"app\"\nauth = \"bearer\"\n",
+            server = server_section(""),
+            issuer = idp.issuer,
+            upstream = echo.url(""),
+        )
+    };
+    let http = Http::new();
+    let token = idp.machine_jwt().await;
+
+    // Without the token file: the provider answers 401, nothing is let through.
+    let blind = TestProxy::start(&config("")).await;
+    let r = send(&http, &blind, "GET", "/api/x", Some(&token), &[]).await;
+    assert_unavailable(&r, "JWKS unreadable without token_file");
+    drop(blind);
+
+    let p = TestProxy::start(&config(&format!("token_file = \"{tf}\"\n"))).await;
+    wait_ready(&p).await;
+    let r = send(&http, &p, "GET", "/api/x", Some(&token), &[]).await;
+    let e = echoed(
+        &r,
+        "a provider token, keys fetched with the service-account token",
+    );
+    assert_eq!(
+        crate::support::client::echo_header(&e, "x-auth-request-user").as_deref(),
+        Some("machine")
+    );
+
+    // The kubelet rotates the token; the provider rotates its keys: a token with a new kid
+    // makes the proxy refetch (at most once per 10 s), with the token now in the file.
+    std::fs::write(&token_file, "sa-token-2").unwrap();
+    let jwks_before = idp.count("jwks").await;
+    idp.rotate_keys().await;
+    crate::support::raw::eventually(
+        Duration::from_secs(30),
+        "a token signed with a new key passes after the token file changed",
+        || async {
+            // A new token each time: a refused one is remembered for a few seconds.
+            let fresh = idp.machine_jwt().await;
+            let r = send(&http, &p, "GET", "/api/x", Some(&fresh), &[]).await;
+            (r.status == 200).then_some(())
+        },
+    )
+    .await;
+    assert!(idp.count("jwks").await > jwks_before);
+    // The provider's log shows no refused JWKS call after the rotation.
+    assert!(
+        !idp.logs().lines().any(|l| l.contains("/jwks 401")),
+        "{}",
+        idp.logs()
+    );
+}

@@ -1,6 +1,7 @@
 //! `/oauth2/auth` (forward-auth, issue 4): who may ask (only `trusted_proxies`), what it
 //! answers (202 + identity headers, 401 never a redirect, 403 for the route named by
-//! `X-Forwarded-Uri`), and the real thing: Debian's nginx with `auth_request` in front of
+//! `X-Forwarded-Uri` and its siblings), and the shipped recipes run for real: Debian's nginx
+//! (`deploy/nginx/forward-auth.conf`) and caddy (`deploy/caddy/Caddyfile`) in front of
 //! the echo upstream, with a login route and a bearer API route.
 
 use std::fs::File;
@@ -10,13 +11,42 @@ use std::time::{Duration, Instant};
 use crate::support::agent::{location_of, Agent, API_CALL, NAVIGATE};
 use crate::support::client::Resp;
 use crate::support::idp::{Idp, Profile};
-use crate::support::login::{config, fixture, login, with_cookie, Setup};
+use crate::support::login::{config, fixture, login, with_cookie, Fixture, Setup};
 use crate::support::proxy::{free_port, wait_ready};
 use crate::support::*;
+
+/// The identity headers of the `auth-request` preset.
+const AUTH_REQUEST_HEADERS: [&str; 5] = [
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-auth-request-scopes",
+];
 
 /// `GET /oauth2/auth` with `cookie` and the headers a front proxy would add.
 async fn auth(http: &Http, proxy: &TestProxy, cookie: &str, headers: &[(&str, &str)]) -> Resp {
     with_cookie(http, &proxy.url("/oauth2/auth"), cookie, headers).await
+}
+
+/// The login fixture with 127.0.0.1 (the front proxy's place) in `trusted_proxies`.
+async fn trusted_fixture() -> Fixture {
+    fixture(
+        Profile::Standard,
+        &[],
+        &Setup {
+            trusted: true,
+            ..Setup::default()
+        },
+    )
+    .await
+}
+
+/// The `Cookie` header of `user`'s new session at `f`'s proxy.
+async fn session_cookie(f: &Fixture, user: &str) -> String {
+    let mut a = Agent::new();
+    login(&mut a, &f.proxy.url("/"), user).await;
+    a.jar.root_cookie_header()
 }
 
 #[tokio::test]
@@ -39,15 +69,7 @@ async fn forward_auth_from_an_untrusted_peer_is_403() {
 
 #[tokio::test]
 async fn forward_auth_from_a_trusted_proxy_is_202_401_or_403_never_a_redirect() {
-    let f = fixture(
-        Profile::Standard,
-        &[],
-        &Setup {
-            trusted: true,
-            ..Setup::default()
-        },
-    )
-    .await;
+    let f = trusted_fixture().await;
     let http = Http::new();
     // No session: 401, even for a browser navigation (the front proxy redirects).
     for headers in [
@@ -63,12 +85,8 @@ async fn forward_auth_from_a_trusted_proxy_is_202_401_or_403_never_a_redirect() 
     let r = auth(&http, &f.proxy, "", &[]).await;
     assert_eq!(r.status, 403);
 
-    let mut alice = Agent::new();
-    login(&mut alice, &f.proxy.url("/"), "alice").await;
-    let alice = alice.jar.root_cookie_header();
-    let mut bob = Agent::new();
-    login(&mut bob, &f.proxy.url("/"), "bob").await;
-    let bob = bob.jar.root_cookie_header();
+    let alice = session_cookie(&f, "alice").await;
+    let bob = session_cookie(&f, "bob").await;
 
     let r = auth(&http, &f.proxy, &alice, &[("x-forwarded-uri", "/app?x=1")]).await;
     assert_eq!(r.status, 202, "{}", r.text());
@@ -136,74 +154,122 @@ async fn forward_auth_from_a_trusted_proxy_is_202_401_or_403_never_a_redirect() 
     assert_eq!(r.header("x-auth-request-user"), Some("user-bob"));
 }
 
+#[tokio::test]
+async fn forward_auth_reads_every_original_uri_source_and_refuses_disagreement() {
+    let f = trusted_fixture().await;
+    let http = Http::new();
+    let bob = session_cookie(&f, "bob").await;
+    // (path of the check, headers, status) for bob (in `staff`, not in `admins`).
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: [Case; 10] = [
+        // Each source alone: ingress-nginx's absolute X-Original-URL, Envoy's path suffix.
+        (
+            "/oauth2/auth",
+            &[("x-original-url", "https://app.example.test/app/x?y=1")],
+            202,
+        ),
+        (
+            "/oauth2/auth",
+            &[("x-original-url", "https://app.example.test/admin/x")],
+            403,
+        ),
+        ("/oauth2/auth/app/x?y=1", &[], 202),
+        ("/oauth2/auth/admin/x", &[], 403),
+        // Two sources that disagree: 400, whichever would have passed.
+        (
+            "/oauth2/auth",
+            &[
+                ("x-forwarded-uri", "/app"),
+                ("x-original-url", "https://app.example.test/admin"),
+            ],
+            400,
+        ),
+        (
+            "/oauth2/auth",
+            &[("x-forwarded-uri", "/admin"), ("x-original-uri", "/app")],
+            400,
+        ),
+        (
+            "/oauth2/auth",
+            &[("x-forwarded-uri", "/app"), ("x-forwarded-uri", "/admin")],
+            400,
+        ),
+        ("/oauth2/auth/app", &[("x-forwarded-uri", "/admin")], 400),
+        // Agreeing sources are fine.
+        ("/oauth2/auth/app/x", &[("x-forwarded-uri", "/app//x")], 202),
+        (
+            "/oauth2/auth",
+            &[("x-forwarded-uri", "/app/x"), ("x-original-uri", "/app//x")],
+            202,
+        ),
+    ];
+    let mut r = None;
+    for (path, headers, status) in cases {
+        let resp = with_cookie(&http, &f.proxy.url(path), &bob, headers).await;
+        assert_eq!(resp.status, status, "{path} {headers:?}: {}", resp.text());
+        r = Some(resp);
+    }
+    let r = r.unwrap();
+    // Every configured identity header is on the 202 (empty ones: the Caddy test).
+    for name in AUTH_REQUEST_HEADERS {
+        assert!(r.header(name).is_some(), "{name} missing: {:?}", r.headers);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Behind nginx auth_request
 // ---------------------------------------------------------------------------------------
 
-/// Debian's nginx as a foreground child (`daemon off`, `master_process off`: one process,
-/// killed by PID on drop), with a generated config, logs and pid file in a temp dir.
-struct Nginx {
+/// A front proxy (Debian's nginx or caddy) as a foreground child, with its config, logs
+/// and state in a temp dir; killed by PID on drop.
+struct FrontProxy {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// Log files in `dir`, shown when something fails.
+    log_files: &'static [&'static str],
 }
 
-impl Drop for Nginx {
+impl Drop for FrontProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl Nginx {
-    /// `body` is the `server { ... }` content; `@PORT@` is replaced by the listen port.
-    async fn start(port: u16, server_body: &str) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display().to_string();
-        let conf = format!(
-            "master_process off;\ndaemon off;\nworker_processes 1;\n\
-             error_log {d}/error.log info;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  access_log {d}/access.log;\n\
-               client_body_temp_path {d}/client_body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
-               scgi_temp_path {d}/scgi;\n\
-               large_client_header_buffers 8 32k;\n\
-               proxy_buffer_size 32k;\n  proxy_buffers 8 32k;\n\
-               server {{\n    listen 127.0.0.1:{port};\n{server_body}\n  }}\n}}\n"
-        );
-        let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
+impl FrontProxy {
+    /// Spawns `cmd` (its output to `dir/stderr.log`) and waits until `port` accepts.
+    async fn spawn(
+        mut cmd: Command,
+        port: u16,
+        dir: tempfile::TempDir,
+        log_files: &'static [&'static str],
+    ) -> FrontProxy {
         let log = File::create(dir.path().join("stderr.log")).unwrap();
-        let child = Command::new("/usr/sbin/nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(&path)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("spawn /usr/sbin/nginx (apt-get install -y nginx)");
-        let mut n = Nginx { child, port, dir };
+            .unwrap_or_else(|e| panic!("spawn {cmd:?} (apt-get install -y nginx caddy): {e}"));
+        let mut p = FrontProxy {
+            child,
+            port,
+            dir,
+            log_files,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Some(st)) = n.child.try_wait() {
-                panic!("nginx exited ({st}):\n{}", n.logs());
+            if let Ok(Some(st)) = p.child.try_wait() {
+                panic!("{cmd:?} exited ({st}):\n{}", p.logs());
             }
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
             {
-                return n;
+                return p;
             }
-            assert!(
-                Instant::now() < deadline,
-                "nginx not listening:\n{}",
-                n.logs()
-            );
+            assert!(Instant::now() < deadline, "not listening:\n{}", p.logs());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -214,71 +280,203 @@ impl Nginx {
 
     fn logs(&self) -> String {
         let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
-        format!("{}{}", read("stderr.log"), read("error.log"))
+        self.log_files.iter().map(|f| read(f)).collect()
     }
 }
 
-/// The oauth2-proxy-style nginx config: `/oauth2/` to portcullis, `/oauth2/auth` for the
-/// `auth_request` subrequest with the original URI and method, a login-protected `/`
-/// (401 → `/oauth2/start?rd=$request_uri`, refreshed cookies passed on), and an API `/api/`
-/// (bearer; 401 stays 401).
-fn nginx_server(proxy: &TestProxy, upstream: &str) -> String {
-    let p = proxy.addr;
+/// The recipe the project ships.
+pub const SHIPPED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/nginx/forward-auth.conf"
+);
+
+/// An `nginx.conf` whose `http { }` holds `http_body`, with every path in `dir`.
+fn nginx_conf(dir: &std::path::Path, http_body: &str) -> String {
+    let d = dir.display();
     format!(
-        "    location /oauth2/ {{\n\
-               proxy_pass http://{p};\n\
-               proxy_set_header Host $http_host;\n\
-               proxy_set_header X-Forwarded-Uri $request_uri;\n\
-             }}\n\
-             location = /oauth2/auth {{\n\
-               internal;\n\
-               proxy_pass http://{p};\n\
-               proxy_pass_request_body off;\n\
-               proxy_set_header Content-Length \"\";\n\
-               proxy_set_header Host $http_host;\n\
-               proxy_set_header X-Forwarded-Uri $request_uri;\n\
-               proxy_set_header X-Forwarded-Method $request_method;\n\
-             }}\n\
-             location @login {{\n\
-               return 302 /oauth2/start?rd=$request_uri;\n\
-             }}\n\
-             location /api/ {{\n\
-               auth_request /oauth2/auth;\n\
-               auth_request_set $user $upstream_http_x_auth_request_user;\n\
-               proxy_set_header X-User $user;\n\
-               proxy_pass {upstream};\n\
-             }}\n\
-             location / {{\n\
-               auth_request /oauth2/auth;\n\
-               auth_request_set $user $upstream_http_x_auth_request_user;\n\
-               auth_request_set $email $upstream_http_x_auth_request_email;\n\
-               auth_request_set $auth_cookie $upstream_http_set_cookie;\n\
-               add_header Set-Cookie $auth_cookie;\n\
-               error_page 401 = @login;\n\
-               proxy_set_header X-User $user;\n\
-               proxy_set_header X-Email $email;\n\
-               proxy_pass {upstream};\n\
-             }}\n"
+        "master_process off;\ndaemon off;\nworker_processes 1;\n\
+         error_log {d}/error.log info;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log {d}/access.log;\n\
+           client_body_temp_path {d}/client_body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
+           scgi_temp_path {d}/scgi;\n{http_body}\n}}\n"
     )
 }
 
-#[tokio::test]
-async fn nginx_auth_request_with_a_login_route_and_an_api_route() {
-    // Access tokens live 5 s: every request through nginx refreshes the session, and the
-    // new cookie must come back through `auth_request_set` + `add_header`.
-    let idp = Idp::start_with(Profile::Standard, &["--access-token-ttl", "5"]).await;
-    let echo = EchoUpstream::start().await;
-    let nginx_port = free_port();
-    let public = format!("http://127.0.0.1:{nginx_port}");
+/// `nginx -t` on `http_body` inside `http { }`: (success, output).
+fn nginx_test(http_body: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, nginx_conf(dir.path(), http_body)).unwrap();
+    let out = Command::new("/usr/sbin/nginx")
+        .arg("-t")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run /usr/sbin/nginx (apt-get install -y nginx)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The shipped recipe with its two upstream addresses and its listener replaced (each
+/// replacement must find its text: the recipe and this test stay in step).
+fn shipped_recipe(port: u16, portcullis: std::net::SocketAddr, app: &str) -> String {
+    let mut text = std::fs::read_to_string(SHIPPED).unwrap();
+    for (from, to) in [
+        ("server 127.0.0.1:4180;", format!("server {portcullis};")),
+        ("server 127.0.0.1:8080;", format!("server {app};")),
+        ("listen 443 ssl http2;", format!("listen 127.0.0.1:{port};")),
+    ] {
+        assert_eq!(text.matches(from).count(), 1, "{from:?} in {SHIPPED}");
+        text = text.replace(from, &to);
+    }
+    text
+}
+
+/// Debian's nginx (`daemon off`, `master_process off`: one process) with `http_body`
+/// inside `http { }`.
+async fn start_nginx(port: u16, http_body: &str) -> FrontProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, nginx_conf(dir.path(), http_body)).unwrap();
+    let mut cmd = Command::new("/usr/sbin/nginx");
+    cmd.arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-c")
+        .arg(&path);
+    FrontProxy::spawn(cmd, port, dir, &["stderr.log", "error.log"]).await
+}
+
+/// The login fixture's setup behind a front proxy on `port`: its URL is the public one,
+/// 127.0.0.1 is trusted, and there is a bearer API route.
+fn behind_front_proxy(port: u16) -> (String, Setup) {
+    let public = format!("http://127.0.0.1:{port}");
     let s = Setup {
         trusted: true,
         bearer: true,
         public_url: Some(public.clone()),
         ..Setup::default()
     };
+    (public, s)
+}
+
+/// What the app saw is alice's identity (the `auth-request` preset).
+fn assert_alice(echoed: &serde_json::Value) {
+    assert_eq!(
+        echo_header(echoed, "x-auth-request-user").as_deref(),
+        Some("user-alice"),
+        "{echoed}"
+    );
+    assert_eq!(
+        echo_header(echoed, "x-auth-request-email").as_deref(),
+        Some("alice@example.com"),
+        "{echoed}"
+    );
+}
+
+/// A logged-in alice's request through a front proxy that also carries spoofed identity
+/// headers (both spellings), a client `Authorization` and a client's own original-URI
+/// header: it reaches the app as alice, and none of those headers does.
+async fn spoofed_request_reaches_the_app_as_alice(a: &mut Agent, front: &FrontProxy, path: &str) {
+    let r = a
+        .get(
+            &front.url(path),
+            &[
+                ("accept", "application/json"),
+                ("x-auth-request-user", "user-mallory"),
+                ("x_auth_request_groups", "admins"),
+                ("x-forwarded-user", "mallory"),
+                ("remote-user", "mallory"),
+                ("authorization", "Basic bWFsbG9yeTpwdw=="),
+                ("x-original-url", "http://127.0.0.1/pub/x"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), front.logs());
+    let e = r.json();
+    assert_alice(&e);
+    for h in [
+        "x_auth_request_groups",
+        "x-forwarded-user",
+        "remote-user",
+        "authorization",
+        "x-original-url",
+    ] {
+        assert_eq!(echo_header(&e, h), None, "{h} reached the app: {e}");
+    }
+}
+
+/// Through a front proxy: bob is refused `/admin` with portcullis' 403; a bearer token is
+/// checked by portcullis and stops at the front proxy; an API client without a token or
+/// with a bad one gets the 401 with portcullis' challenge, not a redirect.
+async fn api_and_bob_through(front: &FrontProxy, idp: &Idp) {
+    let mut bob = Agent::new();
+    login(&mut bob, &front.url("/app/"), "bob").await;
+    let r = bob.get(&front.url("/admin/x"), API_CALL).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let http = Http::new();
+    let token = idp.machine_jwt().await;
+    let bearer = format!("Bearer {token}");
+    let r = with_cookie(
+        &http,
+        &front.url("/api/items"),
+        "",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), front.logs());
+    let e = r.json();
+    assert_eq!(
+        echo_header(&e, "x-auth-request-user").as_deref(),
+        Some("machine")
+    );
+    assert_eq!(echo_header(&e, "authorization"), None);
+    for auth in [None, Some("Bearer not.a.jwt")] {
+        let mut h = vec![("accept", "application/json")];
+        if let Some(v) = auth {
+            h.push(("authorization", v));
+        }
+        let r = with_cookie(&http, &front.url("/api/items"), "", &h).await;
+        assert_eq!(r.status, 401, "{auth:?}: {}", r.text());
+        assert!(r.header("location").is_none());
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|w| w.starts_with("Bearer realm=\"portcullis\"")),
+            "{:?}",
+            r.headers
+        );
+    }
+}
+
+#[test]
+fn shipped_nginx_recipe_passes_nginx_t() {
+    let (ok, out) = nginx_test(&format!("include {SHIPPED};"));
+    assert!(ok, "nginx -t on {SHIPPED}:\n{out}");
+}
+
+#[tokio::test]
+async fn shipped_nginx_recipe_with_a_login_route_and_an_api_route() {
+    // Access tokens live 5 s: every request through nginx refreshes the session, and the
+    // new cookie must come back through `auth_request_set` + `add_header`.
+    let idp = Idp::start_with(Profile::Standard, &["--access-token-ttl", "5"]).await;
+    let echo = EchoUpstream::start().await;
+    let nginx_port = free_port();
+    let (public, s) = behind_front_proxy(nginx_port);
     let proxy = TestProxy::start(&config(&idp, &echo, &s)).await;
     wait_ready(&proxy).await;
-    let nginx = Nginx::start(nginx_port, &nginx_server(&proxy, &echo.url(""))).await;
+    let app = echo.url("").trim_start_matches("http://").to_string();
+    let nginx = start_nginx(nginx_port, &shipped_recipe(nginx_port, proxy.addr, &app)).await;
 
     // An unauthenticated browser is sent to the login...
     let mut a = Agent::new();
@@ -288,25 +486,17 @@ async fn nginx_auth_request_with_a_login_route_and_an_api_route() {
         location_of(&r),
         format!("{public}/oauth2/start?rd=/app/page")
     );
-    // ...logs in (callback through nginx), and reaches the upstream with X-User set.
+    // ...logs in (callback through nginx), and reaches the upstream with its identity.
     let (url, r) = login(&mut a, &nginx.url("/app/page"), "alice").await;
     assert_eq!(url, nginx.url("/app/page"));
     assert_eq!(r.status, 200, "{}\n{}", r.text(), nginx.logs());
-    let echo_json = r.json();
-    assert_eq!(
-        echo_header(&echo_json, "x-user").as_deref(),
-        Some("user-alice")
-    );
-    assert_eq!(
-        echo_header(&echo_json, "x-email").as_deref(),
-        Some("alice@example.com")
-    );
+    assert_alice(&r.json());
     // The session refreshed during the auth subrequest comes back as a Set-Cookie.
     let before = a.jar.get("_portcullis").unwrap();
     let r = a.get(&nginx.url("/app/again"), API_CALL).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
-        echo_header(&r.json(), "x-user").as_deref(),
+        echo_header(&r.json(), "x-auth-request-user").as_deref(),
         Some("user-alice")
     );
     assert!(
@@ -318,40 +508,99 @@ async fn nginx_auth_request_with_a_login_route_and_an_api_route() {
         r.headers
     );
     assert_ne!(a.jar.get("_portcullis").unwrap(), before);
-    let r = a.get(&nginx.url("/app/third"), API_CALL).await;
-    assert_eq!(
-        echo_header(&r.json(), "x-user").as_deref(),
-        Some("user-alice")
-    );
+    spoofed_request_reaches_the_app_as_alice(&mut a, &nginx, "/app/third").await;
     // The forward-auth endpoint itself is not reachable from outside nginx.
     let r = a.get(&nginx.url("/oauth2/auth"), API_CALL).await;
     assert_eq!(r.status, 404);
-
-    // The API route: a bearer token, judged by portcullis through nginx.
-    let http = Http::new();
-    let token = idp.machine_jwt().await;
-    let r = with_cookie(
-        &http,
-        &nginx.url("/api/items"),
-        "",
-        &[("authorization", &format!("Bearer {token}"))],
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}\n{}", r.text(), nginx.logs());
-    assert_eq!(echo_header(&r.json(), "x-user").as_deref(), Some("machine"));
-    // No token or a bad one: 401 from nginx, not a redirect.
-    for auth in [None, Some("Bearer not.a.jwt")] {
-        let mut h = vec![NAVIGATE[0]];
-        if let Some(v) = auth {
-            h.push(("authorization", v));
-        }
-        let r = with_cookie(&http, &nginx.url("/api/items"), "", &h).await;
-        assert_eq!(r.status, 401, "{auth:?}: {}", r.text());
-        assert!(r.header("location").is_none());
-    }
+    // alice may see /admin; bob may not (403 from portcullis, passed on by nginx); the API.
+    let r = a.get(&nginx.url("/admin/x"), API_CALL).await;
+    assert_eq!(r.status, 200);
+    api_and_bob_through(&nginx, &idp).await;
 
     // A browser that lost its session (tampered cookie) is sent to the login again.
+    let http = Http::new();
     let r = with_cookie(&http, &nginx.url("/app/page"), "_portcullis=AAAA", NAVIGATE).await;
     assert_eq!(r.status, 302);
-    // (the 302 is nginx's @login; portcullis answered 401)
+    // (the 302 is nginx's @portcullis_login; portcullis answered 401)
+}
+
+// ---------------------------------------------------------------------------------------
+// Behind Caddy forward_auth
+// ---------------------------------------------------------------------------------------
+
+/// The Caddy recipe the project ships.
+pub const SHIPPED_CADDY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/caddy/Caddyfile");
+
+/// Debian's caddy (`caddy run`) on a plain-HTTP port with the shipped site block, its
+/// admin endpoint off, its storage in the temp dir.
+async fn start_caddy(port: u16, portcullis: std::net::SocketAddr, app: &str) -> FrontProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let mut site = std::fs::read_to_string(SHIPPED_CADDY).unwrap();
+    for (from, to) in [
+        ("app.example.com {", format!("http://127.0.0.1:{port} {{")),
+        ("127.0.0.1:4180", portcullis.to_string()),
+        ("127.0.0.1:8080", app.to_string()),
+    ] {
+        assert!(site.contains(from), "{from:?} in {SHIPPED_CADDY}");
+        site = site.replace(from, &to);
+    }
+    let conf = format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}");
+    let path = dir.path().join("Caddyfile");
+    std::fs::write(&path, conf).unwrap();
+    let mut cmd = Command::new("caddy");
+    cmd.args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .env("XDG_CONFIG_HOME", dir.path().join("config"));
+    FrontProxy::spawn(cmd, port, dir, &["stderr.log"]).await
+}
+
+#[tokio::test]
+async fn shipped_caddy_recipe_with_login_api_and_public_routes() {
+    let idp = Idp::start(Profile::Standard).await;
+    let echo = EchoUpstream::start().await;
+    let caddy_port = free_port();
+    let (_, s) = behind_front_proxy(caddy_port);
+    // A public route beside the login and API routes.
+    let app_route = "[[route]]\nname = \"app\"\npath = \"/\"";
+    let cfg = config(&idp, &echo, &s);
+    assert!(cfg.contains(app_route));
+    let cfg = cfg.replace(
+        app_route,
+        &format!("[[route]]\nname = \"pub\"\npath = \"/pub/\"\nupstream = \"app\"\nauth = \"public\"\n\n{app_route}"),
+    );
+    let proxy = TestProxy::start(&cfg).await;
+    wait_ready(&proxy).await;
+    let app = echo.url("").trim_start_matches("http://").to_string();
+    let caddy = start_caddy(caddy_port, proxy.addr, &app).await;
+
+    // A browser without a session is sent to the login.
+    let mut a = Agent::new();
+    let r = a.navigate(&caddy.url("/app/page")).await;
+    assert_eq!(r.status, 302, "{}\n{}", r.text(), caddy.logs());
+    assert_eq!(location_of(&r), "/oauth2/start?rd=/app/page");
+    // Login through Caddy (/oauth2/* routed to portcullis); the identity reaches the app,
+    // spoofed identity headers (any spelling) and the client's Authorization do not.
+    let (url, r) = login(&mut a, &caddy.url("/app/page"), "alice").await;
+    assert_eq!(url, caddy.url("/app/page"));
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), caddy.logs());
+    spoofed_request_reaches_the_app_as_alice(&mut a, &caddy, "/app/x").await;
+    api_and_bob_through(&caddy, &idp).await;
+
+    // A public route: no identity, and no Caddy placeholder reaches the app.
+    let http = Http::new();
+    let r = with_cookie(
+        &http,
+        &caddy.url("/pub/x"),
+        "",
+        &[("x-auth-request-user", "mallory")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), caddy.logs());
+    let e = r.json();
+    for name in AUTH_REQUEST_HEADERS {
+        let v = echo_header(&e, name).unwrap_or_default();
+        assert!(v.is_empty(), "{name}: {v:?} on a public route");
+    }
 }

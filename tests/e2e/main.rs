@@ -19,5 +19,6 @@ mod normalization;
 mod parity;
 mod protocols;
 mod routing;
+mod shipped_configs;
 mod streaming;
 mod upstream_tls;

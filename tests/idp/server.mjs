@@ -57,6 +57,9 @@ const USAGE = `usage: node server.mjs [options]
   --id-token-alg RS256|ES256   ID token signing alg of the portcullis clients     [IDP_ID_TOKEN_ALG, default RS256]
   --jwks-max-age SECONDS       send Cache-Control: public, max-age=N with the JWKS (default: no
                                Cache-Control header, as oidc-provider)            [IDP_JWKS_MAX_AGE]
+  --metadata-token-file FILE   discovery and JWKS answer 401 unless the request carries
+                               Authorization: Bearer <FILE's content> (read at each request), as a
+                               Kubernetes API server's /openid/v1/jwks   [IDP_METADATA_TOKEN_FILE]
   --watch-stdin                exit when stdin closes (the parent test died)      [IDP_WATCH_STDIN=1]
   --quiet                      no request log on stderr                           [IDP_QUIET=1]
   --help
@@ -79,6 +82,7 @@ function parseOptions(argv, env) {
     postLogoutRedirectUris: splitList(env.IDP_POST_LOGOUT_REDIRECT_URIS),
     idTokenAlg: env.IDP_ID_TOKEN_ALG ?? 'RS256',
     jwksMaxAge: env.IDP_JWKS_MAX_AGE || undefined,
+    metadataTokenFile: env.IDP_METADATA_TOKEN_FILE || undefined,
     watchStdin: truthy(env.IDP_WATCH_STDIN),
     quiet: truthy(env.IDP_QUIET),
   };
@@ -122,6 +126,7 @@ function parseOptions(argv, env) {
         break;
       case '--id-token-alg': o.idTokenAlg = value(); break;
       case '--jwks-max-age': o.jwksMaxAge = value(); break;
+      case '--metadata-token-file': o.metadataTokenFile = value(); break;
       case '--watch-stdin': o.watchStdin = true; break;
       case '--quiet': o.quiet = true; break;
       case '--help': case '-h': process.stderr.write(USAGE); process.exit(0); break;
@@ -1265,6 +1270,15 @@ const server = http.createServer(async (req, res) => {
     return;
   }
   counts.set(url.pathname, (counts.get(url.pathname) || 0) + 1);
+
+  if (opts.metadataTokenFile && ['discovery', 'jwks'].includes(nameOfPath(url.pathname))) {
+    let want = '';
+    try { want = fs.readFileSync(opts.metadataTokenFile, 'utf8').trim(); } catch { /* no file: nobody passes */ }
+    if (!want || req.headers.authorization !== `Bearer ${want}`) {
+      sendJson(res, 401, { kind: 'Status', status: 'Failure', message: 'Unauthorized', code: 401 });
+      return;
+    }
+  }
 
   const rule = failures.find((f) => f.path === url.pathname && f.remaining > 0);
   if (rule) {

@@ -240,6 +240,7 @@ impl Login {
         // OIDC Core 3.1.3.7 step 3: the client id must be among the audiences (the
         // validator); what else may be is `id_token::Rules`' business.
         let mut issuer = IssuerConfig::new(p.issuer.clone(), vec![client_id.to_string()]);
+        issuer.token_file = p.token_file.clone();
         issuer.algorithms = vec![
             jsonwebtoken::Algorithm::RS256,
             jsonwebtoken::Algorithm::RS384,

@@ -147,7 +147,13 @@ impl Idp {
             "{}/.well-known/openid-configuration",
             self.issuer.trim_end_matches('/')
         );
-        let r = self.http.get(&url).await;
+        // A provider started with --metadata-token-file wants that token on discovery.
+        let mut req = Request::get(&url);
+        if let Some(i) = extra.iter().position(|a| *a == "--metadata-token-file") {
+            let token = std::fs::read_to_string(extra[i + 1]).unwrap();
+            req = req.header("authorization", format!("Bearer {}", token.trim()));
+        }
+        let r = self.http.send(req.body(empty()).unwrap()).await.unwrap();
         assert_eq!(r.status, 200, "discovery: {}", r.text());
         self.meta = r.json();
         assert_eq!(self.meta["issuer"].as_str(), Some(self.issuer.as_str()));
