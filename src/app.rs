@@ -251,7 +251,8 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
             .map_err(StartError::Runtime)?;
         threads.push(t);
     }
-    tracing::info!(%addr, workers, admin = ?admin_addr, "portcullis listening");
+    let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(%addr, workers, admin, "portcullis listening");
     Ok(Running {
         addr,
         admin_addr,
@@ -304,7 +305,8 @@ fn start_validator(v: TokenValidator) {
         match v.start().await {
             Ok(()) => tracing::info!("token validation ready"),
             Err(e) => {
-                tracing::error!(error = %e, cause = ?std::error::Error::source(&e).map(|s| s.to_string()), "token issuer not ready yet; retrying in the background")
+                let cause = std::error::Error::source(&e).map(|s| s.to_string());
+                tracing::error!(error = %e, cause = cause.as_deref(), "token issuer not ready yet; retrying in the background")
             }
         }
     });

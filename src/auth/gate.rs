@@ -122,7 +122,9 @@ pub async fn authenticate(
         Decision::InsufficientScope { required } if matches!(token, AccessToken::Bearer) => {
             Some(Refusal::InsufficientScope { required })
         }
-        Decision::InsufficientScope { .. } | Decision::Forbidden => Some(Refusal::Forbidden),
+        // A session's scopes are not the client's to fix: a plain 403.
+        Decision::InsufficientScope { .. } => Some(Refusal::Forbidden { rule: "scope" }),
+        Decision::Forbidden { rule } => Some(Refusal::Forbidden { rule }),
     });
     match refusal {
         None => Ok(Passed {
@@ -152,7 +154,13 @@ async fn by_token(
 ) -> Result<Arc<Identity>, Denied> {
     let token = match extracted {
         bearer::Extracted::Token(t) => t,
-        bearer::Extracted::Missing => return Err(Refusal::SignInRequired { login: None }.into()),
+        bearer::Extracted::Missing => {
+            return Err(Refusal::SignInRequired {
+                login: None,
+                why: "no_token",
+            }
+            .into())
+        }
         bearer::Extracted::Malformed => return Err(Refusal::TokenMalformed.into()),
     };
     tokens.validate_bytes(token).await.map_err(|e| {
@@ -184,6 +192,13 @@ async fn by_session(
         SessionCheck::None { set_cookies } => Err(Denied {
             refusal: Refusal::SignInRequired {
                 login: (!j.forward_auth).then(|| login.login_location(j.path_and_query)),
+                // Cookies to expire: the browser brought a session that no longer opens
+                // (expired, idle, ended, or sealed with a retired secret).
+                why: if set_cookies.is_empty() {
+                    "no_session"
+                } else {
+                    "session_expired"
+                },
             },
             set_cookies,
             user: None,

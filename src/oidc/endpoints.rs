@@ -127,13 +127,17 @@ impl Endpoints {
         };
         if !trusted {
             tracing::warn!(request_id = rid, %peer, "forward-auth request from a peer outside trusted_proxies; denied");
-            return refuse(Refusal::Forbidden);
+            return refuse(Refusal::Forbidden {
+                rule: "forward_auth_untrusted",
+            });
         }
         let original = match original_request(h, suffix, req.uri.query()) {
             Ok(Some(o)) => o,
             Ok(None) => {
                 tracing::warn!(request_id = rid, %peer, "forward-auth request without X-Forwarded-Uri (or another original URI); denied");
-                return refuse(Refusal::Forbidden);
+                return refuse(Refusal::Forbidden {
+                    rule: "forward_auth_no_uri",
+                });
             }
             Err(why) => {
                 tracing::debug!(request_id = rid, %peer, reason = why, "forward-auth original URI refused");
@@ -153,7 +157,11 @@ impl Endpoints {
         // The path-reading rule, as for a proxied request.
         let selected = match self.table.select(host.as_deref(), &path) {
             Ok(Some(s)) => s,
-            Ok(None) => return refuse(Refusal::Forbidden),
+            Ok(None) => {
+                return refuse(Refusal::Forbidden {
+                    rule: "forward_auth_no_route",
+                })
+            }
             Err(conflict) => {
                 tracing::debug!(reason = %conflict, "forward auth: a path its readings make ambiguous");
                 return refuse(Refusal::BadRequest(AMBIGUOUS_READINGS));
