@@ -23,7 +23,8 @@
 # (the "totals:" line of the callgrind output file; the "total" line of strace -c).
 # Per request: (count(LARGE) - count(SMALL)) / (LARGE - SMALL)
 # so startup, connection setup and shutdown cancel out. portcullis runs with
-# [server] workers = 1 and RUST_LOG=warn. callgrind counts the instructions of all
+# [server] workers = 1 and RUST_LOG=warn (--log LEVEL: another level, e.g. info for an
+# access line per request, written to a file as in production). callgrind counts the instructions of all
 # threads of the process; strace -f the system calls of all threads.
 # Readiness is waited for without touching the measured process (its port in LISTEN
 # state, from /proc/net/tcp), then, for portcullis, GET /readyz on the admin listener
@@ -34,6 +35,7 @@
 #
 #   benches/cost.sh [--requests-small 400] [--requests-large 4400] [--connections 8]
 #                   [--targets nginx,public,bearer,session[,bearer-assert]] [--keep DIR]
+#                   [--log warn]
 #
 # --keep DIR: where the callgrind and strace outputs are kept (default: a new directory
 # under ${TMPDIR:-/tmp}, printed at the end), e.g. for
@@ -43,8 +45,7 @@
 # (the SMALL run's total shows any startup or first-request pause), and the targets:
 # public <= 33k instructions/request and <= 1.5x nginx, bearer <= public + 3k,
 # session <= public + 8k, bearer-assert <= bearer + 5k, system calls per request <= nginx's.
-# Exit status 1 if a run
-# failed (a goal missed is reported, not a failure).
+# Exit status 1 if a run failed (a goal missed is reported, not a failure).
 #
 # Before measuring, a plain portcullis (not under valgrind) with the same config checks
 # that /pub answers 200, /api and /app 401 without credentials and 200 with them, and
@@ -73,7 +74,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SMALL=400 LARGE=4400 CONNS=8 TARGETS=nginx,public,bearer,session KEEP=""
+SMALL=400 LARGE=4400 CONNS=8 TARGETS=nginx,public,bearer,session KEEP="" LOG=warn
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests-small) SMALL=$2; shift 2 ;;
@@ -81,6 +82,7 @@ while [ $# -gt 0 ]; do
     --connections) CONNS=$2; shift 2 ;;
     --targets) TARGETS=$2; shift 2 ;;
     --keep) KEEP=$2; shift 2 ;;
+    --log) LOG=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -317,7 +319,7 @@ run() {
   esac
   ! listening "$port" || die "port $port is still in use before the $target $tool run"
   t0=$(date +%s)
-  RUST_LOG=warn "${wrap[@]}" "${cmd[@]}" 2>"$rd/stderr.log" & local top=$!; RUN_PIDS=("$top")
+  RUST_LOG=$LOG "${wrap[@]}" "${cmd[@]}" 2>"$rd/stderr.log" & local top=$!; RUN_PIDS=("$top")
   # The measured process: valgrind runs it in its own process; strace as a child, the
   # one running the binary (strace forks short-lived test children of its own first).
   local pid=$top exe c
