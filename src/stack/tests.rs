@@ -1254,6 +1254,13 @@ auth = "login"
 assertion = true
 
 [[route]]
+name = "mixed"
+path = "/mixed"
+upstream = "app"
+auth = "either"
+assertion = true
+
+[[route]]
 name = "plain"
 path = "/plain"
 upstream = "app"
@@ -1321,6 +1328,24 @@ async fn asserting_routes_replace_client_assertions_with_their_own() {
         (Some("bob"), Some("admin"))
     );
     assert_eq!(c["groups"], json!(["staff"]));
+
+    // Either route: by token, and by session, each its own identity, aud = "mixed".
+    for (hs, sub) in [
+        (vec![("authorization", bearer.as_str()), forged[0]], "alice"),
+        (vec![("cookie", cookie.as_str()), forged[0]], "bob"),
+    ] {
+        let r = h.get("/mixed/x", &hs).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let c = jwt_claims(
+            h.one_seen().headers["x-portcullis-assertion"]
+                .to_str()
+                .unwrap(),
+        );
+        assert_eq!(
+            (c["sub"].as_str(), c["aud"].as_str()),
+            (Some(sub), Some("mixed"))
+        );
+    }
 
     // Routes without assertion, public or not: the client's copy is stripped, none added.
     let mut hs = vec![("authorization", bearer.as_str())];
