@@ -1,7 +1,8 @@
 //! The proxy's own endpoints under `server.proxy_prefix` (default `/oauth2`), answered
 //! before header hygiene (forward-auth reads `X-Forwarded-*` from trusted proxies):
 //! `/ping`, `/auth` (forward auth), and with logins configured `/start`, `/callback`,
-//! `/sign_out`, `/userinfo`.
+//! `/sign_out`, `/userinfo`; outside the prefix, `/.well-known/portcullis/jwks.json` (the
+//! identity assertion's keys) when a route uses assertions.
 
 use std::convert::Infallible;
 use std::future::Future;
