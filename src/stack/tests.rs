@@ -1283,6 +1283,15 @@ fn jwt_claims(jwt: &str) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// The claims of the assertion on the one request forwarded since the last look.
+fn forwarded_assertion(h: &Harness) -> serde_json::Value {
+    jwt_claims(
+        h.one_seen().headers["x-portcullis-assertion"]
+            .to_str()
+            .unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn asserting_routes_replace_client_assertions_with_their_own() {
     let h = harness_with(ASSERTING);
@@ -1318,11 +1327,7 @@ async fn asserting_routes_replace_client_assertions_with_their_own() {
     let cookie = h.session_cookie("bob", &["staff"]).await;
     let r = h.get("/admin/x", &[("cookie", &cookie), forged[0]]).await;
     assert_eq!(r.status(), StatusCode::OK);
-    let c = jwt_claims(
-        h.one_seen().headers["x-portcullis-assertion"]
-            .to_str()
-            .unwrap(),
-    );
+    let c = forwarded_assertion(&h);
     assert_eq!(
         (c["sub"].as_str(), c["aud"].as_str()),
         (Some("bob"), Some("admin"))
@@ -1336,11 +1341,7 @@ async fn asserting_routes_replace_client_assertions_with_their_own() {
     ] {
         let r = h.get("/mixed/x", &hs).await;
         assert_eq!(r.status(), StatusCode::OK);
-        let c = jwt_claims(
-            h.one_seen().headers["x-portcullis-assertion"]
-                .to_str()
-                .unwrap(),
-        );
+        let c = forwarded_assertion(&h);
         assert_eq!(
             (c["sub"].as_str(), c["aud"].as_str()),
             (Some(sub), Some("mixed"))
