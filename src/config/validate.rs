@@ -501,12 +501,14 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
             10_000,
         ) as u32,
     };
+    let admin_token_file = cx.existing_file("server.admin_token_file", &s.admin_token_file);
     ServerConfig {
         listen,
         public_url,
         tls,
         trusted_proxies,
         admin_listen,
+        admin_token_file,
         workers,
         proxy_prefix,
         limits,
@@ -670,6 +672,11 @@ fn provider(cx: &mut Ctx<'_>, p: &ProviderFile) -> ProviderConfig {
         client_auth,
         private_key_file,
         trusted_audiences,
+        logout_token_max_age: cx.duration(
+            "provider.logout_token_max_age",
+            p.logout_token_max_age.as_deref(),
+            Duration::from_secs(300),
+        ),
     }
 }
 
@@ -930,6 +937,61 @@ fn session(cx: &mut Ctx<'_>, s: &SessionFile) -> SessionConfig {
     if store == SessionStoreKind::Redis && s.redis_url.is_none() {
         cx.err("session.redis_url", "is required with store = \"redis\"");
     }
+    let revocation = match s.revocation.as_deref() {
+        None if s.redis_url.is_some() => RevocationKind::Redis,
+        None | Some("memory") => RevocationKind::Memory,
+        Some("redis") => RevocationKind::Redis,
+        Some(o) => {
+            cx.err(
+                "session.revocation",
+                format!("{o:?} is not one of memory, redis"),
+            );
+            RevocationKind::Memory
+        }
+    };
+    match revocation {
+        RevocationKind::Redis if s.redis_url.is_none() => cx.err(
+            "session.revocation",
+            "\"redis\" keeps revocations in session.redis_url, which is not set",
+        ),
+        RevocationKind::Memory if store == SessionStoreKind::Redis => cx.err(
+            "session.revocation",
+            "\"memory\" with store = \"redis\": sessions would be shared by replicas but \
+             sign-outs would not; remove the key (the Redis store revokes in Redis)",
+        ),
+        _ => {}
+    }
+    let revocation_file = s.revocation_file.as_deref().map(|f| {
+        let path = cx.path(f);
+        if revocation == RevocationKind::Redis {
+            cx.err(
+                "session.revocation_file",
+                "only with revocation = \"memory\" (Redis keeps revocations itself)",
+            );
+        } else if !path
+            .parent()
+            .is_some_and(|d| d.as_os_str().is_empty() || d.is_dir())
+        {
+            cx.err(
+                "session.revocation_file",
+                format!("the directory of {} does not exist", path.display()),
+            );
+        } else if path.is_dir() {
+            cx.err(
+                "session.revocation_file",
+                format!("{} is a directory", path.display()),
+            );
+        }
+        path
+    });
+    let revocation_capacity = bounded(
+        cx,
+        "session.revocation_capacity",
+        s.revocation_capacity,
+        DEFAULT_REVOCATION_CAPACITY,
+        1,
+        1_000_000_000,
+    );
     let cookie_name = s
         .cookie_name
         .clone()
@@ -961,6 +1023,9 @@ fn session(cx: &mut Ctx<'_>, s: &SessionFile) -> SessionConfig {
         redis_url: s.redis_url.clone().map(Secret::new),
         refresh: s.refresh.unwrap_or(true),
         domain: s.domain.clone(),
+        revocation,
+        revocation_file,
+        revocation_capacity,
     }
 }
 

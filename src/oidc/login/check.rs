@@ -3,6 +3,10 @@
 //! ```text
 //! check(request)
 //!   ├─ no cookie, or one that does not open        → None (stale cookies expired)
+//!   ├─ revoked (signed out, provider logout, subject or global not-before: see
+//!   │   crate::revocation; with the Redis store, asked in the same round trip as the load)
+//!   │                                               → None (its cookies expired)
+//!   ├─ revocation store unreachable                 → 503
 //!   ├─ access token not within REFRESH_MARGIN of its expiry, no idle renewal due
 //!   │                                               → Valid: the shared session as it is
 //!   └─ else, on a copy of the session:
@@ -36,6 +40,7 @@ use crate::body::Resp;
 use crate::config::Secret;
 use crate::error::{json_error, json_response};
 use crate::identity::Identity;
+use crate::revocation::Verdict;
 use crate::session::{Session, SessionError};
 
 /// The outcome of checking a request's session.
@@ -99,8 +104,14 @@ impl Login {
     /// about to expire.
     pub async fn check(&self, headers: &HeaderMap, request_id: &str) -> SessionCheck {
         let t = self.now();
-        let loaded = match self.store.load(headers, t).await {
-            Ok(Some(s)) => s,
+        let loaded = match self.store.load_checked(headers, t, &self.revocations).await {
+            Ok(Some((s, Verdict::Live))) => s,
+            Ok(Some((s, Verdict::Revoked(reason)))) => {
+                tracing::debug!(request_id, user = %s.session.sub, reason = reason.as_str(), "session revoked");
+                return SessionCheck::None {
+                    set_cookies: self.stale_cookies(headers),
+                };
+            }
             Ok(None) => {
                 return SessionCheck::None {
                     set_cookies: self.stale_cookies(headers),
@@ -108,6 +119,11 @@ impl Login {
             }
             Err(SessionError::Unavailable(e)) => {
                 tracing::warn!(request_id, error = %e, "session store unavailable");
+                return SessionCheck::Unavailable;
+            }
+            Err(SessionError::Revocation(e)) => {
+                let cause = std::error::Error::source(&e).map(|s| s.to_string());
+                tracing::warn!(request_id, error = %e, cause = cause.as_deref(), "revocation store unavailable");
                 return SessionCheck::Unavailable;
             }
             Err(e) => {

@@ -20,6 +20,7 @@ use crate::dev_idp::test_client::TestClient;
 use crate::dev_idp::{
     DevIdp, DevIdpConfig, Endpoint, Fail, Grant, Times, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET,
 };
+use crate::revocation::Revocations;
 use crate::session::Session;
 use crate::token::{Clock, ManualClock};
 
@@ -128,7 +129,8 @@ impl Harness {
         let idp = DevIdp::start(DevIdpConfig::default()).await.unwrap();
         let clock = ManualClock::new(SystemTime::now());
         let c = config(&idp.issuer(), provider_extra, session_extra);
-        let login = Login::build_with_clock(&c, None, Arc::new(clock.clone()))
+        let revocations = Revocations::memory(1000);
+        let login = Login::build_with_clock(&c, None, &revocations, Arc::new(clock.clone()))
             .unwrap()
             .unwrap();
         login.id_validator.start().await.unwrap();
@@ -298,7 +300,9 @@ async fn start_before_the_provider_is_known_is_503() {
     let idp = DevIdp::start(DevIdpConfig::default()).await.unwrap();
     let c = config(&idp.issuer(), "", "");
     // Never started: no metadata yet.
-    let login = Login::build(&c, None).unwrap().unwrap();
+    let login = Login::build(&c, None, &Revocations::memory(10))
+        .unwrap()
+        .unwrap();
     let r = login.start(None, &HeaderMap::new(), "rid");
     assert_eq!(r.status(), 503);
     assert!(r.headers().get(SET_COOKIE).is_none());
