@@ -18,6 +18,7 @@ mod login_browser;
 mod normalization;
 mod parity;
 mod protocols;
+mod revocation;
 mod routing;
 mod shipped_configs;
 mod streaming;

@@ -40,6 +40,8 @@ pub struct Setup {
     pub bearer: bool,
     /// Extra `[session]` lines.
     pub session_extra: String,
+    /// Extra `[server]` lines.
+    pub server_extra: String,
 }
 
 impl Default for Setup {
@@ -53,6 +55,7 @@ impl Default for Setup {
             headers_extra: String::new(),
             bearer: false,
             session_extra: String::new(),
+            server_extra: String::new(),
         }
     }
 }
@@ -103,7 +106,10 @@ pub fn config(idp: &Idp, echo: &EchoUpstream, s: &Setup) -> String {
          allow = {{ groups = [\"admins\"] }}\n\n\
          {api_route}\
          [[route]]\nname = \"app\"\npath = \"/\"\nupstream = \"app\"\nauth = \"login\"\n",
-        server = server_section(&format!("public_url = \"{public_url}\"\n{trusted}")),
+        server = server_section(&format!(
+            "public_url = \"{public_url}\"\n{trusted}{}",
+            s.server_extra
+        )),
         issuer = idp.issuer,
         provider_extra = s.provider_extra,
         headers_extra = s.headers_extra,
