@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::RespBody;
-use crate::revocation::{Recorded, Revocations};
+use crate::revocation::{Recorded, Revocations, Target};
 pub use metrics::Metrics;
 
 /// Is everything loaded that requests need? Checked by `/readyz`.
@@ -186,7 +186,14 @@ async fn revoke_subject(req: &Request<Incoming>, actions: &Actions) -> Response<
     let now = SystemTime::now();
     match settings
         .revocations
-        .revoke_subject(&issuer, &sub, now + lifetime, now)
+        .revoke(
+            Target::Subject {
+                iss: &issuer,
+                sub: &sub,
+            },
+            now + lifetime,
+            now,
+        )
         .await
     {
         Ok(recorded) => {

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Mutex, RwLock};
 use std::time::SystemTime;
 
-use super::{hex, unhex, unix, Entry, Facts, FirstUse, Key, Reason, Recorded, Verdict};
+use super::{hex, log_raised, unhex, unix, Entry, Facts, FirstUse, Key, Reason, Recorded, Verdict};
 
 const SHARDS: usize = 16;
 const HEADER: &str = "portcullis revocations v1";
@@ -334,11 +334,7 @@ impl MemorySet {
             return false;
         }
         self.fail_closed(now);
-        tracing::warn!(
-            capacity = cap,
-            not_before = now,
-            "revocation set full: failing closed; every session issued until now must log in again"
-        );
+        log_raised(cap, now, "memory");
         self.rewrite(j, now);
         true
     }

@@ -188,6 +188,18 @@ impl Reason {
     }
 }
 
+/// What [`Revocations::revoke`] ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// Sign-out: one session, by its id.
+    Session(&'a Key),
+    /// Back-channel logout by `sid`: the sessions of that provider session.
+    ProviderSession { iss: &'a str, sid: &'a str },
+    /// Back-channel logout by `sub`, the admin endpoint: every session of that user
+    /// issued until now.
+    Subject { iss: &'a str, sub: &'a str },
+}
+
 /// What an insert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
@@ -320,16 +332,8 @@ impl Revocations {
         }
     }
 
-    /// The verdict without waiting, when the store is in this process.
-    #[inline]
-    pub fn check_local(&self, facts: &Facts, now: SystemTime) -> Option<Verdict> {
-        match &*self.inner {
-            Backend::Memory(m) => Some(m.check(facts, unix(now))),
-            Backend::Redis(_) => None,
-        }
-    }
-
-    /// Is the session of `facts` revoked? One round trip with Redis.
+    /// Is the session of `facts` revoked? No wait with the in-process set (the future is
+    /// ready at once); one round trip with Redis.
     pub async fn check(&self, facts: &Facts, now: SystemTime) -> Result<Verdict, RevocationError> {
         match &*self.inner {
             Backend::Memory(m) => Ok(m.check(facts, unix(now))),
@@ -337,42 +341,26 @@ impl Revocations {
         }
     }
 
-    /// Sign-out: the session `id` is refused until `until` (its expiry).
-    pub async fn revoke_session(
+    /// Records a revocation of `target` until `until` (the latest moment a session it
+    /// ends could still open: a signed-out session's expiry; now + the session lifetime
+    /// for provider sessions and subjects). A subject's not-before time is `now`; a later
+    /// one never moves back.
+    pub async fn revoke(
         &self,
-        id: &Key,
+        target: Target<'_>,
         until: SystemTime,
         now: SystemTime,
     ) -> Result<Recorded, RevocationError> {
-        self.insert(Entry::Session, id, 0, until, now).await
-    }
-
-    /// Back-channel logout by `sid`: sessions of that provider session are refused until
-    /// `until` (now + the session lifetime).
-    pub async fn revoke_provider_session(
-        &self,
-        iss: &str,
-        sid: &str,
-        until: SystemTime,
-        now: SystemTime,
-    ) -> Result<Recorded, RevocationError> {
-        let key = provider_session_key(iss, sid);
-        self.insert(Entry::ProviderSession, &key, 0, until, now)
-            .await
-    }
-
-    /// Sessions of `sub` issued at or before `now` are refused (kept until `until`: now +
-    /// the session lifetime). A later time never moves back.
-    pub async fn revoke_subject(
-        &self,
-        iss: &str,
-        sub: &str,
-        until: SystemTime,
-        now: SystemTime,
-    ) -> Result<Recorded, RevocationError> {
-        let key = subject_key(iss, sub);
-        self.insert(Entry::Subject, &key, unix(now).max(1), until, now)
-            .await
+        let (kind, key, not_before) = match target {
+            Target::Session(id) => (Entry::Session, *id, 0),
+            Target::ProviderSession { iss, sid } => {
+                (Entry::ProviderSession, provider_session_key(iss, sid), 0)
+            }
+            Target::Subject { iss, sub } => {
+                (Entry::Subject, subject_key(iss, sub), unix(now).max(1))
+            }
+        };
+        self.insert(kind, &key, not_before, until, now).await
     }
 
     async fn insert(
@@ -479,6 +467,16 @@ impl Entry {
             _ => return None,
         })
     }
+}
+
+/// The one log line of a raise.
+fn log_raised(capacity: usize, now: u64, store: &'static str) {
+    tracing::warn!(
+        capacity,
+        not_before = now,
+        store,
+        "revocation set full: failing closed; every session issued until now must log in again"
+    );
 }
 
 fn hex(k: &Key) -> String {

@@ -21,7 +21,9 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::Client;
 
-use super::{hex, Entry, Facts, FirstUse, Key, Keys, Reason, Recorded, RevocationError, Verdict};
+use super::{
+    hex, log_raised, Entry, Facts, FirstUse, Key, Keys, Reason, Recorded, RevocationError, Verdict,
+};
 use crate::config::Secret;
 
 const PREFIX: &str = "portcullis:revoked:";
@@ -80,22 +82,7 @@ pub struct RedisSet {
 impl RedisSet {
     /// Does not connect: the connection is made on first use. Inside a Tokio runtime.
     pub fn new(url: &Secret<String>, capacity: usize) -> Result<RedisSet, RevocationError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(RevocationError::Config(
-                "the Redis revocation store must be created inside the Tokio runtime",
-            ));
-        }
-        // The URL may hold a password: its parse error is not passed on.
-        let client = Client::open(url.expose().as_str())
-            .map_err(|_| RevocationError::Config("session.redis_url: not a usable redis:// URL"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|_| {
-            RevocationError::Config("session.redis_url: cannot set up the Redis client")
-        })?;
+        let conn = connect(url).map_err(RevocationError::Config)?;
         Ok(RedisSet {
             conn,
             url: url.clone(),
@@ -123,15 +110,17 @@ impl RedisSet {
         judge(&values, facts)
     }
 
+    /// Runs the insert script; logs a raise.
     async fn run(
         &self,
         kind: Entry,
         key: &Key,
         args: (u64, u64, u64, &str, u64),
-    ) -> Result<String, RevocationError> {
+    ) -> Result<Answer, RevocationError> {
         let (now, until, not_before, mode, issued_at) = args;
+        let capacity = self.capacity.load(SeqCst);
         let mut conn = self.conn.clone();
-        ::redis::cmd("EVAL")
+        let answer: String = ::redis::cmd("EVAL")
             .arg(INSERT)
             .arg(3)
             .arg(entry_key(kind, key))
@@ -140,12 +129,23 @@ impl RedisSet {
             .arg(now)
             .arg(until)
             .arg(not_before)
-            .arg(self.capacity.load(SeqCst))
+            .arg(capacity)
             .arg(mode)
             .arg(issued_at)
             .query_async(&mut conn)
             .await
-            .map_err(RevocationError::Unavailable)
+            .map_err(RevocationError::Unavailable)?;
+        let answer = match answer.as_str() {
+            "stored" => Answer::Stored,
+            "raised" => Answer::Raised,
+            "replayed" => Answer::Replayed,
+            "before-reset" => Answer::BeforeReset,
+            _ => return Err(RevocationError::Protocol),
+        };
+        if answer == Answer::Raised {
+            log_raised(capacity, now, "redis");
+        }
+        Ok(answer)
     }
 
     pub(super) async fn insert(
@@ -162,14 +162,10 @@ impl RedisSet {
         match self
             .run(kind, key, (now, until, not_before, "put", 0))
             .await?
-            .as_str()
         {
-            "stored" => Ok(Recorded::Stored),
-            "raised" => {
-                raised_log(self.capacity.load(SeqCst), now);
-                Ok(Recorded::Raised)
-            }
-            _ => Err(RevocationError::Protocol),
+            Answer::Stored => Ok(Recorded::Stored),
+            Answer::Raised => Ok(Recorded::Raised),
+            Answer::Replayed | Answer::BeforeReset => Err(RevocationError::Protocol),
         }
     }
 
@@ -181,29 +177,41 @@ impl RedisSet {
         now: u64,
     ) -> Result<FirstUse, RevocationError> {
         let until = until.max(now + 1);
-        match self
-            .run(Entry::Jti, key, (now, until, 0, "once", issued_at))
-            .await?
-            .as_str()
-        {
-            "stored" => Ok(FirstUse::Fresh),
-            "raised" => {
-                raised_log(self.capacity.load(SeqCst), now);
-                Ok(FirstUse::Fresh)
-            }
-            "replayed" => Ok(FirstUse::Replayed),
-            "before-reset" => Ok(FirstUse::IssuedBeforeReset),
-            _ => Err(RevocationError::Protocol),
-        }
+        let args = (now, until, 0, "once", issued_at);
+        Ok(match self.run(Entry::Jti, key, args).await? {
+            Answer::Stored | Answer::Raised => FirstUse::Fresh,
+            Answer::Replayed => FirstUse::Replayed,
+            Answer::BeforeReset => FirstUse::IssuedBeforeReset,
+        })
     }
 }
 
-fn raised_log(capacity: usize, now: u64) {
-    tracing::warn!(
-        capacity,
-        not_before = now,
-        "revocation set (Redis) full: failing closed; every session issued until now must log in again"
-    );
+/// The insert script's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Stored,
+    Raised,
+    Replayed,
+    BeforeReset,
+}
+
+/// The one way portcullis talks to Redis (the session store and the revocation set): a
+/// connection made on first use and re-made after errors, with short timeouts so that a
+/// dead Redis turns into a quick 503, not a hung request. Inside a Tokio runtime. The
+/// errors never repeat the URL (it may hold a password).
+pub(crate) fn connect(url: &Secret<String>) -> Result<ConnectionManager, &'static str> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err("Redis clients must be created inside the Tokio runtime");
+    }
+    let client = Client::open(url.expose().as_str())
+        .map_err(|_| "session.redis_url: not a usable redis:// URL (rediss:// is not built in)")?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|_| "session.redis_url: cannot set up the Redis client")
 }
 
 fn entry_key(kind: Entry, key: &Key) -> String {

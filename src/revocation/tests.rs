@@ -25,11 +25,11 @@ fn facts(id: u8, sub: &str, sid: Option<&str>, issued_at: u64) -> Facts {
 }
 
 async fn verdict(r: &Revocations, f: &Facts, now: u64) -> Verdict {
-    let v = r.check(f, at(now)).await.unwrap();
-    if let Some(local) = r.check_local(f, at(now)) {
-        assert_eq!(local, v, "the local and async answers agree");
-    }
-    v
+    r.check(f, at(now)).await.unwrap()
+}
+
+async fn expect(r: &Revocations, f: &Facts, now: u64, want: Verdict) {
+    assert_eq!(verdict(r, f, now).await, want, "{f:?} at {now}");
 }
 
 /// The behaviour every backend must have, at times around `now` (`clock`: the backend
@@ -39,37 +39,42 @@ async fn behaves(r: &Revocations, now: u64, clock: bool) {
     let alice2 = facts(2, "alice", Some("sid-b"), now - 50);
     let bob = facts(3, "bob", None, now - 10);
     for f in [&alice, &alice2, &bob] {
-        assert_eq!(verdict(r, f, now).await, Verdict::Live);
+        expect(r, f, now, Verdict::Live).await;
     }
     // Sign-out: that session only, until its expiry.
     let rec = r
-        .revoke_session(&alice.keys.session, at(now + 60), at(now))
+        .revoke(Target::Session(&alice.keys.session), at(now + 60), at(now))
         .await
         .unwrap();
     assert_eq!(rec, Recorded::Stored);
-    assert_eq!(
-        verdict(r, &alice, now).await,
-        Verdict::Revoked(Reason::SignedOut)
-    );
-    assert_eq!(verdict(r, &alice2, now).await, Verdict::Live);
+    expect(r, &alice, now, Verdict::Revoked(Reason::SignedOut)).await;
+    expect(r, &alice2, now, Verdict::Live).await;
     // Back-channel logout by sid: the sessions of that provider session.
-    r.revoke_provider_session("https://idp", "sid-b", at(now + 60), at(now))
-        .await
-        .unwrap();
-    assert_eq!(
-        verdict(r, &alice2, now).await,
-        Verdict::Revoked(Reason::ProviderLogout)
-    );
-    assert_eq!(verdict(r, &bob, now).await, Verdict::Live);
+    r.revoke(
+        Target::ProviderSession {
+            iss: "https://idp",
+            sid: "sid-b",
+        },
+        at(now + 60),
+        at(now),
+    )
+    .await
+    .unwrap();
+    expect(r, &alice2, now, Verdict::Revoked(Reason::ProviderLogout)).await;
+    expect(r, &bob, now, Verdict::Live).await;
     // By subject: sessions issued until now; a later login is live; another issuer's
     // `bob` is someone else.
-    r.revoke_subject("https://idp", "bob", at(now + 60), at(now))
-        .await
-        .unwrap();
-    assert_eq!(
-        verdict(r, &bob, now).await,
-        Verdict::Revoked(Reason::Subject)
-    );
+    r.revoke(
+        Target::Subject {
+            iss: "https://idp",
+            sub: "bob",
+        },
+        at(now + 60),
+        at(now),
+    )
+    .await
+    .unwrap();
+    expect(r, &bob, now, Verdict::Revoked(Reason::Subject)).await;
     let same_second = facts(4, "bob", None, now);
     assert_eq!(
         verdict(r, &same_second, now).await,
@@ -77,19 +82,23 @@ async fn behaves(r: &Revocations, now: u64, clock: bool) {
         "issued in the same second: refused (fail closed)"
     );
     let later = facts(5, "bob", None, now + 1);
-    assert_eq!(verdict(r, &later, now + 1).await, Verdict::Live);
+    expect(r, &later, now + 1, Verdict::Live).await;
     let mut other_issuer = bob;
     other_issuer.keys.subject = subject_key("https://other", "bob");
     other_issuer.keys.session = [6; 16];
-    assert_eq!(verdict(r, &other_issuer, now).await, Verdict::Live);
+    expect(r, &other_issuer, now, Verdict::Live).await;
     // An earlier time never moves the not-before back.
-    r.revoke_subject("https://idp", "bob", at(now + 30), at(now - 5))
-        .await
-        .unwrap();
-    assert_eq!(
-        verdict(r, &bob, now).await,
-        Verdict::Revoked(Reason::Subject)
-    );
+    r.revoke(
+        Target::Subject {
+            iss: "https://idp",
+            sub: "bob",
+        },
+        at(now + 30),
+        at(now - 5),
+    )
+    .await
+    .unwrap();
+    expect(r, &bob, now, Verdict::Revoked(Reason::Subject)).await;
     // Replay set: once; a token of another set or issuer is another token.
     let once = |jti: &'static str, iss: &'static str, set| async move {
         r.first_use(set, iss, jti, now - 1, at(now + 300), at(now))
@@ -114,7 +123,7 @@ async fn behaves(r: &Revocations, now: u64, clock: bool) {
     );
     // Past their time, entries no longer refuse (and nothing they refused could open).
     if clock {
-        assert_eq!(verdict(r, &alice, now + 61).await, Verdict::Live);
+        expect(r, &alice, now + 61, Verdict::Live).await;
     }
 }
 
@@ -136,23 +145,17 @@ async fn redis_set_revokes_by_session_sid_and_subject() {
     // Redis expires keys by the real clock: test around now.
     let now = unix(SystemTime::now());
     let alice = facts(9, "alice", None, now - 5);
-    r.revoke_session(&alice.keys.session, at(now + 2), at(now))
+    r.revoke(Target::Session(&alice.keys.session), at(now + 2), at(now))
         .await
         .unwrap();
-    assert_eq!(
-        verdict(&r, &alice, now).await,
-        Verdict::Revoked(Reason::SignedOut)
-    );
+    expect(&r, &alice, now, Verdict::Revoked(Reason::SignedOut)).await;
     // Another process, the same Redis: the same answer.
     let other = Revocations::new(&settings_redis(&redis.url(), 1000)).unwrap();
-    assert_eq!(
-        verdict(&other, &alice, now).await,
-        Verdict::Revoked(Reason::SignedOut)
-    );
+    expect(&other, &alice, now, Verdict::Revoked(Reason::SignedOut)).await;
     behaves(&r, now, false).await;
     // The entry expires in Redis at its `until`.
     tokio::time::sleep(Duration::from_millis(3100)).await;
-    assert_eq!(verdict(&other, &alice, now).await, Verdict::Live);
+    expect(&other, &alice, now, Verdict::Live).await;
 }
 
 fn settings_redis(url: &Secret<String>, capacity: usize) -> RevocationSettings {
@@ -170,16 +173,16 @@ async fn fails_closed_when_full(r: &Revocations, now: u64) {
     let s = |id: u8, issued: u64| facts(id, &format!("u{id}"), None, issued);
     for id in 1..=3 {
         let rec = r
-            .revoke_session(&[id; 16], at(now + 600), at(now))
+            .revoke(Target::Session(&[id; 16]), at(now + 600), at(now))
             .await
             .unwrap();
         assert_eq!(rec, Recorded::Stored);
     }
     let live = s(10, now - 1);
-    assert_eq!(verdict(r, &live, now).await, Verdict::Live);
+    expect(r, &live, now, Verdict::Live).await;
     // A fourth entry: full (capacity 3), nothing expired: raised.
     let rec = r
-        .revoke_session(&[4; 16], at(now + 600), at(now))
+        .revoke(Target::Session(&[4; 16]), at(now + 600), at(now))
         .await
         .unwrap();
     assert_eq!(rec, Recorded::Raised);
@@ -191,16 +194,19 @@ async fn fails_closed_when_full(r: &Revocations, now: u64) {
         );
     }
     // Logins after it are live, and there is room again.
-    assert_eq!(verdict(r, &s(12, now + 1), now + 1).await, Verdict::Live);
+    expect(r, &s(12, now + 1), now + 1, Verdict::Live).await;
     let rec = r
-        .revoke_session(&[12; 16], at(now + 600), at(now + 1))
+        .revoke(Target::Session(&[12; 16]), at(now + 600), at(now + 1))
         .await
         .unwrap();
     assert_eq!(rec, Recorded::Stored);
-    assert_eq!(
-        verdict(r, &s(12, now + 1), now + 1).await,
-        Verdict::Revoked(Reason::SignedOut)
-    );
+    expect(
+        r,
+        &s(12, now + 1),
+        now + 1,
+        Verdict::Revoked(Reason::SignedOut),
+    )
+    .await;
     // Tokens issued before the reset cannot be told from replays: refused.
     assert_eq!(
         r.first_use(
@@ -237,19 +243,16 @@ async fn memory_set_fails_closed_when_full() {
     // Expired entries make room without raising.
     let r = Revocations::memory(2);
     for id in 1..=2 {
-        r.revoke_session(&[id; 16], at(T0 + 10), at(T0))
+        r.revoke(Target::Session(&[id; 16]), at(T0 + 10), at(T0))
             .await
             .unwrap();
     }
     let rec = r
-        .revoke_session(&[3; 16], at(T0 + 100), at(T0 + 20))
+        .revoke(Target::Session(&[3; 16]), at(T0 + 100), at(T0 + 20))
         .await
         .unwrap();
     assert_eq!(rec, Recorded::Stored);
-    assert_eq!(
-        verdict(&r, &facts(1, "x", None, T0 - 1), T0 + 20).await,
-        Verdict::Live
-    );
+    expect(&r, &facts(1, "x", None, T0 - 1), T0 + 20, Verdict::Live).await;
 }
 
 #[tokio::test]
@@ -275,17 +278,31 @@ async fn the_file_keeps_revocations_across_restarts() {
     let carol = facts(3, "carol", Some("sid-c"), now - 10);
     {
         let r = Revocations::new(&settings).unwrap();
-        r.revoke_session(&alice.keys.session, at(now + 600), at(now))
+        r.revoke(Target::Session(&alice.keys.session), at(now + 600), at(now))
             .await
             .unwrap();
-        r.revoke_subject("https://idp", "bob", at(now + 600), at(now))
-            .await
-            .unwrap();
-        r.revoke_provider_session("https://idp", "sid-c", at(now + 600), at(now))
-            .await
-            .unwrap();
+        r.revoke(
+            Target::Subject {
+                iss: "https://idp",
+                sub: "bob",
+            },
+            at(now + 600),
+            at(now),
+        )
+        .await
+        .unwrap();
+        r.revoke(
+            Target::ProviderSession {
+                iss: "https://idp",
+                sid: "sid-c",
+            },
+            at(now + 600),
+            at(now),
+        )
+        .await
+        .unwrap();
         // Already past: never written.
-        r.revoke_session(&[7; 16], at(now - 1), at(now))
+        r.revoke(Target::Session(&[7; 16]), at(now - 1), at(now))
             .await
             .unwrap();
         r.first_use(
@@ -308,18 +325,9 @@ async fn the_file_keeps_revocations_across_restarts() {
     );
     // A restart: the same verdicts.
     let r = Revocations::new(&settings).unwrap();
-    assert_eq!(
-        verdict(&r, &alice, now).await,
-        Verdict::Revoked(Reason::SignedOut)
-    );
-    assert_eq!(
-        verdict(&r, &bob, now).await,
-        Verdict::Revoked(Reason::Subject)
-    );
-    assert_eq!(
-        verdict(&r, &carol, now).await,
-        Verdict::Revoked(Reason::ProviderLogout)
-    );
+    expect(&r, &alice, now, Verdict::Revoked(Reason::SignedOut)).await;
+    expect(&r, &bob, now, Verdict::Revoked(Reason::Subject)).await;
+    expect(&r, &carol, now, Verdict::Revoked(Reason::ProviderLogout)).await;
     assert_eq!(
         r.first_use(
             ReplaySet::LogoutToken,
@@ -374,7 +382,7 @@ async fn a_reload_may_add_a_file_and_keeps_what_is_held() {
     let file = dir.path().join("revoked");
     let now = unix(SystemTime::now());
     let r = Revocations::memory(10);
-    r.revoke_session(&[1; 16], at(now + 600), at(now))
+    r.revoke(Target::Session(&[1; 16]), at(now + 600), at(now))
         .await
         .unwrap();
     let settings = RevocationSettings {

@@ -351,13 +351,10 @@ impl SessionStore {
                 let Some(o) = c.load(request, now) else {
                     return Ok(None);
                 };
-                let verdict = match revocations.check_local(&o.facts, now) {
-                    Some(v) => v,
-                    None => revocations
-                        .check(&o.facts, now)
-                        .await
-                        .map_err(SessionError::Revocation)?,
-                };
+                let verdict = revocations
+                    .check(&o.facts, now)
+                    .await
+                    .map_err(SessionError::Revocation)?;
                 Ok(Some((o, verdict)))
             }
             SessionStore::Redis(r) => r.load_checked(request, now, revocations).await,

@@ -27,8 +27,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, Value};
+use ::redis::aio::ConnectionManager;
+use ::redis::Value;
 use aws_lc_rs::digest;
 use http::{HeaderMap, HeaderValue};
 
@@ -110,6 +110,13 @@ impl Ticket {
     }
 }
 
+/// `GETEX key EX ttl`: the entry, its TTL pushed forward (Redis enforces the idle timeout).
+fn getex(key: &str, ttl: u64) -> ::redis::Cmd {
+    let mut c = ::redis::cmd("GETEX");
+    c.arg(key).arg("EX").arg(ttl);
+    c
+}
+
 /// The Redis-backed session store.
 pub struct RedisStore {
     settings: Arc<CookieSettings>,
@@ -129,10 +136,6 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// Timeouts for Redis: a dead Redis must turn into a quick 503, not a hung request.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-
 impl RedisStore {
     /// Does not connect: the connection is made on first use and re-made after errors.
     /// Must be called inside a Tokio runtime.
@@ -143,25 +146,7 @@ impl RedisStore {
         lifetime: Duration,
         idle_timeout: Duration,
     ) -> Result<RedisStore, SessionError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(SessionError::Config(
-                "the Redis session store must be created inside the Tokio runtime",
-            ));
-        }
-        // The URL may hold a password: its parse error is not passed on.
-        let client = Client::open(redis_url.expose().as_str()).map_err(|_| {
-            SessionError::Config(
-                "session.redis_url: not a usable redis:// URL (rediss:// is not built in)",
-            )
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|_| {
-            SessionError::Config("session.redis_url: cannot set up the Redis client")
-        })?;
+        let conn = revocation::redis::connect(redis_url).map_err(SessionError::Config)?;
         Ok(RedisStore {
             settings,
             tickets: Sealer::new(secrets, seal::TICKET)?,
@@ -200,22 +185,23 @@ impl RedisStore {
         request: &HeaderMap,
         now: SystemTime,
     ) -> Result<Option<Session>, SessionError> {
-        let Some((ticket, ticket_exp)) = self.ticket(request, now) else {
+        let Some((ticket, key, ttl)) = self.locate(request, now) else {
             return Ok(None);
         };
-        let Some(ttl) = self.ttl(ticket_exp, unix(now)) else {
-            return Ok(None);
-        };
-        let key = ticket.redis_key();
         let mut conn = self.conn.clone();
-        let value: Option<Vec<u8>> = ::redis::cmd("GETEX")
-            .arg(&key)
-            .arg("EX")
-            .arg(ttl)
+        let value: Option<Vec<u8>> = getex(&key, ttl)
             .query_async(&mut conn)
             .await
             .map_err(SessionError::Unavailable)?;
         self.open_entry(ticket, &key, value, now)
+    }
+
+    /// The request's ticket, its Redis key and the TTL a use pushes the entry to.
+    fn locate(&self, request: &HeaderMap, now: SystemTime) -> Option<(Ticket, String, u64)> {
+        let (ticket, ticket_exp) = self.ticket(request, now)?;
+        let ttl = self.ttl(ticket_exp, unix(now))?;
+        let key = ticket.redis_key();
+        Some((ticket, key, ttl))
     }
 
     /// See [`super::SessionStore::load_checked`]: `GETEX` and the revocation `MGET` in one
@@ -227,40 +213,28 @@ impl RedisStore {
         now: SystemTime,
         revocations: &Revocations,
     ) -> Result<Option<(OpenedSession, Verdict)>, SessionError> {
-        let Some((ticket, ticket_exp)) = self.ticket(request, now) else {
+        let Some((ticket, key, ttl)) = self.locate(request, now) else {
             return Ok(None);
         };
-        let Some(ttl) = self.ttl(ticket_exp, unix(now)) else {
-            return Ok(None);
-        };
-        let key = ticket.redis_key();
         let mut conn = self.conn.clone();
         let keys = ticket.revocation.filter(|_| revocations.redis().is_some());
-        let (value, probed) = match &keys {
-            Some(k) => {
-                let mut pipe = ::redis::pipe();
-                pipe.cmd("GETEX")
-                    .arg(&key)
-                    .arg("EX")
-                    .arg(ttl)
-                    .cmd("MGET")
-                    .arg(revocation::redis::probe_keys(k));
-                let (value, probed): (Option<Vec<u8>>, Vec<Option<String>>) = pipe
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(SessionError::Unavailable)?;
-                (value, Some(probed))
-            }
-            None => {
-                let value: Option<Vec<u8>> = ::redis::cmd("GETEX")
-                    .arg(&key)
-                    .arg("EX")
-                    .arg(ttl)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(SessionError::Unavailable)?;
-                (value, None)
-            }
+        let mut pipe = ::redis::pipe();
+        pipe.add_command(getex(&key, ttl));
+        if let Some(k) = &keys {
+            pipe.cmd("MGET").arg(revocation::redis::probe_keys(k));
+        }
+        let (value, probed): (Option<Vec<u8>>, Option<Vec<Option<String>>>) = if keys.is_some() {
+            let (v, p): (Option<Vec<u8>>, Vec<Option<String>>) = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(SessionError::Unavailable)?;
+            (v, Some(p))
+        } else {
+            let (v,): (Option<Vec<u8>>,) = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(SessionError::Unavailable)?;
+            (v, None)
         };
         let Some(s) = self.open_entry(ticket, &key, value, now)? else {
             return Ok(None);
@@ -277,13 +251,10 @@ impl RedisStore {
             }
             _ => {
                 let opened = OpenedSession::new(s);
-                let verdict = match revocations.check_local(&opened.facts, now) {
-                    Some(v) => v,
-                    None => revocations
-                        .check(&opened.facts, now)
-                        .await
-                        .map_err(SessionError::Revocation)?,
-                };
+                let verdict = revocations
+                    .check(&opened.facts, now)
+                    .await
+                    .map_err(SessionError::Revocation)?;
                 Ok(Some((opened, verdict)))
             }
         }
@@ -617,7 +588,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_revocation_check_rides_with_the_load_and_old_tickets_still_open() {
-        use crate::revocation::Reason;
+        use crate::revocation::{Reason, Target};
         let redis = RedisServer::start();
         let st = store(&redis.url(), &[secret(1)]);
         let revocations = redis_revocations(&redis.url());
@@ -664,9 +635,11 @@ mod tests {
         assert_eq!(v, Verdict::Live);
         // Revoke the user: both refused, with the new ticket in one round trip.
         revocations
-            .revoke_subject(
-                &s.issuer,
-                &s.sub,
+            .revoke(
+                Target::Subject {
+                    iss: &s.issuer,
+                    sub: &s.sub,
+                },
                 now + Duration::from_secs(60),
                 now + Duration::from_secs(1),
             )
@@ -683,7 +656,7 @@ mod tests {
         // With the memory set, the Redis store asks it after the load.
         let memory = Revocations::memory(10);
         memory
-            .revoke_session(&s.id, now + Duration::from_secs(60), now)
+            .revoke(Target::Session(&s.id), now + Duration::from_secs(60), now)
             .await
             .unwrap();
         let (_, v) = st.load_checked(&h, now, &memory).await.unwrap().unwrap();

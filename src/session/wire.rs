@@ -480,6 +480,15 @@ pub(crate) mod tests {
         assert!(!n.is_live(t(5), Duration::from_secs(1)));
     }
 
+    /// The bytes of hex lines.
+    fn unhex(lines: &[&str]) -> Vec<u8> {
+        let hex = lines.concat();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
     /// `full_session(t(1_700_000_000))` without login claims, as the writer of format 1
     /// (the release before login claims were kept) wrote it: what a browser may still hold.
     const FORMAT_1_FULL_SESSION: [&str; 6] = [
@@ -496,15 +505,11 @@ pub(crate) mod tests {
         let mut s = full_session(t(1_700_000_000));
         s.login_claims = None;
         s.id = derived_id(&s.issuer, &s.sub, 1_700_000_000);
-        let hex = FORMAT_1_FULL_SESSION.concat();
-        let old: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
+        let old = unhex(&FORMAT_1_FULL_SESSION);
         let back = read(&old).expect("a format-1 session opens");
         assert!(back.login_claims.is_none());
         assert_same(&back, &s);
-        // Written again, it is format 2.
+        // Written again, it is format 3 (flags2 and the id added).
         let mut new = Vec::new();
         write(&back, &mut new).unwrap();
         assert_eq!((new[0], new.len()), (FORMAT, old.len() + 1 + 16));
@@ -528,11 +533,7 @@ pub(crate) mod tests {
 
     #[test]
     fn format_2_sessions_open_with_a_stable_derived_id() {
-        let hex = FORMAT_2_FULL_SESSION.concat();
-        let old: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
+        let old = unhex(&FORMAT_2_FULL_SESSION);
         let back = read(&old).expect("a format-2 session opens");
         let mut s = full_session(t(1_700_000_000));
         s.id = derived_id(&s.issuer, &s.sub, 1_700_000_000);

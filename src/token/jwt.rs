@@ -172,10 +172,7 @@ pub(crate) fn decode_verified(
     validation: &Validation,
     now: SystemTime,
 ) -> Result<Map<String, Value>, TokenError> {
-    let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
-        .map_err(|e| map_jwt_error(e.into_kind()))?;
-    let claims = data.claims;
-    check_times(&claims, now, validation.leeway, true)?;
+    let claims = decode_timed(token, key, validation, now, true)?;
     // RFC 7800 §3.1 / RFC 9449 §7.1 / RFC 8705 §3: a `cnf` claim binds the token to a key
     // the client must prove; we cannot check the proof, so it is no bearer token.
     if claims.contains_key("cnf") {
@@ -211,9 +208,20 @@ pub(crate) fn decode_signed(
     validation: &Validation,
     now: SystemTime,
 ) -> Result<Map<String, Value>, TokenError> {
+    decode_timed(token, key, validation, now, false)
+}
+
+/// jsonwebtoken's verification, then [`check_times`] with our clock.
+fn decode_timed(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+    now: SystemTime,
+    exp_required: bool,
+) -> Result<Map<String, Value>, TokenError> {
     let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
         .map_err(|e| map_jwt_error(e.into_kind()))?;
-    check_times(&data.claims, now, validation.leeway, false)?;
+    check_times(&data.claims, now, validation.leeway, exp_required)?;
     Ok(data.claims)
 }
 

@@ -21,7 +21,9 @@ use crate::login::{
 use crate::support::agent::{Agent, API_CALL};
 use crate::support::client::{empty, full, Resp};
 use crate::support::idp::{forge, form, Idp, Profile};
-use crate::support::login::{config, login, proxy_for, with_cookie, Setup};
+use crate::support::login::{
+    config, confirm_provider_logout, login, proxy_for, with_cookie, Setup,
+};
 use crate::support::proxy::check;
 use crate::support::*;
 
@@ -54,26 +56,35 @@ async fn sign_out_at_provider(idp: &Idp, a: &mut Agent) {
         "{}?client_id=portcullis",
         idp.endpoint("end_session_endpoint")
     );
-    let r = a.navigate(&end).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let page = r.text();
-    let xsrf = page
-        .split("name=\"xsrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("xsrf")
-        .to_string();
-    let confirm = url::Url::parse(&idp.endpoint("end_session_endpoint"))
-        .unwrap()
-        .join("end/confirm")
-        .unwrap();
-    let r = a
-        .post_form(
-            confirm.as_str(),
-            form(&[("xsrf", &xsrf), ("logout", "yes")]),
-        )
-        .await;
-    assert_eq!(r.status, 303, "{}", r.text());
+    confirm_provider_logout(idp, a, &end).await;
+}
+
+/// The provider (standard profile) and the echo upstream of a test.
+struct World {
+    idp: Idp,
+    echo: EchoUpstream,
+}
+
+async fn world() -> World {
+    World {
+        idp: Idp::start(Profile::Standard).await,
+        echo: EchoUpstream::start().await,
+    }
+}
+
+impl World {
+    async fn proxy(&self, s: &Setup) -> TestProxy {
+        proxy_for(&self.idp, &self.echo, s).await
+    }
+
+    /// Two processes with the same config (replicas).
+    async fn replicas(&self, s: &Setup) -> (TestProxy, TestProxy) {
+        tokio::join!(self.proxy(s), self.proxy(s))
+    }
+
+    fn config(&self, s: &Setup) -> String {
+        config(&self.idp, &self.echo, s)
+    }
 }
 
 async fn post_logout_token(http: &Http, p: &TestProxy, token: &str) -> Resp {
@@ -103,10 +114,9 @@ async fn next_second() {
 
 #[tokio::test]
 async fn a_cookie_copied_before_sign_out_is_refused_after_it_and_after_a_reload() {
-    let idp = Idp::start(Profile::Standard).await;
-    let echo = EchoUpstream::start().await;
+    let w = world().await;
     let setup = Setup::default();
-    let p = proxy_for(&idp, &echo, &setup).await;
+    let p = w.proxy(&setup).await;
     let http = Http::new();
     let (mut a, copy) = logged_in(&p, "alice").await;
     let (_b, other) = logged_in(&p, "alice").await;
@@ -125,15 +135,14 @@ async fn a_cookie_copied_before_sign_out_is_refused_after_it_and_after_a_reload(
         ..setup.clone()
     };
     let before = reloads_ok(&p).await;
-    reload(&p, &config(&idp, &echo, &changed), before + 1).await;
+    reload(&p, &w.config(&changed), before + 1).await;
     assert_no_session(&http, &p, &copy, "after a reload").await;
     assert_eq!(user_with_cookie(&http, &p, &other).await, "user-alice");
 }
 
 #[tokio::test]
 async fn with_a_revocation_file_a_restart_keeps_sign_outs() {
-    let idp = Idp::start(Profile::Standard).await;
-    let echo = EchoUpstream::start().await;
+    let w = world().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("revoked");
     let with_file = Setup {
@@ -141,13 +150,13 @@ async fn with_a_revocation_file_a_restart_keeps_sign_outs() {
         ..Setup::default()
     };
     let http = Http::new();
-    let p1 = proxy_for(&idp, &echo, &with_file).await;
+    let p1 = w.proxy(&with_file).await;
     let (mut a, copy) = logged_in(&p1, "alice").await;
     sign_out(&mut a, &p1).await;
     assert_no_session(&http, &p1, &copy, "signed out").await;
     // Killed (no graceful stop) and started again: the file was written at sign-out.
     drop(p1);
-    let p2 = proxy_for(&idp, &echo, &with_file).await;
+    let p2 = w.proxy(&with_file).await;
     assert_no_session(&http, &p2, &copy, "after a restart with the file").await;
     drop(p2);
     // Without the file, a restart forgets (what `check` warns about).
@@ -155,7 +164,7 @@ async fn with_a_revocation_file_a_restart_keeps_sign_outs() {
         session_extra: String::new(),
         ..with_file.clone()
     };
-    let p3 = proxy_for(&idp, &echo, &without).await;
+    let p3 = w.proxy(&without).await;
     assert_eq!(
         user_with_cookie(&http, &p3, &copy).await,
         "user-alice",
@@ -166,14 +175,13 @@ async fn with_a_revocation_file_a_restart_keeps_sign_outs() {
 #[tokio::test]
 async fn with_redis_a_copied_cookie_is_refused_by_a_second_process() {
     let redis = RedisServer::start().await;
-    let idp = Idp::start(Profile::Standard).await;
-    let echo = EchoUpstream::start().await;
+    let w = world().await;
     // The cookie store, revocations in Redis (the default once redis_url is set).
     let s = Setup {
         session_extra: format!("redis_url = \"{}\"\n", redis.url()),
         ..Setup::default()
     };
-    let (p1, p2) = tokio::join!(proxy_for(&idp, &echo, &s), proxy_for(&idp, &echo, &s));
+    let (p1, p2) = w.replicas(&s).await;
     let http = Http::new();
     let (mut a, copy) = logged_in(&p1, "alice").await;
     assert_eq!(user_with_cookie(&http, &p2, &copy).await, "user-alice");
@@ -203,16 +211,16 @@ async fn with_redis_a_copied_cookie_is_refused_by_a_second_process() {
 
 #[tokio::test]
 async fn signing_out_at_the_provider_ends_the_session_by_back_channel_logout() {
-    let idp = Idp::start(Profile::Standard).await;
-    let echo = EchoUpstream::start().await;
-    let p = proxy_for(&idp, &echo, &Setup::default()).await;
-    idp.set_backchannel_logout(Some(&backchannel_uri(&p)), true)
+    let w = world().await;
+    let p = w.proxy(&Setup::default()).await;
+    w.idp
+        .set_backchannel_logout(Some(&backchannel_uri(&p)), true)
         .await;
     let http = Http::new();
     let (mut a, copy) = logged_in(&p, "alice").await;
     let (_bob, bob) = logged_in(&p, "bob").await;
-    sign_out_at_provider(&idp, &mut a).await;
-    let d = idp.backchannel_deliveries().await;
+    sign_out_at_provider(&w.idp, &mut a).await;
+    let d = w.idp.backchannel_deliveries().await;
     assert_eq!(
         (d["ok"].as_u64(), d["error"].as_u64()),
         (Some(1), Some(0)),
@@ -232,21 +240,21 @@ async fn signing_out_at_the_provider_ends_the_session_by_back_channel_logout() {
 async fn ending_the_provider_session_through_its_api_ends_the_users_sessions_on_every_replica() {
     // The Redis session store on two processes; the provider knows only the first.
     let redis = RedisServer::start().await;
-    let idp = Idp::start(Profile::Standard).await;
-    let echo = EchoUpstream::start().await;
+    let w = world().await;
     let s = Setup {
         redis_url: Some(redis.url()),
         ..Setup::default()
     };
-    let (p1, p2) = tokio::join!(proxy_for(&idp, &echo, &s), proxy_for(&idp, &echo, &s));
+    let (p1, p2) = w.replicas(&s).await;
     // Without backchannel_logout_session_required: the logout tokens name only `sub`.
-    idp.set_backchannel_logout(Some(&backchannel_uri(&p1)), false)
+    w.idp
+        .set_backchannel_logout(Some(&backchannel_uri(&p1)), false)
         .await;
     let http = Http::new();
     let (_a1, alice1) = logged_in(&p2, "alice").await;
     let (_a2, alice2) = logged_in(&p1, "alice").await;
     let (_b, bob) = logged_in(&p2, "bob").await;
-    let out = idp.end_sessions_of("alice").await;
+    let out = w.idp.end_sessions_of("alice").await;
     assert_eq!(out["sent"], 2, "{out}");
     for (cookie, what) in [(&alice1, "first"), (&alice2, "second")] {
         assert_no_session(&http, &p1, cookie, what).await;
@@ -267,16 +275,15 @@ async fn ending_the_provider_session_through_its_api_ends_the_users_sessions_on_
 
 #[tokio::test]
 async fn forged_replayed_and_malformed_logout_tokens_are_400_and_end_nothing() {
-    let idp = Idp::start(Profile::Standard).await;
-    let echo = EchoUpstream::start().await;
-    let p = proxy_for(&idp, &echo, &Setup::default()).await;
+    let w = world().await;
+    let p = w.proxy(&Setup::default()).await;
     let http = Http::new();
     let (_a, alice) = logged_in(&p, "alice").await;
-    let key = idp.signer("RS256").await;
+    let key = w.idp.signer("RS256").await;
     let header = json!({"alg": "RS256", "typ": "logout+jwt", "kid": key.kid});
     let claims = |jti: &str| {
         json!({
-            "iss": idp.issuer,
+            "iss": w.idp.issuer,
             "aud": "portcullis",
             "iat": now(),
             "exp": now() + 120,
@@ -389,13 +396,12 @@ async fn forged_replayed_and_malformed_logout_tokens_are_400_and_end_nothing() {
 
 #[tokio::test]
 async fn a_full_revocation_set_fails_closed_for_every_session() {
-    let idp = Idp::start(Profile::Standard).await;
-    let echo = EchoUpstream::start().await;
+    let w = world().await;
     let s = Setup {
         session_extra: "revocation_capacity = 2\n".into(),
         ..Setup::default()
     };
-    let p = proxy_for(&idp, &echo, &s).await;
+    let p = w.proxy(&s).await;
     let http = Http::new();
     let (mut a1, c1) = logged_in(&p, "alice").await;
     let (mut a2, _) = logged_in(&p, "alice").await;
@@ -438,8 +444,7 @@ async fn admin_revoke(p: &TestProxy, sub: &str, token: Option<&str>) -> Resp {
 
 #[tokio::test]
 async fn the_admin_endpoint_revokes_every_session_of_a_user_with_the_admin_token() {
-    let idp = Idp::start(Profile::Standard).await;
-    let echo = EchoUpstream::start().await;
+    let w = world().await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin.token");
     std::fs::write(&token_file, "s3cret-admin-token\n").unwrap();
@@ -447,7 +452,7 @@ async fn the_admin_endpoint_revokes_every_session_of_a_user_with_the_admin_token
         server_extra: format!("admin_token_file = \"{}\"\n", token_file.display()),
         ..Setup::default()
     };
-    let p = proxy_for(&idp, &echo, &s).await;
+    let p = w.proxy(&s).await;
     let http = Http::new();
     let (_a, alice) = logged_in(&p, "alice").await;
     let (_b, bob) = logged_in(&p, "bob").await;
@@ -474,7 +479,7 @@ async fn the_admin_endpoint_revokes_every_session_of_a_user_with_the_admin_token
         server_extra: String::new(),
         ..s.clone()
     };
-    reload(&p, &config(&idp, &echo, &without), before + 1).await;
+    reload(&p, &w.config(&without), before + 1).await;
     let r = admin_revoke(&p, "user-bob", Some("s3cret-admin-token")).await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(user_with_cookie(&http, &p, &bob).await, "user-bob");
@@ -482,12 +487,11 @@ async fn the_admin_endpoint_revokes_every_session_of_a_user_with_the_admin_token
 
 #[tokio::test]
 async fn check_warns_that_a_restart_forgets_sign_outs_without_a_revocation_file() {
-    let idp = Idp::start(Profile::Standard).await;
-    let echo = EchoUpstream::start().await;
+    let w = world().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portcullis.toml");
     let text = |s: &Setup| {
-        config(&idp, &echo, s)
+        w.config(s)
             .replace("@LISTEN@", "127.0.0.1:8080")
             .replace("@ADMIN@", "127.0.0.1:9090")
     };
@@ -513,7 +517,7 @@ async fn check_warns_that_a_restart_forgets_sign_outs_without_a_revocation_file(
     std::fs::write(&path, text(&with_redis)).unwrap();
     assert!(!check(&path).1.contains("warning"));
     // And the running proxy says it too.
-    let p = proxy_for(&idp, &echo, &Setup::default()).await;
+    let p = w.proxy(&Setup::default()).await;
     assert!(
         p.logs().contains("a restart forgets sign-outs"),
         "{}",

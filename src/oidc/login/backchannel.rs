@@ -33,7 +33,7 @@ use super::id_token::{numeric_date, one_or_many};
 use super::Login;
 use crate::body::{Resp, RespBody};
 use crate::error::json_error;
-use crate::revocation::{FirstUse, ReplaySet, RevocationError};
+use crate::revocation::{FirstUse, ReplaySet, RevocationError, Target};
 use crate::token::TokenError;
 
 /// OIDC Back-Channel Logout 1.0 §2.4: the event a logout token carries.
@@ -208,14 +208,14 @@ impl Login {
         let what = match (&t.sid, &t.sub) {
             (Some(sid), _) => {
                 self.revocations
-                    .revoke_provider_session(&t.iss, sid, until, now)
+                    .revoke(Target::ProviderSession { iss: &t.iss, sid }, until, now)
                     .await
                     .map_err(LogoutError::Store)?;
                 "sid"
             }
             (None, Some(sub)) => {
                 self.revocations
-                    .revoke_subject(&t.iss, sub, until, now)
+                    .revoke(Target::Subject { iss: &t.iss, sub }, until, now)
                     .await
                     .map_err(LogoutError::Store)?;
                 "sub"

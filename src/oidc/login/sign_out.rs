@@ -16,6 +16,7 @@ use super::Login;
 use crate::body::Resp;
 use crate::error::redirect;
 use crate::oidc::transport::form_urlencode;
+use crate::revocation::Target;
 
 impl Login {
     /// `GET|POST /oauth2/sign_out`
@@ -40,7 +41,7 @@ impl Login {
             let until = s.session.ends_at(self.lifetime);
             if let Err(e) = self
                 .revocations
-                .revoke_session(&s.session.id, until, t)
+                .revoke(Target::Session(&s.session.id), until, t)
                 .await
             {
                 return LoginError::RevocationUnavailable(e).respond(request_id, cookies);

@@ -237,6 +237,11 @@ impl Harness {
         self.jar_with(s).await
     }
 
+    /// The login's clock, Unix seconds.
+    fn unix_now(&self) -> u64 {
+        crate::revocation::unix(self.clock.now())
+    }
+
     fn token_calls(&self) -> u64 {
         self.idp.counts()["token"]
     }
@@ -678,12 +683,7 @@ static NEXT_JTI: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 
 /// A logout token as the provider would send it, with `change` applied.
 fn logout_token(h: &Harness, change: impl FnOnce(&mut Map<String, Value>)) -> String {
-    let now = h
-        .clock
-        .now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = h.unix_now();
     let mut c = claims(json!({
         "iss": h.idp.issuer(),
         "aud": DEMO_CLIENT_ID,
@@ -768,12 +768,7 @@ async fn bad_logout_tokens_are_400_and_end_nothing() {
     let mut jar = h.log_in("alice").await;
     let s = h.session(&jar).await;
     let (sub, sid) = (s.sub.clone(), s.sid.clone().unwrap());
-    let now = h
-        .clock
-        .now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = h.unix_now();
     let with = |k: &str, v: Value| {
         let (k, sid, sub) = (k.to_string(), sid.clone(), sub.clone());
         move |c: &mut Map<String, Value>| {

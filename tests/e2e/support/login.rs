@@ -180,6 +180,33 @@ pub async fn login(agent: &mut Agent, start_url: &str, user: &str) -> (String, R
     (url, r)
 }
 
+/// RP-initiated logout at the provider (standard profile) from its end-session URL `end`:
+/// the confirmation page, then the form posted with `logout=yes` (which also sends the
+/// back-channel logout tokens). Returns the provider's 303.
+pub async fn confirm_provider_logout(idp: &Idp, agent: &mut Agent, end: &str) -> Resp {
+    let r = agent.navigate(end).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = r.text();
+    let xsrf = page
+        .split("name=\"xsrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("xsrf")
+        .to_string();
+    let confirm = url::Url::parse(&idp.endpoint("end_session_endpoint"))
+        .unwrap()
+        .join("end/confirm")
+        .unwrap();
+    let r = agent
+        .post_form(
+            confirm.as_str(),
+            form(&[("xsrf", &xsrf), ("logout", "yes")]),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    r
+}
+
 /// A request to the proxy with exactly `cookie` (no jar).
 pub async fn with_cookie(http: &Http, url: &str, cookie: &str, headers: &[(&str, &str)]) -> Resp {
     let mut b = Request::get(url);
