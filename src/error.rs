@@ -54,14 +54,20 @@ pub enum Refusal {
     /// The client paused too long while sending its body.
     #[error("request body not received in time")]
     RequestTimeout,
-    /// The identity is known but not allowed here.
-    #[error("identity not allowed on this route")]
-    Forbidden,
+    /// The identity is known but not allowed here; `rule` is the kind of policy rule that
+    /// refused it (`group`, `email`, `email_domain`, `claim`; `forward_auth` when forward
+    /// auth cannot judge the request at all).
+    #[error("identity not allowed on this route ({rule})")]
+    Forbidden { rule: &'static str },
     /// No identity on a route that needs one. A navigation is sent to `login` (the
     /// `/oauth2/start?rd=...` of this request) when there is one; anything else gets 401
     /// with a bare bearer challenge (RFC 6750 §3.1: no error code without a token).
-    #[error("no identity")]
-    SignInRequired { login: Option<String> },
+    #[error("no identity ({why})")]
+    SignInRequired {
+        login: Option<String>,
+        /// Why there is none: `no_token`, `no_session`, ...
+        why: &'static str,
+    },
     /// A malformed `Authorization` header (RFC 6750 §3.1 `invalid_request`, 400).
     #[error("malformed Authorization header")]
     TokenMalformed,
@@ -115,6 +121,8 @@ pub enum Refusal {
         /// up between providers, a forged ID token).
         level: tracing::Level,
         message: Cow<'static, str>,
+        /// A short code for the access log and metrics (`login:<code>`).
+        code: &'static str,
         #[source]
         cause: Option<FlowCause>,
     },
@@ -134,6 +142,10 @@ pub trait FlowError: std::error::Error + Send + Sync + 'static {
     }
     /// Short, safe to show: never a token, a code or an internal address.
     fn message(&self) -> Cow<'static, str>;
+    /// A short code for the access log and metrics (`state_mismatch`, `id_token`, ...).
+    fn code(&self) -> &'static str {
+        "error"
+    }
 }
 
 impl Fault {
@@ -157,6 +169,7 @@ impl Refusal {
             fault: e.fault(),
             level: e.level(),
             message: e.message(),
+            code: e.code(),
             cause: Some(Box::new(e)),
         }
     }
@@ -170,9 +183,9 @@ impl Refusal {
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
             Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Refusal::Forbidden | Refusal::InsufficientScope { .. } | Refusal::UnsafeIdentity(_) => {
-                StatusCode::FORBIDDEN
-            }
+            Refusal::Forbidden { .. }
+            | Refusal::InsufficientScope { .. }
+            | Refusal::UnsafeIdentity(_) => StatusCode::FORBIDDEN,
             Refusal::SignInRequired { .. } | Refusal::TokenRefused(_) => StatusCode::UNAUTHORIZED,
             Refusal::TokenUnavailable(_) | Refusal::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -191,7 +204,7 @@ impl Refusal {
             | Refusal::UriTooLong
             | Refusal::HeadersTooLarge
             | Refusal::RequestTimeout
-            | Refusal::Forbidden
+            | Refusal::Forbidden { .. }
             | Refusal::SignInRequired { .. }
             | Refusal::TokenMalformed
             | Refusal::TokenTwice
@@ -218,7 +231,7 @@ impl Refusal {
                 "request_timeout",
                 "the request body was not received in time",
             ),
-            Refusal::Forbidden | Refusal::UnsafeIdentity(_) => t(
+            Refusal::Forbidden { .. } | Refusal::UnsafeIdentity(_) => t(
                 "access_denied",
                 "you are not allowed to access this resource",
             ),
@@ -286,10 +299,15 @@ impl Refusal {
     /// Logs the refusal by the rule of the module doc (the source chain goes to the log,
     /// never to the client) and renders it for a request with `method` and `headers`.
     pub fn respond(self, request_id: &str, method: &Method, headers: &HeaderMap) -> Resp {
-        if let Refusal::SignInRequired { login: Some(to) } = &self {
+        if let Refusal::SignInRequired {
+            login: Some(to), ..
+        } = &self
+        {
             if is_navigation(method, headers) {
                 self.log(request_id);
-                return redirect(to, Vec::new());
+                let mut r = redirect(to, Vec::new());
+                r.extensions_mut().insert(self.reason());
+                return r;
             }
         }
         let html = wants_html(headers);
@@ -381,10 +399,56 @@ impl Refusal {
         {
             h.insert(http::header::WWW_AUTHENTICATE, c);
         }
-        if let Refusal::Flow { .. } = self {
+        if html {
+            // Every page the proxy renders: not cached, no referrer, never framed, no
+            // script.
             flow_headers(h);
         }
+        resp.extensions_mut().insert(self.reason());
         resp
+    }
+
+    /// Why, as a short code for the access log and metrics: `no_token`,
+    /// `invalid_token:expired`, `insufficient_scope`, `policy:group`, ...
+    pub fn reason(&self) -> Reason {
+        let r = |kind, detail| Reason { kind, detail };
+        match self {
+            Refusal::BadRequest(_) => r("bad_request", None),
+            Refusal::NotFound => r("no_route", None),
+            Refusal::UriTooLong => r("uri_too_long", None),
+            Refusal::HeadersTooLarge => r("headers_too_large", None),
+            Refusal::RequestTimeout => r("body_timeout", None),
+            Refusal::Forbidden { rule } => r("policy", Some(*rule)),
+            Refusal::SignInRequired { why, .. } => r(why, None),
+            Refusal::TokenMalformed => r("malformed_token", None),
+            Refusal::TokenTwice => r("token_twice", None),
+            Refusal::TokenRefused(e) => r("invalid_token", Some(e.code())),
+            Refusal::InsufficientScope { .. } => r("insufficient_scope", None),
+            Refusal::TokenUnavailable(_) => r("provider_unavailable", None),
+            Refusal::Unavailable(_) => r("unavailable", None),
+            Refusal::UnsafeIdentity(_) => r("unsafe_identity", None),
+            Refusal::BadGateway(..) => r("upstream_error", None),
+            Refusal::GatewayTimeout(_) => r("upstream_timeout", None),
+            Refusal::Internal(_) => r("internal", None),
+            Refusal::Flow { code, .. } => r("login", Some(*code)),
+        }
+    }
+}
+
+/// A refusal's reason code (`kind` or `kind:detail`), carried in the response's
+/// extensions to the access log and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reason {
+    pub kind: &'static str,
+    pub detail: Option<&'static str>,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.detail {
+            Some(d) => write!(f, "{}:{d}", self.kind),
+            None => f.write_str(self.kind),
+        }
     }
 }
 
@@ -571,6 +635,7 @@ mod tests {
         ]);
         let login = || Refusal::SignInRequired {
             login: Some("/oauth2/start?rd=%2Fx".into()),
+            why: "no_session",
         };
         let r = login().respond("id", &Method::GET, &nav);
         assert_eq!(r.status(), 302);

@@ -9,7 +9,9 @@
 //!   `Authorization: Bearer <the token in server.admin_token_file>` (401 without or with
 //!   another; 403 when no token file is configured). 200 with a JSON summary.
 
+pub mod exposition;
 pub mod metrics;
+mod process;
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
