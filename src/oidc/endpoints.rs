@@ -123,7 +123,11 @@ impl Endpoints {
                 let body = body
                     .read_all(BACKCHANNEL_BODY_LIMIT, BACKCHANNEL_BODY_TIMEOUT)
                     .await;
-                l.backchannel_logout(headers, body, rid).await
+                counted(
+                    &self.metrics,
+                    Flow::BackchannelLogout,
+                    l.backchannel_logout(headers, body, rid).await,
+                )
             }
             _ => Refusal::NotFound.respond(rid, method, headers),
         };

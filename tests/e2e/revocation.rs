@@ -101,6 +101,35 @@ fn now() -> u64 {
 
 /// Waits until the wall clock enters a new second: a login after a revocation by subject
 /// or a reset must not share its second (sessions of that second are refused, fail closed).
+/// The reason code of the access line of an API call with exactly `cookie` (request id
+/// `rid`): what the access log says of a refused session.
+async fn access_reason(http: &Http, p: &TestProxy, cookie: &str, rid: &str) -> Value {
+    let r = with_cookie(
+        http,
+        &p.url("/page"),
+        cookie,
+        &[("accept", "application/json"), ("x-request-id", rid)],
+    )
+    .await;
+    assert_eq!(r.status, 401, "{rid}: {}", r.text());
+    let line = crate::support::raw::eventually(Duration::from_secs(10), "access line", || async {
+        p.log_json()
+            .into_iter()
+            .find(|l| l["target"] == "access" && l["request_id"] == rid)
+    })
+    .await;
+    line["reason"].clone()
+}
+
+/// A sample of the proxy's `/metrics` (0 when the series is absent).
+async fn metric(p: &TestProxy, series: &str) -> f64 {
+    let m = crate::support::raw::get(p.admin, "/metrics").await.unwrap();
+    m.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn next_second() {
     let s = now();
     while now() == s {
@@ -128,6 +157,9 @@ async fn a_cookie_copied_before_sign_out_is_refused_after_it_and_after_a_reload(
         "user-alice",
         "another session of the same user lives on"
     );
+    // The access log tells a revoked session from a missing one.
+    assert_eq!(access_reason(&http, &p, &copy, "rev-copy").await, "revoked");
+    assert_eq!(access_reason(&http, &p, "", "rev-none").await, "no_session");
     // A reload that rebuilds the login (new session settings, a new capacity) keeps the
     // revocation set.
     let changed = Setup {
@@ -227,6 +259,7 @@ async fn signing_out_at_the_provider_ends_the_session_by_back_channel_logout() {
         "{d}"
     );
     assert_no_session(&http, &p, &copy, "provider logout (by sid)").await;
+    assert_eq!(access_reason(&http, &p, &copy, "rev-bcl").await, "revoked");
     assert_eq!(user_with_cookie(&http, &p, &bob).await, "user-bob");
     let line = p
         .log_json()
@@ -344,6 +377,19 @@ async fn forged_replayed_and_malformed_logout_tokens_are_400_and_end_nothing() {
                 c.insert("iss".into(), json!("http://127.0.0.1:1"));
             }),
         ),
+        (
+            "expired",
+            changed("f9", &|c| {
+                c.insert("iat".into(), json!(now() - 200));
+                c.insert("exp".into(), json!(now() - 100));
+            }),
+        ),
+        (
+            "neither sid nor sub",
+            changed("f10", &|c| {
+                c.remove("sub");
+            }),
+        ),
     ];
     for (what, token) in &cases {
         let r = post_logout_token(&http, &p, token).await;
@@ -360,16 +406,39 @@ async fn forged_replayed_and_malformed_logout_tokens_are_400_and_end_nothing() {
             "{what}"
         );
     }
-    // Replay: a good token (for another user) once, then again.
+    // The access log and the metrics say why.
+    let nonce_line = p
+        .log_json()
+        .into_iter()
+        .find(|l| l["target"] == "access" && l["reason"] == "backchannel_logout:nonce");
+    assert!(nonce_line.is_some_and(|l| l["status"] == 400));
+    let outcome = |o: &str| format!("portcullis_backchannel_logouts_total{{outcome=\"{o}\"}}");
+    assert_eq!(metric(&p, &outcome("nonce")).await, 1.0);
+    assert_eq!(metric(&p, &outcome("no_event")).await, 1.0);
+    assert_eq!(metric(&p, &outcome("no_subject")).await, 1.0);
+    assert_eq!(metric(&p, &outcome("ok")).await, 0.0);
+    // Replay: a good token for bob ends his session; bob logs in again, and the same
+    // token sent again is refused and ends nothing (it must not move his not-before time).
+    let (_b, bob) = logged_in(&p, "bob").await;
     let good = changed("g1", &|c| {
-        c.insert("sub".into(), json!("user-nobody"));
+        c.insert("sub".into(), json!("user-bob"));
     });
     let r = post_logout_token(&http, &p, &good).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_no_session(&http, &p, &bob, "a valid logout token for bob").await;
+    next_second().await;
+    let (_b2, bob2) = logged_in(&p, "bob").await;
     let r = post_logout_token(&http, &p, &good).await;
     assert_eq!(r.status, 400, "replayed: {}", r.text());
     assert!(r.text().contains("received before"), "{}", r.text());
+    assert_eq!(
+        user_with_cookie(&http, &p, &bob2).await,
+        "user-bob",
+        "replayed"
+    );
+    assert_eq!(metric(&p, &outcome("replayed")).await, 1.0);
+    assert_eq!(metric(&p, &outcome("ok")).await, 1.0);
     // Not a form, or no token: 400. GET: not an endpoint (and not a redirect).
     let req = http::Request::post(backchannel_uri(&p))
         .header("content-type", "application/json")

@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 use super::id_token::{numeric_date, one_or_many};
 use super::Login;
 use crate::body::{Resp, RespBody};
-use crate::error::json_error;
+use crate::error::{json_error, Reason};
 use crate::revocation::{FirstUse, ReplaySet, RevocationError, Target};
 use crate::token::TokenError;
 
@@ -91,6 +91,32 @@ impl LogoutError {
         match self {
             LogoutError::KeysUnavailable(_) | LogoutError::Store(_) => "temporarily_unavailable",
             _ => "invalid_request",
+        }
+    }
+
+    /// A short code for the access log's reason (`backchannel_logout:<code>`) and the
+    /// `portcullis_backchannel_logouts_total` outcome.
+    fn reason_code(&self) -> &'static str {
+        use LogoutError as E;
+        match self {
+            E::NotForm => "not_form",
+            E::Body => "body",
+            E::Missing => "no_logout_token",
+            E::Repeated => "repeated_parameter",
+            E::Invalid(_) => "invalid_token",
+            E::KeysUnavailable(_) => "provider_unavailable",
+            E::Unreadable => "unreadable",
+            E::UntrustedAudience => "untrusted_audience",
+            E::NoIat => "no_iat",
+            E::TooOld => "too_old",
+            E::FromTheFuture => "from_the_future",
+            E::NoEvent => "no_event",
+            E::Nonce => "nonce",
+            E::NoSubject => "no_subject",
+            E::NoJti => "no_jti",
+            E::Replayed => "replayed",
+            E::IssuedBeforeReset => "issued_before_reset",
+            E::Store(_) => "revocation_store_unavailable",
         }
     }
 }
@@ -154,12 +180,17 @@ impl Login {
             Err(e) => {
                 let cause = std::error::Error::source(&e).map(|s| s.to_string());
                 tracing::warn!(request_id, reason = %e, cause = cause.as_deref(), "back-channel logout refused");
-                json_error(
+                let mut r = json_error(
                     StatusCode::BAD_REQUEST,
                     e.code(),
                     &e.to_string(),
                     request_id,
-                )
+                );
+                r.extensions_mut().insert(Reason {
+                    kind: "backchannel_logout",
+                    detail: Some(e.reason_code()),
+                });
+                r
             }
         }
     }

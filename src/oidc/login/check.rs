@@ -53,8 +53,13 @@ pub enum SessionCheck {
         session: Arc<Session>,
         set_cookies: Vec<HeaderValue>,
     },
-    /// No usable session; `set_cookies` clears what the browser holds.
-    None { set_cookies: Vec<HeaderValue> },
+    /// No usable session; `set_cookies` clears what the browser holds. `revoked`: the
+    /// session opened but is in the revocation set (signed out, provider logout, subject
+    /// or global not-before time): the access log's reason code `revoked`.
+    None {
+        set_cookies: Vec<HeaderValue>,
+        revoked: bool,
+    },
     /// The session store or provider is unavailable: 503.
     Unavailable,
 }
@@ -111,11 +116,13 @@ impl Login {
                 tracing::debug!(request_id, user = %s.session.sub, reason = reason.as_str(), "session revoked");
                 return SessionCheck::None {
                     set_cookies: self.stale_cookies(headers),
+                    revoked: true,
                 };
             }
             Ok(None) => {
                 return SessionCheck::None {
                     set_cookies: self.stale_cookies(headers),
+                    revoked: false,
                 }
             }
             Err(SessionError::Unavailable(e)) => {
@@ -131,6 +138,7 @@ impl Login {
                 tracing::debug!(request_id, error = %e, "session not usable");
                 return SessionCheck::None {
                     set_cookies: self.stale_cookies(headers),
+                    revoked: false,
                 };
             }
         };
@@ -156,6 +164,7 @@ impl Login {
                 Refresh::Ended => {
                     return SessionCheck::None {
                         set_cookies: self.end_session(headers, t).await,
+                        revoked: false,
                     }
                 }
                 Refresh::Unavailable => return SessionCheck::Unavailable,
@@ -169,6 +178,7 @@ impl Login {
                 Err(SessionError::Ended) => {
                     return SessionCheck::None {
                         set_cookies: self.store.expire_cookies(headers),
+                        revoked: false,
                     }
                 }
                 Err(e) => tracing::warn!(request_id, error = %e, "session could not be renewed"),
@@ -371,7 +381,7 @@ impl Login {
                 });
                 (json_response(StatusCode::OK, body.to_string()), set_cookies)
             }
-            SessionCheck::None { set_cookies } => (
+            SessionCheck::None { set_cookies, .. } => (
                 json_error(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",

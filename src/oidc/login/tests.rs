@@ -195,7 +195,7 @@ impl Harness {
                 jar.take_values(&set_cookies);
                 Some(identity.subject().to_string())
             }
-            SessionCheck::None { set_cookies } => {
+            SessionCheck::None { set_cookies, .. } => {
                 jar.take_values(&set_cookies);
                 None
             }
