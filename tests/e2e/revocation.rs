@@ -237,6 +237,52 @@ async fn with_redis_a_copied_cookie_is_refused_by_a_second_process() {
     assert_eq!(r.status, 503, "{}", r.text());
 }
 
+/// Redis's count of reads from its clients: one per round trip of a client that waits
+/// for its answers (a pipeline is one).
+fn redis_reads(c: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_reads_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_reads_processed in INFO stats")
+}
+
+#[tokio::test]
+async fn with_redis_a_request_with_a_session_costs_one_round_trip() {
+    let redis = RedisServer::start().await;
+    let w = world().await;
+    let http = Http::new();
+    let client = redis::Client::open(redis.url().as_str()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    for (what, s) in [
+        (
+            "cookie store, revocations in Redis: the MGET alone",
+            Setup {
+                session_extra: format!("redis_url = \"{}\"\n", redis.url()),
+                ..Setup::default()
+            },
+        ),
+        (
+            "Redis store: GETEX and MGET pipelined",
+            Setup {
+                redis_url: Some(redis.url()),
+                ..Setup::default()
+            },
+        ),
+    ] {
+        let p = w.proxy(&s).await;
+        let (_a, cookie) = logged_in(&p, "alice").await;
+        assert_eq!(user_with_cookie(&http, &p, &cookie).await, "user-alice");
+        let before = redis_reads(&mut c);
+        for _ in 0..20 {
+            assert_eq!(user_with_cookie(&http, &p, &cookie).await, "user-alice");
+        }
+        // The second INFO is a read of its own.
+        let reads = redis_reads(&mut c) - before - 1;
+        assert_eq!(reads, 20, "{what}: one round trip per request");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Back-channel logout with the provider
 // ---------------------------------------------------------------------------------------
