@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod trace;
+pub mod writer;
 
 pub use trace::{Trace, TraceLayer};
 
@@ -30,7 +31,8 @@ pub fn init(format: LogFormat) {
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Access lines buffered (a write per ~100 of them at volume), the rest at once.
+        .with_writer(writer::LogWriter::start())
         // Colour codes only for a person at a terminal, never into files or collectors.
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {

@@ -44,7 +44,7 @@ impl Login {
                 .revoke(Target::Session(&s.session.id), until, t)
                 .await
             {
-                return LoginError::RevocationUnavailable(e).respond(request_id, cookies);
+                return self.fail(LoginError::RevocationUnavailable(e), request_id, cookies);
             }
             tracing::info!(request_id, user = %s.session.sub, "signed out");
         }
@@ -52,7 +52,7 @@ impl Login {
         // cleared all the same (signing out is what was asked), but the browser goes
         // nowhere: a page, not a redirect.
         if let Some(name) = params.repeated(Some(&["rd"])) {
-            return LoginError::RepeatedParameter(name).respond(request_id, cookies);
+            return self.fail(LoginError::RepeatedParameter(name), request_id, cookies);
         }
         let rd = self.safe_rd(params.get("rd"));
         let return_to = absolute(&self.public_url, &rd);
