@@ -337,7 +337,9 @@ impl Revocations {
     pub async fn check(&self, facts: &Facts, now: SystemTime) -> Result<Verdict, RevocationError> {
         match &*self.inner {
             Backend::Memory(m) => Ok(m.check(facts, unix(now))),
-            Backend::Redis(r) => r.check(facts).await,
+            // Boxed: the Redis query's future, held inline, would make every caller's
+            // future larger (the request path's with the in-process set too).
+            Backend::Redis(r) => Box::pin(r.check(facts)).await,
         }
     }
 
