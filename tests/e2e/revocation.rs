@@ -453,11 +453,18 @@ async fn forged_replayed_and_malformed_logout_tokens_are_400_and_end_nothing() {
         );
     }
     // The access log and the metrics say why.
-    let nonce_line = p
-        .log_json()
-        .into_iter()
-        .find(|l| l["target"] == "access" && l["reason"] == "backchannel_logout:nonce");
-    assert!(nonce_line.is_some_and(|l| l["status"] == 400));
+    // (Access lines are buffered for up to 250 ms.)
+    let nonce_line = crate::support::raw::eventually(
+        Duration::from_secs(10),
+        "the access line of the nonce-carrying token",
+        || async {
+            p.log_json()
+                .into_iter()
+                .find(|l| l["target"] == "access" && l["reason"] == "backchannel_logout:nonce")
+        },
+    )
+    .await;
+    assert_eq!(nonce_line["status"], 400, "{nonce_line}");
     let outcome = |o: &str| format!("portcullis_backchannel_logouts_total{{outcome=\"{o}\"}}");
     assert_eq!(metric(&p, &outcome("nonce")).await, 1.0);
     assert_eq!(metric(&p, &outcome("no_event")).await, 1.0);
