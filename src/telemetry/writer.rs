@@ -36,6 +36,15 @@ fn write_out(buf: &mut Vec<u8>) {
     }
 }
 
+/// Appends one access line, rendered by `render` straight into the buffer.
+pub fn append_line(render: impl FnOnce(&mut Vec<u8>)) {
+    let mut buf = pending();
+    render(&mut buf);
+    if buf.len() >= BUFFER {
+        write_out(&mut buf);
+    }
+}
+
 /// Writes out the buffered access lines (a clean stop calls this last).
 pub fn flush() {
     write_out(&mut pending());
@@ -74,10 +83,8 @@ impl Write for Line {
         let mut buf = pending();
         match self {
             Line::Buffered => {
-                buf.extend_from_slice(data);
-                if buf.len() >= BUFFER {
-                    write_out(&mut buf);
-                }
+                drop(buf);
+                append_line(|b| b.extend_from_slice(data));
                 Ok(data.len())
             }
             Line::Direct => {
