@@ -1,9 +1,10 @@
 //! Builds the first config generation, spawns the proxy workers and the admin server, and owns
-//! shutdown (SIGTERM/SIGINT) and reload (SIGHUP).
+//! shutdown (SIGTERM/SIGINT) and reload (SIGHUP). Also the one revocation store of the
+//! process ([`RevocationHub`]): built at start, handed to every generation, kept by reloads.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Semaphore};
@@ -11,8 +12,56 @@ use tokio::sync::{watch, Semaphore};
 use crate::admin::{Metrics, ReadyCheck};
 use crate::config::Config;
 use crate::generation::{BuildError, Fresh, Generation};
+use crate::revocation::{RevocationError, Revocations};
 use crate::server::Current;
 use crate::token::TokenValidator;
+
+/// The revocation store in use: built once at start and handed to every generation, so
+/// that signed-out sessions stay signed out across reloads. A reload that changes only
+/// its capacity or file applies them in place; one that changes its backend (memory or
+/// Redis) or Redis URL builds a new store (what the old one held is not carried over:
+/// logged).
+pub struct RevocationHub(Mutex<Revocations>);
+
+impl RevocationHub {
+    fn current(&self) -> Revocations {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The store for `c`: the running one if it serves these settings, else a new one
+    /// (not installed until [`RevocationHub::commit`]).
+    fn for_config(&self, c: &Config) -> Result<(Revocations, bool), RevocationError> {
+        let settings = c.revocation_settings();
+        let current = self.current();
+        if current.serves(&settings) {
+            Ok((current, false))
+        } else {
+            Ok((Revocations::new(&settings)?, true))
+        }
+    }
+
+    /// Installs the store of a generation that was built: applies its settings in place,
+    /// or makes a new store the current one.
+    fn commit(&self, c: &Config, store: &Revocations, new: bool) {
+        let settings = c.revocation_settings();
+        if new {
+            tracing::warn!(
+                kind = ?settings.kind,
+                "session.revocation changed: a new revocation store; what the previous one held is not carried over"
+            );
+            store.spawn_sweeper();
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = store.clone();
+        } else {
+            store.reconfigure(&settings);
+        }
+    }
+}
+
+fn log_warnings(c: &Config) {
+    for w in c.warnings() {
+        tracing::warn!(key = %w.key, "{}", w.message);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -28,6 +77,8 @@ pub enum StartError {
     },
     #[error("cannot start runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("session.revocation: {0}")]
+    Revocation(#[from] RevocationError),
 }
 
 impl From<BuildError> for StartError {
@@ -48,6 +99,7 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     pub admin_addr: Option<std::net::SocketAddr>,
     pub(crate) current: Current,
+    revocations: Arc<RevocationHub>,
     shutdown: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     control: Option<tokio::runtime::Runtime>,
@@ -86,13 +138,14 @@ impl Running {
 
     /// Reloads the config file; on any error the running config stays.
     pub fn reload(&self, path: &Path) -> Result<(), StartError> {
-        reload(&self.current, path)
+        let _g = self.control.as_ref().map(|rt| rt.enter());
+        reload(&self.current, &self.revocations, path)
     }
 }
 
 /// Reloads the config file into a new generation; on any error the running one stays.
 /// Must run inside the control runtime (validators start there).
-pub fn reload(current: &Current, path: &Path) -> Result<(), StartError> {
+pub fn reload(current: &Current, hub: &RevocationHub, path: &Path) -> Result<(), StartError> {
     let running = current.load_full();
     let metrics = running.metrics.clone();
     let result = Config::load(path)
@@ -116,15 +169,20 @@ pub fn reload(current: &Current, path: &Path) -> Result<(), StartError> {
                     "a timeout is now longer than the request histogram's largest bucket; its buckets follow on restart"
                 );
             }
-            Ok(Generation::build(
+            let (store, new) = hub.for_config(&c)?;
+            let built = Generation::build(
                 c,
                 metrics.clone(),
                 running.workers(),
                 Some(&running),
-            )?)
+                &store,
+            )?;
+            Ok((built, store, new))
         });
     match result {
-        Ok((generation, fresh)) => {
+        Ok(((generation, fresh), store, new)) => {
+            hub.commit(&generation.config, &store, new);
+            log_warnings(&generation.config);
             start_validators(fresh);
             current.store(Arc::new(generation));
             metrics.reloads_ok.fetch_add(1, Relaxed);
@@ -174,9 +232,18 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
     if aws_lc_rs::rand::fill(&mut warm).is_err() {
         tracing::warn!("the system random generator failed a first draw");
     }
-    let (generation, fresh) = {
+    log_warnings(&config);
+    let (generation, fresh, hub) = {
         let _g = control.enter();
-        Generation::build(config, metrics.clone(), workers, None)?
+        let store = Revocations::new(&config.revocation_settings())?;
+        store.spawn_sweeper();
+        let (generation, fresh) =
+            Generation::build(config, metrics.clone(), workers, None, &store)?;
+        (
+            generation,
+            fresh,
+            Arc::new(RevocationHub(Mutex::new(store))),
+        )
     };
     let current: Current = Arc::new(ArcSwap::from_pointee(generation));
     let listeners = crate::server::bind(listen, workers).map_err(|source| StartError::Bind {
@@ -209,10 +276,27 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
             let current = current.clone();
             Arc::new(move || is_ready(&current))
         };
+        let actions: crate::admin::Actions = {
+            let (current, hub) = (current.clone(), hub.clone());
+            Arc::new(move || {
+                let g = current.load();
+                crate::admin::ActionSettings {
+                    revocations: hub.current(),
+                    token_file: g.config.server.admin_token_file.clone(),
+                    sessions: g
+                        .config
+                        .provider
+                        .as_ref()
+                        .zip(g.config.session.as_ref())
+                        .map(|(p, s)| (p.issuer.clone(), s.lifetime)),
+                }
+            })
+        };
         control.spawn(crate::admin::serve(
             listener,
             metrics.clone(),
             ready,
+            actions,
             shutdown_rx.clone(),
         ));
     }
@@ -224,6 +308,10 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
                 out.push_str(&v.render_metrics());
             }
         }));
+        let hub = hub.clone();
+        metrics.add_source(Arc::new(move |out: &mut String| {
+            out.push_str(&hub.current().render_metrics());
+        }));
     }
     {
         let _g = control.enter();
@@ -232,6 +320,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
 
     if let Some(path) = config_path {
         let current = current.clone();
+        let hub = hub.clone();
         let mut stop = shutdown_rx.clone();
         control.spawn(async move {
             let Ok(mut hup) =
@@ -244,7 +333,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
                 tokio::select! {
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading configuration");
-                        let _ = reload(&current, &path);
+                        let _ = reload(&current, &hub, &path);
                     }
                     _ = stop.changed() => return,
                 }
@@ -277,6 +366,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
         addr,
         admin_addr,
         current,
+        revocations: hub,
         shutdown: shutdown_tx,
         threads,
         control: Some(control),

@@ -5,7 +5,8 @@
 //! What must outlive a generation is carried from the previous one when its settings did
 //! not change ([`Carried`]): the token validator (its keys and token cache), the login
 //! (its provider metadata, keys and refresh single-flight), and each upstream's pooled
-//! clients (open connections stay open across a reload).
+//! clients (open connections stay open across a reload). The revocation store is not a
+//! generation's at all: `app` builds it once and hands it to every build.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::proxy::header_policy::HeaderPolicy;
 use crate::proxy::hygiene::TrustedProxies;
 use crate::proxy::pool::UpstreamPool;
 use crate::proxy::upstream::Upstream;
+use crate::revocation::Revocations;
 use crate::routing::layer::HeadLimits;
 use crate::routing::table::{CompileError, Parts as RouteParts};
 use crate::routing::RouteTable;
@@ -80,6 +82,7 @@ impl Generation {
         metrics: Arc<Metrics>,
         workers: usize,
         previous: Option<&Generation>,
+        revocations: &Revocations,
     ) -> Result<(Generation, Fresh), BuildError> {
         let before = previous.map(|p| &p.carried);
         let mut fresh = Fresh {
@@ -114,9 +117,12 @@ impl Generation {
             None => None,
             Some((_, key)) => {
                 let running = before.and_then(|c| c.login.as_ref());
-                match running.filter(|(k, _)| *k == key) {
+                let same = |(k, l): &&(String, Arc<Login>)| {
+                    *k == key && l.revocations.same_store(revocations)
+                };
+                match running.filter(same) {
                     Some((_, l)) => Some((key, l.clone())),
-                    None => match Login::build(&config, running.map(|(_, l)| &**l))? {
+                    None => match Login::build(&config, running.map(|(_, l)| &**l), revocations)? {
                         Some(l) => {
                             if !running.is_some_and(|(_, r)| l.shares_provider_with(r)) {
                                 fresh.validators.push(l.id_validator.clone());
