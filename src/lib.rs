@@ -25,6 +25,8 @@
 //!   browser sessions; `oidc` is discovery, the login flow and the provider transport;
 //!   [`identity`] is the one identity type they make; `policy` judges it.
 //! - `error` renders every refusal; `exchange` is what travels with a request.
+//! - `fuzz_api` (cargo feature `fuzzing`, hidden) is what the fuzz targets in `fuzz/` call;
+//!   nothing else enables it.
 //! - `admin` serves `/healthz`, `/readyz`, `/metrics`; `dev_idp` is the development
 //!   provider and sample app of `portcullis demo` (cargo feature `demo`, on by default).
 
@@ -32,6 +34,9 @@ pub mod app;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod dev_idp;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod identity;
 pub mod oidc;
 pub mod telemetry;

@@ -219,12 +219,12 @@ impl Endpoints {
 
 /// The original request, as the front proxy named it.
 #[derive(Debug, PartialEq, Eq)]
-struct Original {
+pub(crate) struct Original {
     /// Canonical, like any request path.
-    path: String,
-    query: Option<String>,
+    pub path: String,
+    pub query: Option<String>,
     /// Lowercase, without port.
-    host: Option<String>,
+    pub host: Option<String>,
 }
 
 /// Headers that name the original URI, in the order they are read. `X-Original-URL` is
@@ -237,7 +237,7 @@ const ORIGINAL_URI_HEADERS: [&str; 3] = ["x-forwarded-uri", "x-original-uri", "x
 /// its host from there or `X-Forwarded-Host`. `None` when nothing names a URI. When more
 /// than one source is present they must agree (after canonicalization): a client must
 /// not pick the route by adding a header that its ingress passes through.
-fn original_request(
+pub(crate) fn original_request(
     h: &http::HeaderMap,
     suffix: Option<&str>,
     query: Option<&str>,
