@@ -127,7 +127,11 @@ impl Table {
     /// `RouteTable::select`: `Err` is a reading conflict (400), `Ok(None)` no route (404),
     /// else the route and the routes other readings select.
     #[allow(clippy::result_unit_err)]
-    pub fn select(&self, host: Option<&str>, path: &str) -> Result<Option<(usize, Vec<usize>)>, ()> {
+    pub fn select(
+        &self,
+        host: Option<&str>,
+        path: &str,
+    ) -> Result<Option<(usize, Vec<usize>)>, ()> {
         match self.0.select(host, path) {
             Err(_) => Err(()),
             Ok(None) => Ok(None),
@@ -153,7 +157,10 @@ impl Table {
         };
         let mut headers = HeaderMap::new();
         if preflight {
-            headers.insert(http::header::ORIGIN, http::HeaderValue::from_static("https://o"));
+            headers.insert(
+                http::header::ORIGIN,
+                http::HeaderValue::from_static("https://o"),
+            );
             headers.insert(
                 http::header::ACCESS_CONTROL_REQUEST_METHOD,
                 http::HeaderValue::from_static("POST"),
@@ -233,7 +240,9 @@ impl Cookies {
 
     /// The session a request's `Cookie` headers carry, as the store loads it.
     pub fn load(&self, request: &HeaderMap) -> Option<Arc<Session>> {
-        self.store.load(request, self.now).map(|o| o.session.clone())
+        self.store
+            .load(request, self.now)
+            .map(|o| o.session.clone())
     }
 }
 

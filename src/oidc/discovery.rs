@@ -130,7 +130,10 @@ pub async fn discover_as(
 }
 
 /// A discovery document's body, checked to name `issuer`.
-pub(crate) fn parse_metadata(body: &[u8], issuer: &str) -> Result<ProviderMetadata, DiscoveryError> {
+pub(crate) fn parse_metadata(
+    body: &[u8],
+    issuer: &str,
+) -> Result<ProviderMetadata, DiscoveryError> {
     let meta: ProviderMetadata = serde_json::from_slice(body).map_err(DiscoveryError::Json)?;
     // OIDC Discovery 1.0 §4.3: exact string comparison, trailing slash included.
     if meta.issuer != issuer {

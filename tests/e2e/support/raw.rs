@@ -268,7 +268,8 @@ impl UpRequest {
         self.headers
             .iter()
             .filter(|(n, _)| {
-                n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding")
+                n.eq_ignore_ascii_case("content-length")
+                    || n.eq_ignore_ascii_case("transfer-encoding")
             })
             .cloned()
             .collect()
@@ -310,7 +311,8 @@ fn frame(buf: &[u8]) -> Result<Option<(UpRequest, usize)>, ()> {
     let Some(head_end) = find(buf, b"\r\n\r\n") else {
         // A request line must come first: anything else is no request.
         let first = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
-        let first = String::from_utf8_lossy(first.strip_suffix(b"\r").unwrap_or(first)).into_owned();
+        let first =
+            String::from_utf8_lossy(first.strip_suffix(b"\r").unwrap_or(first)).into_owned();
         let request_line = first.split(' ').count() == 3 && first.ends_with(" HTTP/1.1");
         if buf.len() > 64 * 1024 || (buf.contains(&b'\n') && !request_line) {
             return Err(());
