@@ -209,7 +209,8 @@ impl Login {
         s.id_token = tokens.id_token.clone().map(Secret::new);
         s.access_expires_at = tokens
             .expires_in
-            .map(|e| now + std::time::Duration::from_secs(e));
+            // An `expires_in` past what a `SystemTime` holds: expired now (fail closed).
+            .map(|e| now.checked_add(std::time::Duration::from_secs(e)).unwrap_or(now));
         s
     }
 

@@ -261,7 +261,12 @@ impl Login {
         if let Some(new_rt) = &r.refresh_token {
             session.refresh_token = Some(Secret::new(new_rt.clone()));
         }
-        session.access_expires_at = r.expires_in.map(|s| r.fetched_at + Duration::from_secs(s));
+        // An `expires_in` past what a `SystemTime` holds: expired now (fail closed).
+        session.access_expires_at = r.expires_in.map(|s| {
+            r.fetched_at
+                .checked_add(Duration::from_secs(s))
+                .unwrap_or(r.fetched_at)
+        });
         if let Some(scope) = &r.scope {
             session.scopes = scope
                 .split(' ')
