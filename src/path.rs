@@ -101,6 +101,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         match b {
             b'/' => {
                 push_segment(&mut segments, &mut current)?;
+                // The separator takes part in the UTF-8 check: an escaped character cut in
+                // two by it (`%C3/%A9`) is no character at all.
+                decoded_all.push(b'/');
                 trailing_slash = true;
                 i += 1;
                 continue;
@@ -541,6 +544,12 @@ mod tests {
             ("/a#b", PathError::Delimiter),
             ("/a?b", PathError::Delimiter),
             ("/a/%2e%2e#/x", PathError::Delimiter),
+            // Found by the `path` fuzz target: the UTF-8 check left out the `/`s, so `é`
+            // cut in two by one (`%C3/%A9`) passed; stripping a route prefix then left
+            // `/%A9..`, which is not canonical.
+            ("/2%c3/%a9../", PathError::InvalidUtf8),
+            ("/%C3/%A9", PathError::InvalidUtf8),
+            ("/a%E2%82/%AC", PathError::InvalidUtf8),
             ("/a\\b", PathError::Backslash),
             ("/%2e%2e/x", PathError::AboveRoot),
             ("/../x", PathError::AboveRoot),
