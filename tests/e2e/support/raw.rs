@@ -251,6 +251,8 @@ pub struct UpRequest {
     pub body: Vec<u8>,
     /// Every line of the head ended with CRLF (no bare CR or LF anywhere in it).
     pub crlf_only: bool,
+    /// Its place among all the requests this upstream framed, over all connections.
+    pub seq: usize,
 }
 
 impl UpRequest {
@@ -341,6 +343,7 @@ fn frame(buf: &[u8]) -> Result<Option<(UpRequest, usize)>, ()> {
         headers,
         body: Vec::new(),
         crlf_only,
+        seq: 0,
     };
     let te = req.all("transfer-encoding").join(",");
     let cl = req.all("content-length");
@@ -398,6 +401,7 @@ impl RawUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns: std::sync::Arc<std::sync::Mutex<Vec<UpConn>>> = Default::default();
+        let seq = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let task = tokio::spawn({
             let conns = conns.clone();
             async move {
@@ -411,6 +415,7 @@ impl RawUpstream {
                         c.len() - 1
                     };
                     let conns = conns.clone();
+                    let seq = seq.clone();
                     tokio::spawn(async move {
                         let mut chunk = [0u8; 16 * 1024];
                         loop {
@@ -430,7 +435,9 @@ impl RawUpstream {
                                 let mut answers = 0;
                                 loop {
                                     match frame(&c.rest) {
-                                        Ok(Some((req, used))) => {
+                                        Ok(Some((mut req, used))) => {
+                                            req.seq = seq
+                                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                             c.requests.push(req);
                                             c.rest.drain(..used);
                                             answers += 1;
@@ -467,9 +474,12 @@ impl RawUpstream {
         self.conns.lock().unwrap().clone()
     }
 
-    /// Every request framed so far, over all connections.
+    /// Every request framed so far, over all connections, in the order they were framed
+    /// (a pooled connection may carry a later request than a newer connection did).
     pub fn requests(&self) -> Vec<UpRequest> {
-        self.conns().into_iter().flat_map(|c| c.requests).collect()
+        let mut all: Vec<UpRequest> = self.conns().into_iter().flat_map(|c| c.requests).collect();
+        all.sort_by_key(|r| r.seq);
+        all
     }
 
     /// Every byte received so far, over all connections.
