@@ -108,6 +108,14 @@ pub fn reload(current: &Current, path: &Path) -> Result<(), StartError> {
                     "server.listen, admin_listen, workers and turning TLS on or off take effect on restart only"
                 );
             }
+            let longest = largest_timeout(&c).as_secs_f64();
+            if longest > metrics.largest_bucket() {
+                tracing::warn!(
+                    longest_timeout_s = longest,
+                    largest_bucket_s = metrics.largest_bucket(),
+                    "a timeout is now longer than the request histogram's largest bucket; its buckets follow on restart"
+                );
+            }
             Ok(Generation::build(
                 c,
                 metrics.clone(),
@@ -131,9 +139,21 @@ pub fn reload(current: &Current, path: &Path) -> Result<(), StartError> {
     }
 }
 
+/// The longest a request may take before the proxy answers it (the request histogram's
+/// buckets reach it).
+fn largest_timeout(config: &Config) -> std::time::Duration {
+    config
+        .routes
+        .iter()
+        .map(|r| r.timeout)
+        .chain([config.server.limits.request_timeout])
+        .max()
+        .unwrap_or_default()
+}
+
 /// Starts the proxy workers and the admin listener. Returns once they are listening.
 pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(largest_timeout(&config)));
     let workers = config.server.workers;
     let listen = config.server.listen;
     let admin_listen = config.server.admin_listen;
@@ -251,7 +271,8 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
             .map_err(StartError::Runtime)?;
         threads.push(t);
     }
-    tracing::info!(%addr, workers, admin = ?admin_addr, "portcullis listening");
+    let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(%addr, workers, admin, "portcullis listening");
     Ok(Running {
         addr,
         admin_addr,
@@ -304,7 +325,8 @@ fn start_validator(v: TokenValidator) {
         match v.start().await {
             Ok(()) => tracing::info!("token validation ready"),
             Err(e) => {
-                tracing::error!(error = %e, cause = ?std::error::Error::source(&e).map(|s| s.to_string()), "token issuer not ready yet; retrying in the background")
+                let cause = std::error::Error::source(&e).map(|s| s.to_string());
+                tracing::error!(error = %e, cause = cause.as_deref(), "token issuer not ready yet; retrying in the background")
             }
         }
     });

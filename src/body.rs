@@ -24,6 +24,8 @@ pin_project! {
         Upstream { #[pin] inner: Incoming },
         /// A complete body the proxy made itself (error pages, probes).
         Full { data: Option<Bytes> },
+        // Any other body (one that is watched on its way out: the access log's).
+        Boxed { inner: Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>> },
     }
 }
 
@@ -51,6 +53,7 @@ impl Body for RespBody {
         match self.project() {
             RespProj::Upstream { inner } => inner.poll_frame(cx).map_err(Into::into),
             RespProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RespProj::Boxed { inner } => inner.as_mut().poll_frame(cx),
         }
     }
 
@@ -58,6 +61,7 @@ impl Body for RespBody {
         match self {
             RespBody::Upstream { inner } => inner.is_end_stream(),
             RespBody::Full { data } => data.is_none(),
+            RespBody::Boxed { inner } => inner.is_end_stream(),
         }
     }
 
@@ -67,6 +71,7 @@ impl Body for RespBody {
             RespBody::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            RespBody::Boxed { inner } => inner.size_hint(),
         }
     }
 }
@@ -90,6 +95,8 @@ pin_project! {
         inner: Option<Incoming>,
         timeout: Duration,
         sleep: Option<Pin<Box<Sleep>>>,
+        // Counts the bytes passed (for the access log), when set.
+        counted: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     }
 }
 
@@ -102,7 +109,17 @@ impl ReqBody {
             inner: Some(inner),
             timeout,
             sleep: None,
+            counted: None,
         }
+    }
+
+    /// Counts the bytes that pass into `counter`.
+    pub fn counted(
+        mut self,
+        counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Self {
+        self.counted = counter;
+        self
     }
 
     pub fn empty() -> Self {
@@ -110,6 +127,7 @@ impl ReqBody {
             inner: None,
             timeout: Duration::ZERO,
             sleep: None,
+            counted: None,
         }
     }
 }
@@ -129,6 +147,11 @@ impl Body for ReqBody {
         match inner.poll_frame(cx) {
             Poll::Ready(frame) => {
                 *this.sleep = None;
+                if let (Some(c), Some(Ok(f))) = (this.counted.as_ref(), &frame) {
+                    if let Some(d) = f.data_ref() {
+                        c.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)))
             }
             Poll::Pending => {

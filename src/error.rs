@@ -54,14 +54,20 @@ pub enum Refusal {
     /// The client paused too long while sending its body.
     #[error("request body not received in time")]
     RequestTimeout,
-    /// The identity is known but not allowed here.
-    #[error("identity not allowed on this route")]
-    Forbidden,
+    /// The identity is known but not allowed here; `rule` is the kind of policy rule that
+    /// refused it (`group`, `email`, `email_domain`, `claim`; `forward_auth` when forward
+    /// auth cannot judge the request at all).
+    #[error("identity not allowed on this route ({rule})")]
+    Forbidden { rule: &'static str },
     /// No identity on a route that needs one. A navigation is sent to `login` (the
     /// `/oauth2/start?rd=...` of this request) when there is one; anything else gets 401
     /// with a bare bearer challenge (RFC 6750 §3.1: no error code without a token).
-    #[error("no identity")]
-    SignInRequired { login: Option<String> },
+    #[error("no identity ({why})")]
+    SignInRequired {
+        login: Option<String>,
+        /// Why there is none: `no_token`, `no_session`, ...
+        why: &'static str,
+    },
     /// A malformed `Authorization` header (RFC 6750 §3.1 `invalid_request`, 400).
     #[error("malformed Authorization header")]
     TokenMalformed,
@@ -115,6 +121,8 @@ pub enum Refusal {
         /// up between providers, a forged ID token).
         level: tracing::Level,
         message: Cow<'static, str>,
+        /// A short code for the access log and metrics (`login:<code>`).
+        code: &'static str,
         #[source]
         cause: Option<FlowCause>,
     },
@@ -134,6 +142,10 @@ pub trait FlowError: std::error::Error + Send + Sync + 'static {
     }
     /// Short, safe to show: never a token, a code or an internal address.
     fn message(&self) -> Cow<'static, str>;
+    /// A short code for the access log and metrics (`state_mismatch`, `id_token`, ...).
+    fn code(&self) -> &'static str {
+        "error"
+    }
 }
 
 impl Fault {
@@ -157,6 +169,7 @@ impl Refusal {
             fault: e.fault(),
             level: e.level(),
             message: e.message(),
+            code: e.code(),
             cause: Some(Box::new(e)),
         }
     }
@@ -170,9 +183,9 @@ impl Refusal {
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
             Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Refusal::Forbidden | Refusal::InsufficientScope { .. } | Refusal::UnsafeIdentity(_) => {
-                StatusCode::FORBIDDEN
-            }
+            Refusal::Forbidden { .. }
+            | Refusal::InsufficientScope { .. }
+            | Refusal::UnsafeIdentity(_) => StatusCode::FORBIDDEN,
             Refusal::SignInRequired { .. } | Refusal::TokenRefused(_) => StatusCode::UNAUTHORIZED,
             Refusal::TokenUnavailable(_) | Refusal::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -191,7 +204,7 @@ impl Refusal {
             | Refusal::UriTooLong
             | Refusal::HeadersTooLarge
             | Refusal::RequestTimeout
-            | Refusal::Forbidden
+            | Refusal::Forbidden { .. }
             | Refusal::SignInRequired { .. }
             | Refusal::TokenMalformed
             | Refusal::TokenTwice
@@ -218,7 +231,7 @@ impl Refusal {
                 "request_timeout",
                 "the request body was not received in time",
             ),
-            Refusal::Forbidden | Refusal::UnsafeIdentity(_) => t(
+            Refusal::Forbidden { .. } | Refusal::UnsafeIdentity(_) => t(
                 "access_denied",
                 "you are not allowed to access this resource",
             ),
@@ -286,10 +299,15 @@ impl Refusal {
     /// Logs the refusal by the rule of the module doc (the source chain goes to the log,
     /// never to the client) and renders it for a request with `method` and `headers`.
     pub fn respond(self, request_id: &str, method: &Method, headers: &HeaderMap) -> Resp {
-        if let Refusal::SignInRequired { login: Some(to) } = &self {
+        if let Refusal::SignInRequired {
+            login: Some(to), ..
+        } = &self
+        {
             if is_navigation(method, headers) {
                 self.log(request_id);
-                return redirect(to, Vec::new());
+                let mut r = redirect(to, Vec::new());
+                r.extensions_mut().insert(self.reason());
+                return r;
             }
         }
         let html = wants_html(headers);
@@ -300,13 +318,19 @@ impl Refusal {
     /// request itself is gone (it moved upstream). Login-flow pages are always HTML,
     /// bearer refusals always JSON.
     pub fn respond_as(self, request_id: &str, wants_html: bool) -> Resp {
+        self.respond_page(request_id, wants_html, &PageExtras::default())
+    }
+
+    /// Like [`Refusal::respond_as`], with what the HTML page says beside the message (who
+    /// is signed in, where to go next); JSON answers are the same.
+    pub fn respond_page(self, request_id: &str, wants_html: bool, extras: &PageExtras) -> Resp {
         self.log(request_id);
         let html = match &self {
             Refusal::Flow { .. } => true,
             r if r.api_only() => false,
             _ => wants_html,
         };
-        self.render(request_id, html)
+        self.render(request_id, html, extras)
     }
 
     /// Like [`Refusal::respond`], for answers that carry cookies (a session ended or
@@ -358,11 +382,12 @@ impl Refusal {
         }
     }
 
-    fn render(&self, request_id: &str, html: bool) -> Resp {
+    fn render(&self, request_id: &str, html: bool, extras: &PageExtras) -> Resp {
         let status = self.status();
         let (code, description) = self.text();
         let mut resp = if html {
-            let mut r = Response::new(RespBody::full(html_page(status, &description, request_id)));
+            let page = html_page(status, &description, request_id, extras);
+            let mut r = Response::new(RespBody::full(page));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/html; charset=utf-8"),
@@ -381,10 +406,56 @@ impl Refusal {
         {
             h.insert(http::header::WWW_AUTHENTICATE, c);
         }
-        if let Refusal::Flow { .. } = self {
+        if html {
+            // Every page the proxy renders: not cached, no referrer, never framed, no
+            // script.
             flow_headers(h);
         }
+        resp.extensions_mut().insert(self.reason());
         resp
+    }
+
+    /// Why, as a short code for the access log and metrics: `no_token`,
+    /// `invalid_token:expired`, `insufficient_scope`, `policy:group`, ...
+    pub fn reason(&self) -> Reason {
+        let r = |kind, detail| Reason { kind, detail };
+        match self {
+            Refusal::BadRequest(_) => r("bad_request", None),
+            Refusal::NotFound => r("no_route", None),
+            Refusal::UriTooLong => r("uri_too_long", None),
+            Refusal::HeadersTooLarge => r("headers_too_large", None),
+            Refusal::RequestTimeout => r("body_timeout", None),
+            Refusal::Forbidden { rule } => r("policy", Some(*rule)),
+            Refusal::SignInRequired { why, .. } => r(why, None),
+            Refusal::TokenMalformed => r("malformed_token", None),
+            Refusal::TokenTwice => r("token_twice", None),
+            Refusal::TokenRefused(e) => r("invalid_token", Some(e.code())),
+            Refusal::InsufficientScope { .. } => r("insufficient_scope", None),
+            Refusal::TokenUnavailable(_) => r("provider_unavailable", None),
+            Refusal::Unavailable(_) => r("unavailable", None),
+            Refusal::UnsafeIdentity(_) => r("unsafe_identity", None),
+            Refusal::BadGateway(..) => r("upstream_error", None),
+            Refusal::GatewayTimeout(_) => r("upstream_timeout", None),
+            Refusal::Internal(_) => r("internal", None),
+            Refusal::Flow { code, .. } => r("login", Some(*code)),
+        }
+    }
+}
+
+/// A refusal's reason code (`kind` or `kind:detail`), carried in the response's
+/// extensions to the access log and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reason {
+    pub kind: &'static str,
+    pub detail: Option<&'static str>,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.detail {
+            Some(d) => write!(f, "{}:{d}", self.kind),
+            None => f.write_str(self.kind),
+        }
     }
 }
 
@@ -501,13 +572,69 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
-/// A small, styled error page.
-pub fn html_page(status: StatusCode, message: &str, request_id: &str) -> String {
+/// What an HTML page says beside its message.
+#[derive(Debug, Default)]
+pub struct PageExtras {
+    /// Who is signed in (a 403 of a session: "You are signed in as ...").
+    pub signed_in_as: Option<String>,
+    /// Where to go next, as (text, same-site href); the first is the main action.
+    pub links: Vec<(&'static str, String)>,
+}
+
+/// `message` as a sentence: a capital first letter and a full stop (the JSON
+/// `error_description`s are RFC 6750's lowercase fragments; a page speaks to people).
+fn sentence(message: &str) -> String {
+    let mut chars = message.chars();
+    let mut out: String = match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => return String::new(),
+    };
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
+}
+
+/// A small, styled page: the status, the message, who is signed in, the next steps and
+/// the request id. No script, no outside resource: only what `flow_headers`' policy
+/// (`default-src 'none'; style-src 'unsafe-inline'`) allows.
+pub fn html_page(
+    status: StatusCode,
+    message: &str,
+    request_id: &str,
+    extras: &PageExtras,
+) -> String {
     let title = format!(
         "{} {}",
         status.as_u16(),
         status.canonical_reason().unwrap_or("Error")
     );
+    let who = extras
+        .signed_in_as
+        .as_deref()
+        .map(|w| {
+            format!(
+                "<p>You are signed in as <strong>{}</strong>.</p>",
+                escape_html(w)
+            )
+        })
+        .unwrap_or_default();
+    let links = if extras.links.is_empty() {
+        String::new()
+    } else {
+        let a: Vec<String> = extras
+            .links
+            .iter()
+            .map(|(text, href)| {
+                format!(
+                    "<a href=\"{}\">{}</a>",
+                    escape_html(href),
+                    escape_html(text)
+                )
+            })
+            .collect();
+        format!("<nav>{}</nav>", a.join(""))
+    };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{t}</title>\
@@ -515,10 +642,13 @@ pub fn html_page(status: StatusCode, message: &str, request_id: &str) -> String 
 min-height:100vh;align-items:center;justify-content:center;margin:0}}main{{background:#fff;\
 border-radius:10px;box-shadow:0 2px 12px rgba(0,0,0,.08);padding:2rem 2.5rem;max-width:32rem}}\
 h1{{font-size:1.4rem;margin:0 0 .75rem}}p{{margin:.5rem 0}}.id{{color:#6b7385;font-size:.85rem}}\
-</style></head><body><main><h1>{t}</h1><p>{m}</p><p class=\"id\">Request id: <code>{r}</code></p>\
-</main></body></html>",
+nav{{margin:1.25rem 0 .5rem;display:flex;gap:.75rem;flex-wrap:wrap}}nav a{{padding:.45rem .9rem;\
+border-radius:6px;border:1px solid #c9ced8;color:#1d2330;text-decoration:none}}\
+nav a:first-child{{background:#2f5bd3;border-color:#2f5bd3;color:#fff}}\
+</style></head><body><main><h1>{t}</h1><p>{m}</p>{who}{links}\
+<p class=\"id\">Request id: <code>{r}</code></p></main></body></html>",
         t = escape_html(&title),
-        m = escape_html(message),
+        m = escape_html(&sentence(message)),
         r = escape_html(request_id),
     )
 }
@@ -571,6 +701,7 @@ mod tests {
         ]);
         let login = || Refusal::SignInRequired {
             login: Some("/oauth2/start?rd=%2Fx".into()),
+            why: "no_session",
         };
         let r = login().respond("id", &Method::GET, &nav);
         assert_eq!(r.status(), 302);

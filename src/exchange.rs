@@ -61,6 +61,10 @@ impl ConnInfo {
     }
 }
 
+/// Bytes of a request's body that went upstream, counted as they pass (only when the
+/// access log is written).
+pub type BytesIn = Arc<AtomicU64>;
+
 /// A request as the connection hands it to the stack.
 pub struct Arrival<B> {
     pub req: Request<B>,
@@ -72,6 +76,8 @@ pub struct Exchange<B> {
     pub req: Request<B>,
     pub conn: Arc<ConnInfo>,
     pub id: RequestId,
+    /// Where the forwarder counts the request body's bytes, when they are logged.
+    pub bytes_in: Option<BytesIn>,
 }
 
 /// What comes back up the stack: the response and what the trace layer records of it.

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-// mimalloc: the proxy allocates many small, short-lived objects per request on every
-// worker thread; glibc malloc spent ~10% of CPU there under load.
+// The system's malloc by default: at 256 connections it keeps the resident set under
+// 30 MiB, where mimalloc needs ~12 MiB more for ~7% more requests per second
+// (benches/RESULTS.md); `--features mimalloc` chooses the other side of that trade.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(feature = "demo")]
@@ -87,11 +89,13 @@ fn main() -> ExitCode {
             if !print_config {
                 telemetry::init(cli.log_format);
             }
-            match demo::run(demo::DemoOptions {
+            let ran = demo::run(demo::DemoOptions {
                 port,
                 bind,
                 print_config,
-            }) {
+            });
+            telemetry::writer::flush();
+            match ran {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis demo: {e}");
@@ -111,7 +115,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match portcullis::app::run(config, Some(cli.config.clone())) {
+            let ran = portcullis::app::run(config, Some(cli.config.clone()));
+            telemetry::writer::flush();
+            match ran {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis: {e}");

@@ -57,12 +57,13 @@ pub fn build_around<S>(p: &Parts, inner: S) -> Stack<S> {
         p.table.clone(),
         p.trusted.clone(),
         p.headers.clone(),
+        p.metrics.clone(),
     );
     ServiceBuilder::new()
         // Request id, span, in-flight gauge, route counters and the access log: outermost,
         // so that every answer, including refusals by the layers below, is counted and
         // logged.
-        .layer(TraceLayer::new(p.metrics.clone()))
+        .layer(TraceLayer::new(p.metrics.clone(), p.trusted.clone()))
         // Limits, host and path canonicalization, the proxy's own endpoints, route match:
         // everything below sees only the canonical path, and ambiguous requests stop here
         // (400).

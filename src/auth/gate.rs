@@ -8,8 +8,9 @@ use http::header::HeaderValue;
 use http::{HeaderMap, Method};
 
 use super::bearer;
+use crate::admin::metrics::Mode;
 use crate::config::HeadersConfig;
-use crate::error::Refusal;
+use crate::error::{Fault, PageExtras, Refusal};
 use crate::identity::Identity;
 use crate::oidc::login::{Login, SessionCheck};
 use crate::policy::{decide, preflight_passes, Decision};
@@ -63,6 +64,9 @@ pub struct Denied {
     pub refusal: Refusal,
     pub set_cookies: Vec<HeaderValue>,
     pub user: Option<Arc<Identity>>,
+    /// A 403 of a signed-in browser user: who it is, and the way out (sign out, or sign
+    /// in as someone else), for the HTML page.
+    pub page: Option<PageExtras>,
 }
 
 impl From<Refusal> for Denied {
@@ -71,6 +75,7 @@ impl From<Refusal> for Denied {
             refusal,
             set_cookies: Vec::new(),
             user: None,
+            page: None,
         }
     }
 }
@@ -93,6 +98,34 @@ pub async fn authenticate(
     also: &[Arc<Route>],
     j: &Judged<'_>,
 ) -> Result<Passed, Denied> {
+    let judged = judge(route, also, j).await;
+    // Counted here, once per decision, for proxied requests and `/oauth2/auth` alike.
+    match &judged {
+        Ok(p) => route.metrics.allowed(match p.token {
+            AccessToken::None => Mode::Public,
+            AccessToken::Bearer => Mode::Bearer,
+            AccessToken::Session(_) => Mode::Session,
+        }),
+        Err(d) => {
+            // The mode the request was judged in: a refusal before any identity (no
+            // token, no session) says which one was missing.
+            let mode = match (&route.auth, bearer::extract(j.headers)) {
+                (RouteAuth::Public, _) => Mode::Public,
+                (RouteAuth::Bearer(_), _) => Mode::Bearer,
+                (RouteAuth::Login(_), _) => Mode::Session,
+                (RouteAuth::Either { .. }, bearer::Extracted::Missing) => Mode::Session,
+                (RouteAuth::Either { .. }, _) => Mode::Bearer,
+            };
+            let client_fault = d.refusal.fault() == Fault::Client;
+            route
+                .metrics
+                .refused(mode, client_fault, d.refusal.reason());
+        }
+    }
+    judged
+}
+
+async fn judge(route: &Route, also: &[Arc<Route>], j: &Judged<'_>) -> Result<Passed, Denied> {
     let all = || std::iter::once(route).chain(also.iter().map(|r| &**r));
     if matches!(route.auth, RouteAuth::Public)
         || all().all(|r| preflight_passes(&r.policy, j.method, j.headers))
@@ -122,7 +155,9 @@ pub async fn authenticate(
         Decision::InsufficientScope { required } if matches!(token, AccessToken::Bearer) => {
             Some(Refusal::InsufficientScope { required })
         }
-        Decision::InsufficientScope { .. } | Decision::Forbidden => Some(Refusal::Forbidden),
+        // A session's scopes are not the client's to fix: a plain 403.
+        Decision::InsufficientScope { .. } => Some(Refusal::Forbidden { rule: "scope" }),
+        Decision::Forbidden { rule } => Some(Refusal::Forbidden { rule }),
     });
     match refusal {
         None => Ok(Passed {
@@ -131,11 +166,37 @@ pub async fn authenticate(
             set_cookies,
         }),
         Some(refusal) => Err(Denied {
+            page: signed_in_page(route, &token, &identity, j),
             refusal,
             set_cookies: Vec::new(),
             user: Some(identity),
         }),
     }
+}
+
+/// For a session refused by policy (not a forward-auth check: the front proxy shows its
+/// own page), what the 403 page offers: the user's name and the route's sign-out links.
+fn signed_in_page(
+    route: &Route,
+    token: &AccessToken,
+    identity: &Identity,
+    j: &Judged<'_>,
+) -> Option<PageExtras> {
+    let (RouteAuth::Login(login) | RouteAuth::Either { login, .. }) = &route.auth else {
+        return None;
+    };
+    if j.forward_auth || !matches!(token, AccessToken::Session(_)) {
+        return None;
+    }
+    let who = identity
+        .email()
+        .or(identity.preferred_username())
+        .or(identity.name())
+        .unwrap_or(identity.subject());
+    Some(PageExtras {
+        signed_in_as: Some(who.to_string()),
+        links: login.sign_out_links(j.path_and_query),
+    })
 }
 
 fn anonymous() -> Passed {
@@ -152,7 +213,13 @@ async fn by_token(
 ) -> Result<Arc<Identity>, Denied> {
     let token = match extracted {
         bearer::Extracted::Token(t) => t,
-        bearer::Extracted::Missing => return Err(Refusal::SignInRequired { login: None }.into()),
+        bearer::Extracted::Missing => {
+            return Err(Refusal::SignInRequired {
+                login: None,
+                why: "no_token",
+            }
+            .into())
+        }
         bearer::Extracted::Malformed => return Err(Refusal::TokenMalformed.into()),
     };
     tokens.validate_bytes(token).await.map_err(|e| {
@@ -182,8 +249,16 @@ async fn by_session(
         )
         .into()),
         SessionCheck::None { set_cookies } => Err(Denied {
+            page: None,
             refusal: Refusal::SignInRequired {
                 login: (!j.forward_auth).then(|| login.login_location(j.path_and_query)),
+                // A browser that brought a session cookie that no longer opens (expired,
+                // idle, ended, or sealed with a retired secret) is told apart.
+                why: if login.store.settings().carries_session(j.headers) {
+                    "session_expired"
+                } else {
+                    "no_session"
+                },
             },
             set_cookies,
             user: None,

@@ -44,8 +44,11 @@ pub enum Decision {
     InsufficientScope {
         required: String,
     },
-    /// The identity fails the route's `allow` rules (403).
-    Forbidden,
+    /// The identity fails the route's `allow` rules (403); `rule` is the kind that failed
+    /// (`group`, `email`, `email_domain`, `claim`), for logs and metrics.
+    Forbidden {
+        rule: &'static str,
+    },
 }
 
 /// The scopes a request with `method` needs: route `scopes` plus `method_scopes[method]`.
@@ -72,49 +75,52 @@ pub fn decide(policy: &RoutePolicy, method: &Method, identity: &Identity) -> Dec
             required: required.join(" "),
         };
     }
-    match &policy.allow {
-        Some(allow) if !allow_passes(allow, identity) => Decision::Forbidden,
-        _ => Decision::Allow,
+    match policy.allow.as_ref().and_then(|a| failed_rule(a, identity)) {
+        Some(rule) => Decision::Forbidden { rule },
+        None => Decision::Allow,
     }
 }
 
-fn allow_passes(allow: &Allow, identity: &Identity) -> bool {
+/// The first kind of `allow` rule the identity fails, if any.
+fn failed_rule(allow: &Allow, identity: &Identity) -> Option<&'static str> {
     if !allow.groups.is_empty() && !allow.groups.iter().any(|g| identity.in_group(g)) {
-        return false;
+        return Some("group");
     }
     // Email rules only count a verified, well-formed address.
     let email = identity
         .verified_email()
         .filter(|e| is_well_formed_email(e));
     if !allow.emails.is_empty() {
-        let Some(email) = email else { return false };
+        let Some(email) = email else {
+            return Some("email");
+        };
         if !allow.emails.iter().any(|e| e.eq_ignore_ascii_case(email)) {
-            return false;
+            return Some("email");
         }
     }
     if !allow.email_domains.is_empty() {
         // Exactly one '@' (checked above): the domain is everything after it, compared
         // whole, so `evil-example.com` or `example.com.evil` never match `example.com`.
         let Some(domain) = email.and_then(|e| e.split_once('@')).map(|(_, d)| d) else {
-            return false;
+            return Some("email_domain");
         };
         if !allow
             .email_domains
             .iter()
             .any(|d| d.trim_start_matches('@').eq_ignore_ascii_case(domain))
         {
-            return false;
+            return Some("email_domain");
         }
     }
     for (name, values) in &allow.claims {
         let Some(v) = identity.claim(name) else {
-            return false;
+            return Some("claim");
         };
         if !values.iter().any(|ok| ok == v) {
-            return false;
+            return Some("claim");
         }
     }
-    true
+    None
 }
 
 /// A CORS preflight (Fetch standard §3.2.2): `OPTIONS` with `Origin` and
@@ -260,42 +266,54 @@ mod tests {
                 &domain,
                 Method::GET,
                 &staff_unverified,
-                Decision::Forbidden,
+                Decision::Forbidden {
+                    rule: "email_domain",
+                },
             ),
             (
                 "dash suffix trick",
                 &domain,
                 Method::GET,
                 &evil_dash,
-                Decision::Forbidden,
+                Decision::Forbidden {
+                    rule: "email_domain",
+                },
             ),
             (
                 "dot suffix trick",
                 &domain,
                 Method::GET,
                 &evil_suffix,
-                Decision::Forbidden,
+                Decision::Forbidden {
+                    rule: "email_domain",
+                },
             ),
             (
                 "subdomain is not the domain",
                 &domain,
                 Method::GET,
                 &sub_domain,
-                Decision::Forbidden,
+                Decision::Forbidden {
+                    rule: "email_domain",
+                },
             ),
             (
                 "two @ never well-formed",
                 &domain,
                 Method::GET,
                 &two_at,
-                Decision::Forbidden,
+                Decision::Forbidden {
+                    rule: "email_domain",
+                },
             ),
             (
                 "no email",
                 &domain,
                 Method::GET,
                 &no_email,
-                Decision::Forbidden,
+                Decision::Forbidden {
+                    rule: "email_domain",
+                },
             ),
             (
                 "groups and domain both pass",
@@ -309,14 +327,16 @@ mod tests {
                 &groups_and_domain,
                 Method::GET,
                 &evil_dash,
-                Decision::Forbidden,
+                Decision::Forbidden {
+                    rule: "email_domain",
+                },
             ),
             (
                 "domain passes, group fails",
                 &groups_and_domain,
                 Method::GET,
                 &other_group,
-                Decision::Forbidden,
+                Decision::Forbidden { rule: "group" },
             ),
             (
                 "email case-insensitive",
@@ -330,7 +350,7 @@ mod tests {
                 &emails,
                 Method::GET,
                 &staff_unverified,
-                Decision::Forbidden,
+                Decision::Forbidden { rule: "email" },
             ),
             (
                 "any one group",
@@ -344,7 +364,7 @@ mod tests {
                 &groups,
                 Method::GET,
                 &cased_group,
-                Decision::Forbidden,
+                Decision::Forbidden { rule: "group" },
             ),
             (
                 "claim value listed",
@@ -358,21 +378,21 @@ mod tests {
                 &wrong_claim,
                 Method::GET,
                 &reader,
-                Decision::Forbidden,
+                Decision::Forbidden { rule: "claim" },
             ),
             (
                 "array claim not split",
                 &array_claim,
                 Method::GET,
                 &reader,
-                Decision::Forbidden,
+                Decision::Forbidden { rule: "claim" },
             ),
             (
                 "claim missing",
                 &missing_claim,
                 Method::GET,
                 &reader,
-                Decision::Forbidden,
+                Decision::Forbidden { rule: "claim" },
             ),
             (
                 "no allow rules",
@@ -400,7 +420,10 @@ mod tests {
             Decision::InsufficientScope { .. }
         ));
         let id = identity(&["read:items"], &[], None, false);
-        assert_eq!(decide(&p, &Method::GET, &id), Decision::Forbidden);
+        assert_eq!(
+            decide(&p, &Method::GET, &id),
+            Decision::Forbidden { rule: "group" }
+        );
     }
 
     #[test]

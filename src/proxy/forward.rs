@@ -115,6 +115,7 @@ impl ProxyService {
             id,
             route,
             hop,
+            bytes_in,
             ..
         } = r;
         let upstream = &route.upstream;
@@ -155,7 +156,7 @@ impl ProxyService {
             Version::HTTP_11
         };
         let body_read_timeout = self.body_read_timeout;
-        let up_req = req.map(|body| ReqBody::new(body, body_read_timeout));
+        let up_req = req.map(|body| ReqBody::new(body, body_read_timeout).counted(bytes_in));
 
         let started = Instant::now();
         let result = tokio::time::timeout(route.timeout, upstream.client.send(up_req)).await;

@@ -200,7 +200,12 @@ where
     }
 
     fn call(&mut self, ex: Exchange<B>) -> Self::Future {
-        let Exchange { req, conn, id } = ex;
+        let Exchange {
+            req,
+            conn,
+            id,
+            bytes_in,
+        } = ex;
         match self.decide(&req) {
             Err(refusal) => {
                 let resp = refusal.respond(id.as_str(), req.method(), req.headers());
@@ -230,6 +235,7 @@ where
                 let metrics = route.metrics.clone();
                 let mut routed = Routed::new(req, conn, id, route, canonical, authority);
                 routed.also = also;
+                routed.bytes_in = bytes_in;
                 RoutingFuture::Routed {
                     fut: self.inner.call(routed),
                     metrics: Some(metrics),

@@ -30,6 +30,8 @@ pub struct Routed<B> {
     /// The authority as the client sent it (validated), port included: what the upstream
     /// gets as `Host` and `X-Forwarded-Host`.
     pub authority: Option<HeaderValue>,
+    /// Where the forwarder counts the request body's bytes (for the access log).
+    pub bytes_in: Option<crate::exchange::BytesIn>,
     /// What the hygiene layer took out that the forwarder must restore (an upgrade, `te:
     /// trailers`). Default: nothing.
     pub hop: HopByHop,
@@ -52,6 +54,7 @@ impl<B> Routed<B> {
             also: Vec::new(),
             canonical,
             authority,
+            bytes_in: None,
             hop: HopByHop::default(),
         }
     }

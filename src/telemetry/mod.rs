@@ -4,7 +4,9 @@
 //! Sensitive headers (`Authorization`, `Cookie`, `Set-Cookie`, `Proxy-Authorization`) and
 //! query strings are never logged: the access log carries the canonical path only.
 
+pub mod access;
 pub mod trace;
+pub mod writer;
 
 pub use trace::{Trace, TraceLayer};
 
@@ -26,9 +28,13 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // Access lines buffered (a write per ~100 of them at volume), the rest at once.
+        .with_writer(writer::LogWriter::start())
+        // Colour codes only for a person at a terminal, never into files or collectors.
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => builder
             .json()

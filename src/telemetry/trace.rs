@@ -11,27 +11,35 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{Method, Uri, Version};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::access::{AccessFacts, AccessLine, LoggedBody};
 use crate::admin::metrics::{Metrics, RouteMetrics};
-use crate::body::Resp;
+use crate::body::{Resp, RespBody};
+use crate::error::Reason;
 use crate::exchange::{Answer, Arrival, Exchange, RequestId, X_REQUEST_ID};
 use crate::proxy::headers::remove_connection_named;
+use crate::proxy::hygiene::TrustedProxies;
 
 #[derive(Clone)]
 pub struct TraceLayer {
     metrics: Arc<Metrics>,
     /// The counters of requests that matched no route (label `-`).
     unmatched: Arc<RouteMetrics>,
+    /// Whose `X-Forwarded-For` names the client in the access log.
+    trusted: TrustedProxies,
 }
 
 impl TraceLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, trusted: TrustedProxies) -> Self {
         let unmatched = metrics.route(&Arc::from("-"));
-        TraceLayer { metrics, unmatched }
+        TraceLayer {
+            metrics,
+            unmatched,
+            trusted,
+        }
     }
 }
 
@@ -42,6 +50,7 @@ impl<S> Layer<S> for TraceLayer {
             inner,
             metrics: self.metrics.clone(),
             unmatched: self.unmatched.clone(),
+            trusted: self.trusted.clone(),
         }
     }
 }
@@ -51,13 +60,7 @@ pub struct Trace<S> {
     inner: S,
     metrics: Arc<Metrics>,
     unmatched: Arc<RouteMetrics>,
-}
-
-/// What the access line needs of the request, kept only when the line will be written.
-struct AccessFacts {
-    method: Method,
-    version: Version,
-    uri: Uri,
+    trusted: TrustedProxies,
 }
 
 impl<S, B> Service<Arrival<B>> for Trace<S>
@@ -78,12 +81,8 @@ where
         // (the request id first) reads them.
         remove_connection_named(a.req.headers_mut());
         let id = RequestId::for_request(a.req.headers());
-        let access =
-            tracing::enabled!(target: "access", tracing::Level::INFO).then(|| AccessFacts {
-                method: a.req.method().clone(),
-                version: a.req.version(),
-                uri: a.req.uri().clone(),
-            });
+        let access = tracing::enabled!(target: "access", tracing::Level::INFO)
+            .then(|| AccessFacts::capture(&a.req, &a.conn, &self.trusted));
         let span = tracing::debug_span!("request", id = %id.as_str(), method = %a.req.method());
         self.metrics.in_flight.fetch_add(1, Relaxed);
         let inner = {
@@ -92,6 +91,7 @@ where
                 req: a.req,
                 conn: a.conn,
                 id: id.clone(),
+                bytes_in: access.as_ref().map(|a| a.bytes_in.clone()),
             })
         };
         TraceFuture {
@@ -136,29 +136,26 @@ where
         let route = answer.route.as_ref().unwrap_or(this.unmatched);
         let status = answer.resp.status().as_u16();
         route.record(status, elapsed);
-        if let Some(a) = this.access.take() {
-            // The canonical path of a routed request (as matched and sent upstream); the
-            // raw path never appears, nor does the query.
-            let path = answer
-                .route
-                .as_ref()
-                .and_then(|_| crate::path::normalize_path(a.uri.path()).ok());
-            tracing::info!(
-                target: "access",
-                method = %a.method,
-                path = path.as_deref().unwrap_or("-"),
-                version = ?a.version,
-                status,
-                route = answer.route.as_ref().map_or("-", |r| &*r.name),
-                user = answer.user.as_ref().map_or("-", |u| u.subject()),
-                upstream_ms = answer.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
-                total_ms = elapsed.as_secs_f64() * 1e3,
-                request_id = %this.id.as_str(),
-            );
-        }
         let mut resp = answer.resp;
         resp.headers_mut()
             .insert(X_REQUEST_ID, this.id.value().clone());
+        if let Some(facts) = this.access.take() {
+            // The line is written when the body has been sent (or abandoned).
+            let line = AccessLine {
+                facts,
+                start: *this.start,
+                id: this.id.clone(),
+                status,
+                route: answer.route,
+                user: answer.user,
+                reason: resp.extensions().get::<Reason>().copied(),
+                upstream: answer.upstream_latency,
+            };
+            let resp = resp.map(|body| RespBody::Boxed {
+                inner: Box::pin(LoggedBody::new(body, line)),
+            });
+            return Poll::Ready(Ok(resp));
+        }
         Poll::Ready(Ok(resp))
     }
 }

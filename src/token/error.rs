@@ -78,6 +78,28 @@ pub enum InvalidReason {
 }
 
 impl InvalidReason {
+    /// A short code for logs and metrics (`invalid_token:<code>`).
+    pub fn code(self) -> &'static str {
+        match self {
+            InvalidReason::AlgNone => "alg_none",
+            InvalidReason::UnsupportedAlgorithm => "unsupported_alg",
+            InvalidReason::AlgorithmNotAllowed => "alg_not_allowed",
+            InvalidReason::KeyAlgorithmMismatch => "key_alg_mismatch",
+            InvalidReason::UnknownKey => "unknown_key",
+            InvalidReason::WrongType => "wrong_type",
+            InvalidReason::UnsupportedCritical => "unsupported_crit",
+            InvalidReason::BadSignature => "bad_signature",
+            InvalidReason::WrongIssuer => "wrong_issuer",
+            InvalidReason::WrongAudience => "wrong_audience",
+            InvalidReason::NotYetValid => "not_yet_valid",
+            InvalidReason::MissingClaim => "missing_claim",
+            InvalidReason::BadClaim => "bad_claim",
+            InvalidReason::Inactive => "inactive",
+            InvalidReason::NotAnAccessToken => "not_an_access_token",
+            InvalidReason::OpaqueNotAccepted => "opaque_not_accepted",
+        }
+    }
+
     /// A short description, safe to show the client as `error_description`.
     pub fn description(self) -> &'static str {
         match self {
@@ -144,6 +166,21 @@ impl TokenError {
     }
 
     /// Whether the provider was unreachable (the proxy answers 503, not 401).
+    /// A short code for logs and metrics: `expired`, `bad_signature`, `unavailable`, ...
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "missing",
+            TokenError::Syntax => "syntax",
+            TokenError::Malformed => "malformed",
+            TokenError::TooLong => "too_long",
+            TokenError::Invalid(r) => r.code(),
+            TokenError::Expired => "expired",
+            TokenError::SenderConstrained => "sender_constrained",
+            TokenError::UnknownIssuer => "unknown_issuer",
+            TokenError::Unavailable(_) => "unavailable",
+        }
+    }
+
     pub fn is_unavailable(&self) -> bool {
         matches!(self, TokenError::Unavailable(_))
     }

@@ -405,7 +405,8 @@ impl KeySet {
                     Duration::from_secs(2)
                 };
                 *lock(&self.next_refresh) = Some(started + retry);
-                tracing::warn!(error = %e, uri = ?self.uri(), "JWKS fetch failed; keeping the last good keys");
+                let uri = self.uri();
+                tracing::warn!(error = %e, uri = uri.as_deref(), "JWKS fetch failed; keeping the last good keys");
             }
         }
         // Bumped only once the outcome is in place: a caller that read the old value and

@@ -414,7 +414,6 @@ impl TokenValidator {
         })
     }
 
-    /// Validates a bearer token (the text after `Bearer `), from the cache when possible.
     /// [`TokenValidator::validate`] for a token as it came in the header: a cache hit
     /// needs no check of its bytes at all (only validated tokens are stored); a miss is
     /// checked as text, then validated.
@@ -429,10 +428,14 @@ impl TokenValidator {
         match std::str::from_utf8(token) {
             Ok(t) => self.validate(t).await,
             // Not even text: not a b64token (RFC 6750 §2.1).
-            Err(_) => Err(TokenError::Syntax),
+            Err(_) => {
+                bump(&inner.metrics.validations_fail);
+                Err(TokenError::Syntax)
+            }
         }
     }
 
+    /// Validates a bearer token (the text after `Bearer `), from the cache when possible.
     pub async fn validate(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         let inner = &*self.inner;
         if token.is_empty() {
@@ -441,6 +444,7 @@ impl TokenValidator {
         // RFC 8725 §3 hygiene, and DoS: the size is checked before hashing or parsing.
         // (A long token that is not even a b64token stays a malformed header: 400.)
         if token.len() > inner.max_token_len {
+            bump(&inner.metrics.validations_fail);
             return Err(match scan_token(token) {
                 None => TokenError::Syntax,
                 Some(_) => TokenError::TooLong,
@@ -456,6 +460,7 @@ impl TokenValidator {
         // The one scan of a token, on a miss; before the negative cache, so that a
         // remembered refusal never stands in for the 400 of a malformed header.
         let Some(dots) = scan_token(token) else {
+            bump(&inner.metrics.validations_fail);
             return Err(TokenError::Syntax);
         };
         if let Some(err) = inner.cache.refused(&key) {
@@ -562,12 +567,18 @@ impl Inner {
         // opaque to us; with introspection off, a broken JWS is refused as malformed.
         let jws = jws && (self.mode == IntrospectionMode::Off || jwt::has_json_header(token));
         if jws {
-            let parsed = jwt::parse_unverified(token)?;
+            // Refused before any key is looked at: a failed validation all the same.
+            let failed = |e: TokenError| {
+                bump(&self.metrics.validations_fail);
+                e
+            };
+            let parsed = jwt::parse_unverified(token).map_err(failed)?;
             let issuer = parsed
                 .iss
                 .as_deref()
                 .and_then(|iss| self.issuer_named(iss))
-                .ok_or(TokenError::UnknownIssuer)?;
+                .ok_or(TokenError::UnknownIssuer)
+                .map_err(failed)?;
             if self.mode == IntrospectionMode::Always {
                 if let Some(endpoint) = issuer.introspection_endpoint() {
                     return self.introspect(issuer, &endpoint, token).await;

@@ -17,6 +17,7 @@ mod limits;
 mod login;
 mod login_browser;
 mod normalization;
+mod operate;
 mod parity;
 mod protocols;
 mod routing;

@@ -13,7 +13,7 @@ use tracing::Level;
 use super::id_token::IdTokenError;
 use super::token_endpoint::TokenCallError;
 use crate::body::Resp;
-use crate::error::{Fault, FlowError, Refusal};
+use crate::error::{Fault, FlowError, PageExtras, Refusal};
 use crate::session::SessionError;
 
 /// Why `/oauth2/start`, `/oauth2/callback` or `/oauth2/sign_out` answers with a page.
@@ -134,6 +134,36 @@ impl FlowError for LoginError {
         }
     }
 
+    fn code(&self) -> &'static str {
+        use LoginError as E;
+        match self {
+            E::RepeatedParameter(_) => "repeated_parameter",
+            E::ProviderNotReady | E::NoAuthorizationEndpoint => "provider_not_ready",
+            E::Transaction(_) => "transaction",
+            E::NoState => "no_state",
+            E::UnknownTransaction => "unknown_transaction",
+            E::ProviderRefused { .. } => "provider_refused",
+            E::WrongIssuer | E::MissingIssuer => "issuer_mismatch",
+            E::NoCode => "no_code",
+            E::Exchange(e) => match &**e {
+                TokenCallError::Refused { .. } => "code_refused",
+                TokenCallError::BadResponse(_) => "token_response",
+                TokenCallError::Assertion(_) => "client_assertion",
+                TokenCallError::NotReady
+                | TokenCallError::NoEndpoint
+                | TokenCallError::Transport(_)
+                | TokenCallError::Status(_) => "provider_unavailable",
+            },
+            E::NoIdToken => "no_id_token",
+            E::IdToken(IdTokenError::Unavailable(_)) => "provider_unavailable",
+            E::IdToken(IdTokenError::Nonce) => "nonce",
+            E::IdToken(_) => "id_token",
+            E::SessionTooLarge { .. } => "session_too_large",
+            E::SessionStoreUnavailable(_) => "session_store_unavailable",
+            E::SessionNotSaved(_) => "session_not_saved",
+        }
+    }
+
     fn message(&self) -> Cow<'static, str> {
         use LoginError as E;
         let m = |s: &'static str| Cow::Borrowed(s);
@@ -180,10 +210,15 @@ impl FlowError for LoginError {
 }
 
 impl LoginError {
-    /// The page, logged by the one rescue, with `cookies` (a removed login transaction, a
-    /// cleared session) on it.
-    pub fn respond(self, request_id: &str, cookies: Vec<HeaderValue>) -> Resp {
-        let mut r = Refusal::from_flow(self).respond_as(request_id, true);
+    /// The page, logged by the one rescue, with a link to `start_again` (the login's
+    /// `/oauth2/start`) and `cookies` (a removed login transaction, a cleared session) on
+    /// it.
+    pub fn respond(self, start_again: &str, request_id: &str, cookies: Vec<HeaderValue>) -> Resp {
+        let extras = PageExtras {
+            signed_in_as: None,
+            links: vec![("Start again", start_again.to_string())],
+        };
+        let mut r = Refusal::from_flow(self).respond_page(request_id, true, &extras);
         for c in cookies {
             r.headers_mut().append(SET_COOKIE, c);
         }
@@ -203,6 +238,7 @@ mod tests {
             (StatusCode::BAD_REQUEST, Fault::Provider, Level::WARN)
         );
         let r = e.respond(
+            "/oauth2/start",
             "rid-1",
             vec![HeaderValue::from_static("_portcullis_tx_1=; Max-Age=0")],
         );
