@@ -111,14 +111,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
 
-    let routes: Vec<OracleRoute<'_>> = config
-        .routes
-        .iter()
-        .map(|r| OracleRoute {
-            host: r.host.as_deref(),
-            prefix: &r.path,
-        })
-        .collect();
+    let routes = OracleRoute::all(&config);
     for (i, r) in config.routes.iter().enumerate() {
         assert_eq!(
             normalize_path(&r.path).map(|p| p.into_owned()).as_deref(),

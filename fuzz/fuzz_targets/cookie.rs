@@ -26,11 +26,14 @@ use portcullis_fuzz::Input;
 
 const NOW: u64 = 1_700_000_000;
 
+/// A sealed value cut into cookies: (name, value) each.
+type Pieces = Vec<(String, String)>;
+
 struct Fixture {
     store: Cookies,
     name: String,
     /// (sealed value, its pieces, sub of its session)
-    sealed: Vec<(String, Vec<(String, String)>, &'static str)>,
+    sealed: Vec<(String, Pieces, &'static str)>,
     /// Sealed by another secret with the same cookie name.
     foreign: String,
 }

@@ -167,14 +167,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
 
-    let routes: Vec<OracleRoute<'_>> = config
-        .routes
-        .iter()
-        .map(|r| OracleRoute {
-            host: r.host.as_deref(),
-            prefix: &r.path,
-        })
-        .collect();
+    let routes = OracleRoute::all(&config);
     let Ok(Some((route, also))) = table.select(host, &path) else {
         return;
     };

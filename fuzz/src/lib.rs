@@ -235,6 +235,20 @@ pub struct OracleRoute<'a> {
     pub prefix: &'a str,
 }
 
+impl<'a> OracleRoute<'a> {
+    /// The routes of a loaded config, in order.
+    pub fn all(config: &'a portcullis::config::Config) -> Vec<OracleRoute<'a>> {
+        config
+            .routes
+            .iter()
+            .map(|r| OracleRoute {
+                host: r.host.as_deref(),
+                prefix: &r.path,
+            })
+            .collect()
+    }
+}
+
 /// The segment without its `;` parameters (servers that honour them read `a;x` as `a`).
 fn seg_key(s: &str) -> &str {
     s.split(';').next().unwrap_or("")
