@@ -66,6 +66,14 @@ async fn case(f: &Fixture, name: &str, path: &str, bytes: &[u8], want: Want) {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let got: Vec<_> = f.up.requests().into_iter().skip(before).collect();
+    // The outcome, for the record (`--nocapture`): refused or forwarded, and how.
+    eprintln!(
+        "framing case {name:?}: status {status:?}, upstream framed {} request(s){}",
+        got.len(),
+        got.first()
+            .map(|r| format!(", framing {:?}", r.framing()))
+            .unwrap_or_default()
+    );
     let forwarded = match (want, status) {
         (Want::Refused, s) => {
             assert!(
