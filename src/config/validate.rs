@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use super::file::*;
 use super::types::*;
 use super::{ConfigError, ConfigErrors, Secret};
-use crate::path::{normalize_path, prefix_matches};
+use crate::path::{normalize_host, normalize_path, prefix_matches};
 
 /// Header names of every preset; all of them are stripped from client requests whatever
 /// the preset in use, so that switching presets never opens a spoofing hole.
@@ -1480,15 +1480,23 @@ fn routes(
                 format!("{path:?} is not in canonical form (did you mean {prefix:?}?)"),
             );
         }
-        let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
-        if let Some(h) = &host {
-            if h.is_empty() || h.contains('/') || h.contains(':') && !h.starts_with('[') {
-                cx.err(
-                    format!("{key}.host"),
-                    "must be a host name without scheme, port or path",
-                );
+        // Stored as a request's host is read (`normalize_host`: lower case, no trailing
+        // dot), and only when that reading keeps all of it: a host no request can carry
+        // (`a b`, `a.example:443`) would leave the route's requests to later routes.
+        let host = r.host.as_ref().map(|h| {
+            let lower = h.to_ascii_lowercase();
+            let bare = lower.strip_suffix('.').unwrap_or(&lower);
+            match normalize_host(&lower) {
+                Some(n) if n == bare => n.into_owned(),
+                _ => {
+                    cx.err(
+                        format!("{key}.host"),
+                        format!("{h:?} must be a host name without scheme, port or path"),
+                    );
+                    lower
+                }
             }
-        }
+        });
         let upstream = match r.upstream.as_deref() {
             None => {
                 cx.err(format!("{key}.upstream"), "is required");
@@ -1934,5 +1942,42 @@ mod tests {
         // No login route: nothing to revoke, nothing to say.
         let public = from_toml(&with_session(""), Path::new("."), &env).unwrap();
         assert!(public.warnings().is_empty());
+    }
+
+    /// Found by the `config` fuzz target: a route host no request host can equal (a space,
+    /// a port, a bracket in a name) was accepted, so the route could never be selected
+    /// and its requests went to later routes; a trailing dot or upper case was kept as
+    /// written although requests' hosts are read without them.
+    #[test]
+    fn route_hosts_are_ones_a_request_can_carry() {
+        let with_host =
+            |h: &str| BASE.replace("path = \"/\"", &format!("path = \"/\"\nhost = {h:?}"));
+        for bad in [
+            "a b",
+            "a.example:443",
+            "a.example/x",
+            "",
+            "[::1]x",
+            "a[b]",
+            " a.example",
+            "https://a.example",
+            "a..",
+            ".a.example",
+        ] {
+            let errs = keys(&with_host(bad));
+            assert!(
+                errs.iter().any(|e| e.starts_with("route[0].host")),
+                "{bad:?}: {errs:?}"
+            );
+        }
+        for (good, stored) in [
+            ("a.example", "a.example"),
+            ("A.Example.", "a.example"),
+            ("[::1]", "[::1]"),
+            ("a_b.example", "a_b.example"),
+        ] {
+            let c = from_toml(&with_host(good), Path::new("."), &env).unwrap();
+            assert_eq!(c.routes[0].host.as_deref(), Some(stored), "{good:?}");
+        }
     }
 }

@@ -126,8 +126,15 @@ pub async fn discover_as(
     if !resp.status.is_success() {
         return Err(DiscoveryError::Status(resp.status));
     }
-    let meta: ProviderMetadata =
-        serde_json::from_slice(&resp.body).map_err(DiscoveryError::Json)?;
+    parse_metadata(&resp.body, issuer)
+}
+
+/// A discovery document's body, checked to name `issuer`.
+pub(crate) fn parse_metadata(
+    body: &[u8],
+    issuer: &str,
+) -> Result<ProviderMetadata, DiscoveryError> {
+    let meta: ProviderMetadata = serde_json::from_slice(body).map_err(DiscoveryError::Json)?;
     // OIDC Discovery 1.0 §4.3: exact string comparison, trailing slash included.
     if meta.issuer != issuer {
         return Err(DiscoveryError::IssuerMismatch {

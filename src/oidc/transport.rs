@@ -260,7 +260,7 @@ impl HttpTransport {
 }
 
 /// Parses `url` and refuses plain http except to a loopback host (tests, sidecars).
-fn checked_uri(url: &str) -> Result<Uri, TransportError> {
+pub(crate) fn checked_uri(url: &str) -> Result<Uri, TransportError> {
     let uri: Uri = url.parse().map_err(|_| TransportError::InvalidUrl)?;
     let host = uri.host().ok_or(TransportError::InvalidUrl)?;
     match uri.scheme_str() {

@@ -439,6 +439,16 @@ impl KeySet {
         Ok(refresh_interval(&resp.headers))
     }
 
+    /// Fuzzing only: `keys` as if fetched just now, with no fetch due or allowed before
+    /// `min_refetch` (an unknown `kid` is then refused without a network call).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn install(&self, keys: Keys) {
+        let now = Instant::now();
+        self.current.store(Some(Arc::new(keys)));
+        *lock(&self.last_attempt) = Some(now);
+        *lock(&self.next_refresh) = Some(now + MAX_REFRESH);
+    }
+
     /// A token named a `kid` we do not have. At most one fetch per `min_refetch` interval,
     /// and concurrent callers share it: a flood of random kids causes one fetch per window.
     pub async fn refetch_unknown_kid(&self, seen_generation: u64) -> Refetch {

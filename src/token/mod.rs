@@ -577,6 +577,15 @@ impl TokenValidator {
     pub fn metadata(&self, index: usize) -> Option<Arc<ProviderMetadata>> {
         self.inner.issuers.get(index)?.metadata.load_full()
     }
+
+    /// Fuzzing only (`fuzz_api::install_keys`): a JWKS document as issuer `index`'s keys.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn install_keys_for_fuzzing(&self, index: usize, jwks: &[u8]) -> Result<(), String> {
+        let issuer = self.inner.issuers.get(index).ok_or("no such issuer")?;
+        let keys = jwks::parse_jwks(jwks).map_err(|e| e.to_string())?;
+        issuer.keys.install(keys);
+        Ok(())
+    }
 }
 
 impl Inner {

@@ -12,6 +12,7 @@ mod demo;
 mod errors;
 mod forward_auth;
 mod forwarding;
+mod framing;
 mod lifecycle;
 mod limits;
 mod login;

@@ -29,6 +29,15 @@ pub(super) struct TokenResponse {
     pub scope: Option<String>,
 }
 
+/// When an access token of `expires_in` seconds, answered at `answered_at`, expires. A
+/// value past what a `SystemTime` holds means "expired now" (fail closed: the session
+/// refreshes), never a panic.
+pub(super) fn access_expiry(answered_at: SystemTime, expires_in: u64) -> SystemTime {
+    answered_at
+        .checked_add(std::time::Duration::from_secs(expires_in))
+        .unwrap_or(answered_at)
+}
+
 #[derive(Deserialize)]
 struct TokenErrorResponse {
     error: String,
@@ -244,6 +253,21 @@ mod tests {
     use crate::oidc::transport::TransportConfig;
     use crate::testutil::{StubResponse, StubServer};
     use crate::token::SystemClock;
+
+    /// Found reading the code after the `provider_json` fuzz target's `exp` panic: a
+    /// provider's `expires_in` of 2^64-1 panicked adding it to the answer's time.
+    #[test]
+    fn access_expiry_never_panics() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        assert_eq!(
+            access_expiry(t, 60),
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_060)
+        );
+        assert_eq!(access_expiry(t, u64::MAX), t);
+        let r: TokenResponse =
+            serde_json::from_value(json!({"access_token": "a", "expires_in": u64::MAX})).unwrap();
+        assert_eq!(access_expiry(t, r.expires_in.unwrap()), t);
+    }
 
     fn provider(client_auth: &str) -> ProviderConfig {
         let text = format!(
