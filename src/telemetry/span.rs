@@ -1,0 +1,376 @@
+//! Spans of the OpenTelemetry traces: ids, the sampler, the finished-span queue, and the
+//! request's trace context while its future is polled.
+//!
+//! Nothing here runs when tracing is off: the layers hold `Option<Arc<Tracer>>` and branch
+//! on it. When it is on, the request's context travels in a thread-local set while the
+//! request's future is polled ([`Scoped`]), so that the auth decision, the upstream call
+//! and provider calls made deep in a validator find their parent without every signature
+//! carrying it (the way `tracing`'s `Instrumented` futures work).
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use pin_project_lite::pin_project;
+use tokio::sync::mpsc;
+
+pub use super::traceparent::{SpanId, TraceId};
+
+/// The trace a span belongs to and its own id: what a child names as its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanContext {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// Recorded and exported (else only propagated).
+    pub sampled: bool,
+}
+
+impl SpanContext {
+    /// A new span in the same trace.
+    pub fn child(&self) -> SpanContext {
+        SpanContext {
+            span_id: span_id(),
+            ..*self
+        }
+    }
+
+    /// The `traceparent` header value that names this span as the parent.
+    pub fn traceparent(&self) -> http::HeaderValue {
+        let v = super::traceparent::format(&self.trace_id, &self.span_id, self.sampled);
+        http::HeaderValue::from_bytes(&v).unwrap_or(http::HeaderValue::from_static(""))
+    }
+}
+
+/// The context of the request being polled on this thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Current {
+    /// The span new spans are children of: the request's, or the auth decision's inside it.
+    pub span: SpanContext,
+    /// The id of the request's upstream span, given out before the call: the upstream is
+    /// told it as its parent (`traceparent`) when the request's headers are cleaned.
+    pub upstream: SpanId,
+}
+
+thread_local! {
+    static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
+}
+
+/// The context of the request whose future is being polled on this thread, if traced.
+pub fn current() -> Option<Current> {
+    CURRENT.with(Cell::get)
+}
+
+/// Sets the current context until dropped (then the previous one is back).
+pub struct Entered(Option<Current>);
+
+pub fn enter(c: Current) -> Entered {
+    Entered(CURRENT.with(|cell| cell.replace(Some(c))))
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        CURRENT.with(|cell| cell.set(self.0));
+    }
+}
+
+pin_project! {
+    /// A future polled with `current` set.
+    pub struct Scoped<F> {
+        current: Current,
+        #[pin]
+        inner: F,
+    }
+}
+
+pub fn scoped<F: Future>(current: Current, inner: F) -> Scoped<F> {
+    Scoped { current, inner }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = enter(*this.current);
+        this.inner.poll(cx)
+    }
+}
+
+/// Random, non-zero ids from a per-thread generator (SplitMix64) seeded from the standard
+/// library's per-thread random hash keys: ids must be unique and unguessable enough for
+/// sampling, not secret.
+fn next_u64() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            );
+            h.finish()
+        });
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        s.set(x);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+pub fn span_id() -> SpanId {
+    loop {
+        let id = next_u64();
+        if id != 0 {
+            return id.to_be_bytes();
+        }
+    }
+}
+
+pub fn trace_id() -> TraceId {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&next_u64().to_be_bytes());
+    id[8..].copy_from_slice(&span_id());
+    id
+}
+
+/// Unix time in nanoseconds (OTLP's span times).
+pub fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Internal = 1,
+    Server = 2,
+    Client = 3,
+}
+
+/// An attribute value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Str(Cow<'static, str>),
+    Int(i64),
+}
+
+impl From<&'static str> for Value {
+    fn from(s: &'static str) -> Value {
+        Value::Str(Cow::Borrowed(s))
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Value {
+        Value::Str(Cow::Owned(s))
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Value {
+        Value::Int(v)
+    }
+}
+
+/// A finished span, as it is queued for export.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    pub context: SpanContext,
+    pub parent: Option<SpanId>,
+    /// The parent is another process's (a trusted proxy's `traceparent`).
+    pub remote_parent: bool,
+    pub name: Cow<'static, str>,
+    pub kind: Kind,
+    pub start: u64,
+    pub end: u64,
+    pub attributes: Vec<(&'static str, Value)>,
+    /// OTLP status ERROR (else UNSET).
+    pub error: bool,
+    /// The W3C `tracestate` the trace came with.
+    pub trace_state: Option<String>,
+}
+
+/// A span being timed; becomes a [`SpanRecord`] when it ends.
+pub struct Started {
+    pub context: SpanContext,
+    pub parent: Option<SpanId>,
+    pub start: u64,
+}
+
+impl Started {
+    /// A child of `parent` starting now.
+    pub fn child_of(parent: &SpanContext) -> Started {
+        Started {
+            context: parent.child(),
+            parent: Some(parent.span_id),
+            start: now_nanos(),
+        }
+    }
+
+    /// The record of this span, ending now.
+    pub fn end(
+        self,
+        name: impl Into<Cow<'static, str>>,
+        kind: Kind,
+        attributes: Vec<(&'static str, Value)>,
+        error: bool,
+    ) -> SpanRecord {
+        SpanRecord {
+            context: self.context,
+            parent: self.parent,
+            remote_parent: false,
+            name: name.into(),
+            kind,
+            start: self.start,
+            end: now_nanos(),
+            attributes,
+            error,
+            trace_state: None,
+        }
+    }
+}
+
+/// The finished-span queue's bound: beyond it spans are dropped (counted), never waited
+/// for, and memory does not grow (the OpenTelemetry SDKs' default queue size).
+pub const QUEUE: usize = 2048;
+
+/// Counters of the export, for `/metrics` (kept for the life of the process).
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    pub exported: AtomicU64,
+    pub dropped: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// Starts traces (ratio sampler), hands out ids, and queues finished spans for the
+/// exporter. One per process once tracing has been on; a reload changes its ratio.
+pub struct Tracer {
+    /// Sample when the trace id's last 8 bytes, shifted right by one, are below this
+    /// (the OpenTelemetry `TraceIdRatioBased` sampler): `ratio × 2^63`.
+    threshold: AtomicU64,
+    queue: mpsc::Sender<SpanRecord>,
+    pub stats: std::sync::Arc<ExportStats>,
+}
+
+impl Tracer {
+    pub fn new(
+        sample_ratio: f64,
+        queue: mpsc::Sender<SpanRecord>,
+        stats: std::sync::Arc<ExportStats>,
+    ) -> Tracer {
+        let t = Tracer {
+            threshold: AtomicU64::new(0),
+            queue,
+            stats,
+        };
+        t.set_ratio(sample_ratio);
+        t
+    }
+
+    pub fn set_ratio(&self, ratio: f64) {
+        let threshold = (ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64) as u64;
+        self.threshold.store(threshold, Relaxed);
+    }
+
+    /// Whether a new trace with this id is recorded: deterministic in the id, so every
+    /// service that samples by the same ratio agrees.
+    pub fn samples(&self, trace_id: &TraceId) -> bool {
+        let mut low = [0u8; 8];
+        low.copy_from_slice(&trace_id[8..]);
+        (u64::from_be_bytes(low) >> 1) < self.threshold.load(Relaxed)
+    }
+
+    /// A new trace's root span context, sampled by the ratio.
+    pub fn root(&self) -> SpanContext {
+        let trace_id = trace_id();
+        SpanContext {
+            trace_id,
+            span_id: span_id(),
+            sampled: self.samples(&trace_id),
+        }
+    }
+
+    /// Queues a finished span; a full queue drops it (counted).
+    pub fn submit(&self, span: SpanRecord) {
+        if self.queue.try_send(span).is_err() {
+            self.stats.dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_sampler_follows_the_trace_id() {
+        let (tx, _rx) = mpsc::channel(1);
+        let t = Tracer::new(0.5, tx, Default::default());
+        let mut id = [0u8; 16];
+        id[8] = 0x7f; // (id >> 1) just under 2^62: sampled at 0.5
+        assert!(t.samples(&id));
+        id[8] = 0x80; // 2^63 >> 1 = 2^62: not sampled at 0.5
+        assert!(!t.samples(&id));
+        t.set_ratio(1.0);
+        assert!(t.samples(&[0xff; 16]));
+        t.set_ratio(0.0);
+        assert!(!t.samples(&[0; 16]));
+        // Roughly the ratio of random ids.
+        t.set_ratio(0.25);
+        let n = (0..4000).filter(|_| t.samples(&trace_id())).count();
+        assert!((800..1200).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let t = Tracer::new(1.0, tx, Default::default());
+        let ctx = t.root();
+        assert!(ctx.sampled);
+        let rec = || Started::child_of(&ctx).end("x", Kind::Internal, Vec::new(), false);
+        t.submit(rec());
+        t.submit(rec());
+        assert_eq!(t.stats.dropped.load(Relaxed), 1);
+        let got = rx.try_recv().unwrap();
+        assert_eq!(got.parent, Some(ctx.span_id));
+        assert_eq!(got.context.trace_id, ctx.trace_id);
+        assert_ne!(got.context.span_id, ctx.span_id);
+    }
+
+    #[test]
+    fn the_current_context_is_set_while_polled_only() {
+        let ctx = SpanContext {
+            trace_id: trace_id(),
+            span_id: span_id(),
+            sampled: true,
+        };
+        let c = Current {
+            span: ctx,
+            upstream: span_id(),
+        };
+        assert_eq!(current(), None);
+        let seen = futures_util::FutureExt::now_or_never(scoped(c, async { current() }));
+        assert_eq!(seen, Some(Some(c)));
+        assert_eq!(current(), None);
+        {
+            let _outer = enter(c);
+            let inner = Current {
+                span: ctx.child(),
+                ..c
+            };
+            let _g = enter(inner);
+            assert_eq!(current(), Some(inner));
+            drop(_g);
+            assert_eq!(current(), Some(c));
+        }
+        assert_eq!(current(), None);
+    }
+}
