@@ -108,6 +108,14 @@ pub fn reload(current: &Current, path: &Path) -> Result<(), StartError> {
                     "server.listen, admin_listen, workers and turning TLS on or off take effect on restart only"
                 );
             }
+            let longest = largest_timeout(&c).as_secs_f64();
+            if longest > metrics.largest_bucket() {
+                tracing::warn!(
+                    longest_timeout_s = longest,
+                    largest_bucket_s = metrics.largest_bucket(),
+                    "a timeout is now longer than the request histogram's largest bucket; its buckets follow on restart"
+                );
+            }
             Ok(Generation::build(
                 c,
                 metrics.clone(),
@@ -131,9 +139,21 @@ pub fn reload(current: &Current, path: &Path) -> Result<(), StartError> {
     }
 }
 
+/// The longest a request may take before the proxy answers it (the request histogram's
+/// buckets reach it).
+fn largest_timeout(config: &Config) -> std::time::Duration {
+    config
+        .routes
+        .iter()
+        .map(|r| r.timeout)
+        .chain([config.server.limits.request_timeout])
+        .max()
+        .unwrap_or_default()
+}
+
 /// Starts the proxy workers and the admin listener. Returns once they are listening.
 pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, StartError> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(largest_timeout(&config)));
     let workers = config.server.workers;
     let listen = config.server.listen;
     let admin_listen = config.server.admin_listen;

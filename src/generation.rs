@@ -119,7 +119,7 @@ impl Generation {
                             if !running.is_some_and(|(_, r)| l.shares_provider_with(r)) {
                                 fresh.validators.push(l.id_validator.clone());
                             }
-                            Some((key, Arc::new(l)))
+                            Some((key, Arc::new(l.counting_into(metrics.clone()))))
                         }
                         None => None,
                     },

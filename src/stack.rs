@@ -57,6 +57,7 @@ pub fn build_around<S>(p: &Parts, inner: S) -> Stack<S> {
         p.table.clone(),
         p.trusted.clone(),
         p.headers.clone(),
+        p.metrics.clone(),
     );
     ServiceBuilder::new()
         // Request id, span, in-flight gauge, route counters and the access log: outermost,

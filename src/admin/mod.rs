@@ -4,7 +4,9 @@
 //!   JWKS when configured), else 503;
 //! - `GET /metrics`: Prometheus text format.
 
+pub mod exposition;
 pub mod metrics;
+mod process;
 
 use std::convert::Infallible;
 use std::sync::Arc;

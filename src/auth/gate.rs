@@ -8,8 +8,9 @@ use http::header::HeaderValue;
 use http::{HeaderMap, Method};
 
 use super::bearer;
+use crate::admin::metrics::Mode;
 use crate::config::HeadersConfig;
-use crate::error::Refusal;
+use crate::error::{Fault, Refusal};
 use crate::identity::Identity;
 use crate::oidc::login::{Login, SessionCheck};
 use crate::policy::{decide, preflight_passes, Decision};
@@ -93,6 +94,34 @@ pub async fn authenticate(
     also: &[Arc<Route>],
     j: &Judged<'_>,
 ) -> Result<Passed, Denied> {
+    let judged = judge(route, also, j).await;
+    // Counted here, once per decision, for proxied requests and `/oauth2/auth` alike.
+    match &judged {
+        Ok(p) => route.metrics.allowed(match p.token {
+            AccessToken::None => Mode::Public,
+            AccessToken::Bearer => Mode::Bearer,
+            AccessToken::Session(_) => Mode::Session,
+        }),
+        Err(d) => {
+            // The mode the request was judged in: a refusal before any identity (no
+            // token, no session) says which one was missing.
+            let mode = match (&route.auth, bearer::extract(j.headers)) {
+                (RouteAuth::Public, _) => Mode::Public,
+                (RouteAuth::Bearer(_), _) => Mode::Bearer,
+                (RouteAuth::Login(_), _) => Mode::Session,
+                (RouteAuth::Either { .. }, bearer::Extracted::Missing) => Mode::Session,
+                (RouteAuth::Either { .. }, _) => Mode::Bearer,
+            };
+            let client_fault = d.refusal.fault() == Fault::Client;
+            route
+                .metrics
+                .refused(mode, client_fault, d.refusal.reason());
+        }
+    }
+    judged
+}
+
+async fn judge(route: &Route, also: &[Arc<Route>], j: &Judged<'_>) -> Result<Passed, Denied> {
     let all = || std::iter::once(route).chain(also.iter().map(|r| &**r));
     if matches!(route.auth, RouteAuth::Public)
         || all().all(|r| preflight_passes(&r.policy, j.method, j.headers))
@@ -192,12 +221,12 @@ async fn by_session(
         SessionCheck::None { set_cookies } => Err(Denied {
             refusal: Refusal::SignInRequired {
                 login: (!j.forward_auth).then(|| login.login_location(j.path_and_query)),
-                // Cookies to expire: the browser brought a session that no longer opens
-                // (expired, idle, ended, or sealed with a retired secret).
-                why: if set_cookies.is_empty() {
-                    "no_session"
-                } else {
+                // A browser that brought a session cookie that no longer opens (expired,
+                // idle, ended, or sealed with a retired secret) is told apart.
+                why: if login.store.settings().carries_session(j.headers) {
                     "session_expired"
+                } else {
+                    "no_session"
                 },
             },
             set_cookies,

@@ -14,10 +14,11 @@ use http::{Method, Response, StatusCode};
 use tower_service::Service;
 
 use super::login::Login;
+use crate::admin::metrics::{Flow, Metrics, Mode, RouteMetrics};
 use crate::auth::gate::{self, Judged};
 use crate::auth::identity_headers::{self, HeaderSettings};
 use crate::body::{Resp, RespBody};
-use crate::error::Refusal;
+use crate::error::{Fault, Reason, Refusal};
 use crate::exchange::Answer;
 use crate::path::{normalize_host, normalize_path};
 use crate::proxy::hygiene::TrustedProxies;
@@ -32,6 +33,10 @@ pub struct Endpoints {
     table: Arc<RouteTable>,
     trusted: TrustedProxies,
     headers: Arc<HeaderSettings>,
+    /// Login step counters; the no-route counters take forward-auth requests refused
+    /// before a route was found.
+    metrics: Arc<Metrics>,
+    unrouted: Arc<RouteMetrics>,
 }
 
 impl Endpoints {
@@ -40,12 +45,15 @@ impl Endpoints {
         table: Arc<RouteTable>,
         trusted: TrustedProxies,
         headers: Arc<HeaderSettings>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Endpoints {
             login,
             table,
             trusted,
             headers,
+            unrouted: metrics.route(&Arc::from("-")),
+            metrics,
         }
     }
 }
@@ -91,11 +99,19 @@ impl Endpoints {
                     .forward_auth(&parts, Some(suffix), e.conn.peer_ip(), rid)
                     .await;
             }
-            ("/start", Some(l)) if get => l.start(query, headers, rid),
-            ("/callback", Some(l)) if get => l.callback(query, headers, rid).await,
-            ("/sign_out", Some(l)) if get || method == Method::POST => {
-                l.sign_out(query, headers, rid).await
+            ("/start", Some(l)) if get => {
+                counted(&self.metrics, Flow::Start, l.start(query, headers, rid))
             }
+            ("/callback", Some(l)) if get => counted(
+                &self.metrics,
+                Flow::Callback,
+                l.callback(query, headers, rid).await,
+            ),
+            ("/sign_out", Some(l)) if get || method == Method::POST => counted(
+                &self.metrics,
+                Flow::SignOut,
+                l.sign_out(query, headers, rid).await,
+            ),
             ("/userinfo", Some(l)) if get => l.userinfo(headers, rid).await,
             _ => Refusal::NotFound.respond(rid, method, headers),
         };
@@ -118,6 +134,11 @@ impl Endpoints {
         let h = &req.headers;
         // Refusals here are always JSON: the front proxy reads only the status.
         let refuse = |r: Refusal| Answer::from(r.respond_as(rid, false));
+        let refuse_unrouted = |r: Refusal| {
+            self.unrouted
+                .refused(Mode::ForwardAuth, r.fault() == Fault::Client, r.reason());
+            refuse(r)
+        };
         let trusted = self.trusted.contains(peer);
         let header = |names: &[&str]| {
             names
@@ -127,7 +148,7 @@ impl Endpoints {
         };
         if !trusted {
             tracing::warn!(request_id = rid, %peer, "forward-auth request from a peer outside trusted_proxies; denied");
-            return refuse(Refusal::Forbidden {
+            return refuse_unrouted(Refusal::Forbidden {
                 rule: "forward_auth_untrusted",
             });
         }
@@ -135,13 +156,13 @@ impl Endpoints {
             Ok(Some(o)) => o,
             Ok(None) => {
                 tracing::warn!(request_id = rid, %peer, "forward-auth request without X-Forwarded-Uri (or another original URI); denied");
-                return refuse(Refusal::Forbidden {
+                return refuse_unrouted(Refusal::Forbidden {
                     rule: "forward_auth_no_uri",
                 });
             }
             Err(why) => {
                 tracing::debug!(request_id = rid, %peer, reason = why, "forward-auth original URI refused");
-                return refuse(Refusal::BadRequest(why));
+                return refuse_unrouted(Refusal::BadRequest(why));
             }
         };
         // The original method: named by the front proxy, else the subrequest's own (nginx
@@ -158,13 +179,13 @@ impl Endpoints {
         let selected = match self.table.select(host.as_deref(), &path) {
             Ok(Some(s)) => s,
             Ok(None) => {
-                return refuse(Refusal::Forbidden {
+                return refuse_unrouted(Refusal::Forbidden {
                     rule: "forward_auth_no_route",
                 })
             }
             Err(conflict) => {
                 tracing::debug!(reason = %conflict, "forward auth: a path its readings make ambiguous");
-                return refuse(Refusal::BadRequest(AMBIGUOUS_READINGS));
+                return refuse_unrouted(Refusal::BadRequest(AMBIGUOUS_READINGS));
             }
         };
         let pq = match query {
@@ -186,6 +207,7 @@ impl Endpoints {
                     .respond_with_cookies(rid, &method, h, denied.set_cookies);
                 let mut a = Answer::from(resp);
                 a.user = denied.user;
+                a.route = Some(selected.route.metrics.clone());
                 return a;
             }
         };
@@ -211,6 +233,7 @@ impl Endpoints {
             {
                 let mut a = refuse(Refusal::UnsafeIdentity(err));
                 a.user = passed.identity;
+                a.route = Some(selected.route.metrics.clone());
                 return a;
             }
         }
@@ -221,8 +244,20 @@ impl Endpoints {
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         let mut a = Answer::from(r);
         a.user = passed.identity;
+        // Counted and logged as a request of the route it checked.
+        a.route = Some(selected.route.metrics.clone());
         a
     }
+}
+
+/// Counts a login step by how its answer ended: `ok`, or the refusal's code.
+fn counted(metrics: &Metrics, flow: Flow, resp: Resp) -> Resp {
+    let outcome = match resp.extensions().get::<Reason>() {
+        None => "ok",
+        Some(r) => r.detail.unwrap_or(r.kind),
+    };
+    metrics.flow(flow, outcome);
+    resp
 }
 
 /// The original request, as the front proxy named it.

@@ -191,6 +191,13 @@ impl CookieSettings {
 
     /// `Set-Cookie` values expiring the unchunked session cookie and every session chunk
     /// the browser sent.
+    /// Does the request bring a session cookie (whole or in chunks), usable or not?
+    pub fn carries_session(&self, request: &HeaderMap) -> bool {
+        let base = self.wire_name(&self.name);
+        let fam = Family::collect(request, base.as_bytes());
+        !fam.singles.is_empty() || !fam.chunks.is_empty()
+    }
+
     pub fn expire_session_cookies(&self, request: &HeaderMap) -> Vec<HeaderValue> {
         let base = self.wire_name(&self.name);
         let fam = Family::collect(request, base.as_bytes());

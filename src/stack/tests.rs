@@ -184,6 +184,7 @@ struct Harness {
     stack: Stack<Recorder>,
     seen: Recorder,
     login: Arc<Login>,
+    metrics: Arc<Metrics>,
 }
 
 fn harness() -> Harness {
@@ -235,7 +236,7 @@ fn harness_with(routes: &str) -> Harness {
         trusted: TrustedProxies::new(&config.server.trusted_proxies),
         headers: Arc::new(HeaderSettings::new(config.headers.clone())),
         login: Some(login.clone()),
-        metrics,
+        metrics: metrics.clone(),
         body_read_timeout: Duration::from_secs(5),
     };
     let seen = Recorder::default();
@@ -243,6 +244,7 @@ fn harness_with(routes: &str) -> Harness {
         stack: build_around(&parts, seen.clone()),
         seen,
         login,
+        metrics,
     }
 }
 
@@ -962,4 +964,215 @@ async fn forward_auth_applies_the_path_reading_rule() {
         assert_eq!(r.status().as_u16(), status, "{uri}");
     }
     h.nothing_seen();
+}
+
+// ---- operating: metrics and the access log ---------------------------------------------
+
+/// The value of the sample `line` (name and labels, exactly) in `/metrics`, or 0.
+fn sample(metrics: &Metrics, line: &str) -> u64 {
+    let text = metrics.render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn auth_decisions_and_login_steps_are_counted_with_their_reasons() {
+    let h = harness();
+    let api = |auth: &str| {
+        request(
+            Method::GET,
+            "/api/x",
+            &[("host", "api.test"), ("authorization", auth)],
+        )
+    };
+    let good = format!("Bearer {}", token(claims("svc", "read")));
+    let weak = format!("Bearer {}", token(claims("svc", "write")));
+    let mut expired = claims("svc", "read");
+    expired["exp"] = json!(now_secs() - 3600);
+    let expired = format!("Bearer {}", token(expired));
+    h.get("/api/x", &[("host", "api.test")]).await;
+    for auth in [&good, &good, &weak, &expired] {
+        h.send(api(auth)).await;
+    }
+    let guest = h.session_cookie("bob", &["guests"]).await;
+    h.get("/admin", &[("cookie", &guest)]).await;
+    h.get("/admin", &[("accept", "text/html")]).await;
+    // Forward auth: from outside trusted_proxies (no route judged), and a pass.
+    h.get("/oauth2/auth", &[("x-forwarded-uri", "/page")]).await;
+    let r = h
+        .send_from(
+            TRUSTED,
+            request(Method::GET, "/oauth2/auth", &[("x-forwarded-uri", "/page")]),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    // Login steps: a callback without state, twice.
+    h.get("/oauth2/callback?code=x", &[]).await;
+    h.get("/oauth2/callback?code=y", &[]).await;
+
+    let m = &h.metrics;
+    let d = |labels: &str| sample(m, &format!("portcullis_auth_decisions_total{{{labels}}}"));
+    assert_eq!(
+        d(r#"route="api",mode="bearer",result="allow",reason="-""#),
+        2
+    );
+    assert_eq!(
+        d(r#"route="api",mode="bearer",result="deny",reason="no_token""#),
+        1
+    );
+    assert_eq!(
+        d(r#"route="api",mode="bearer",result="deny",reason="insufficient_scope""#),
+        1
+    );
+    assert_eq!(
+        d(r#"route="api",mode="bearer",result="deny",reason="invalid_token:expired""#),
+        1
+    );
+    assert_eq!(
+        d(r#"route="admin",mode="session",result="deny",reason="policy:group""#),
+        1
+    );
+    assert_eq!(
+        d(r#"route="admin",mode="session",result="deny",reason="no_session""#),
+        1
+    );
+    assert_eq!(
+        d(r#"route="-",mode="forward_auth",result="deny",reason="policy:forward_auth_untrusted""#),
+        1
+    );
+    // The forward-auth pass is the checked route's decision (and request).
+    assert_eq!(
+        d(r#"route="pub",mode="public",result="allow",reason="-""#),
+        1
+    );
+    assert_eq!(
+        sample(m, r#"portcullis_requests_total{route="pub",status="2xx"}"#),
+        1
+    );
+    assert_eq!(
+        sample(m, r#"portcullis_login_callbacks_total{outcome="no_state"}"#),
+        2
+    );
+    assert_eq!(
+        sample(m, r#"portcullis_login_starts_total{outcome="ok"}"#),
+        0
+    );
+    let text = m.render();
+    assert!(
+        text.contains(&format!(
+            "portcullis_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    // Buckets reach the default 60 s timeouts.
+    assert!(text.contains(r#"portcullis_request_duration_seconds_bucket{route="api",le="60"} "#));
+}
+
+/// A writer into a shared buffer, for a log subscriber of one test.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuf {
+    /// The access lines written so far, as JSON field maps.
+    fn access_lines(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["target"] == "access")
+            .map(|v| v["fields"].clone())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn access_lines_name_the_request_the_client_and_why_it_was_refused() {
+    let buf = LogBuf::default();
+    let subscriber = {
+        let buf = buf.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || buf.clone())
+            .finish()
+    };
+    // tracing-core judges a callsite by the registering thread's own subscriber alone
+    // while just one dispatcher exists: a test thread without one would then disable the
+    // access line's callsites for every thread. A second, idle dispatcher makes it ask
+    // all of them.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let h = harness();
+    let good = format!("Bearer {}", token(claims("svc-7", "read")));
+    let r = h
+        .get(
+            "/api//x/../y?access_key=secret-q",
+            &[
+                ("host", "api.test"),
+                ("authorization", &good),
+                ("user-agent", "probe/1.0"),
+            ],
+        )
+        .await;
+    body_text(r).await;
+    let r = h.get("/api/x", &[("host", "api.test")]).await;
+    body_text(r).await;
+    let r = h
+        .send_from(
+            TRUSTED,
+            request(
+                Method::GET,
+                "/oauth2/auth",
+                &[
+                    ("x-forwarded-uri", "/admin/z"),
+                    ("x-forwarded-for", "198.51.100.4, 192.0.2.8"),
+                ],
+            ),
+        )
+        .await;
+    body_text(r).await;
+    let r = h.get("/nowhere/../x%00", &[]).await;
+    body_text(r).await;
+
+    let lines = buf.access_lines();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    let ok = &lines[0];
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["host"], "api.test");
+    assert_eq!(ok["path"], "/api/y", "canonical, never the query");
+    assert_eq!(ok["version"], "HTTP/1.1");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["route"], "api");
+    assert_eq!(ok["user"], "svc-7");
+    assert_eq!(ok["client"], "203.0.113.9");
+    assert_eq!(ok["user_agent"], "probe/1.0");
+    assert_eq!(ok["bytes_out"], "upstream".len());
+    assert!(ok["total_ms"].as_f64().is_some());
+    assert!(ok.get("reason").is_none(), "{ok}");
+    let text = format!("{lines:?}");
+    assert!(!text.contains("secret-q") && !text.contains(&good[7..]));
+    assert_eq!(lines[1]["status"], 401);
+    assert_eq!(lines[1]["reason"], "no_token");
+    // Forward auth: the checked route; the client behind the trusted proxy.
+    let fa = &lines[2];
+    assert_eq!(fa["path"], "/oauth2/auth");
+    assert_eq!(fa["route"], "admin");
+    assert_eq!(fa["status"], 401);
+    assert_eq!(fa["reason"], "no_session");
+    assert_eq!(fa["client"], "192.0.2.8");
+    // Refused before any route: a path all the same.
+    assert_eq!(lines[3]["status"], 400);
+    assert_eq!(lines[3]["route"], "-");
+    assert_eq!(lines[3]["reason"], "bad_request");
 }

@@ -32,6 +32,7 @@ use http::{HeaderMap, StatusCode};
 use super::id_token::{self, IdTokenError};
 use super::token_endpoint::TokenCallError;
 use super::{Login, REFRESH_MARGIN};
+use crate::admin::metrics::Flow;
 use crate::body::Resp;
 use crate::config::Secret;
 use crate::error::{json_error, json_response};
@@ -184,12 +185,29 @@ impl Login {
         t: SystemTime,
         request_id: &str,
     ) -> Refresh {
+        let (refresh, outcome) = self.try_refresh(session, t, request_id).await;
+        if let (Some(m), Some(outcome)) = (&self.metrics, outcome) {
+            m.flow(Flow::Refresh, outcome);
+        }
+        refresh
+    }
+
+    /// A refresh and, when the provider was asked, its outcome for the metrics: `ok`,
+    /// `refused`, `inconsistent` (an ID token not the session's), `unavailable` (the
+    /// provider could not answer and the token has expired), `kept` (it could not, and
+    /// the current token serves on).
+    async fn try_refresh(
+        &self,
+        session: &mut Session,
+        t: SystemTime,
+        request_id: &str,
+    ) -> (Refresh, Option<&'static str>) {
         let expired = session.access_expires_at.is_some_and(|exp| exp <= t);
         let refresh_token = match (&session.refresh_token, self.refresh) {
             (Some(rt), true) => rt.expose().clone(),
             // Nothing to refresh with: the session lasts as long as its token.
-            _ if expired => return Refresh::Ended,
-            _ => return Refresh::NotNow,
+            _ if expired => return (Refresh::Ended, None),
+            _ => return (Refresh::NotNow, None),
         };
         let r = match self.refresh_tokens(&refresh_token).await {
             Ok(r) => r,
@@ -197,29 +215,29 @@ impl Login {
                 // A refused refresh ends the session (RFC 6749 §5.2 invalid_grant; Auth0
                 // answers it with 403).
                 tracing::info!(request_id, error = %e, "refresh refused; session ended");
-                return Refresh::Ended;
+                return (Refresh::Ended, Some("refused"));
             }
             Err(e) if expired => {
                 tracing::warn!(request_id, error = %e, "refresh failed and the access token has expired");
-                return Refresh::Unavailable;
+                return (Refresh::Unavailable, Some("unavailable"));
             }
             Err(e) => {
                 tracing::warn!(request_id, error = %e, "refresh failed; using the current access token");
-                return Refresh::NotNow;
+                return (Refresh::NotNow, Some("kept"));
             }
         };
         match self.adopt(session, &r).await {
             Ok(()) => {
                 tracing::debug!(request_id, "access token refreshed");
-                Refresh::Done
+                (Refresh::Done, Some("ok"))
             }
             Err(IdTokenError::Unavailable(e)) if expired => {
                 tracing::warn!(request_id, error = %e, "refreshed ID token could not be checked and the access token has expired");
-                Refresh::Unavailable
+                (Refresh::Unavailable, Some("unavailable"))
             }
             Err(IdTokenError::Unavailable(e)) => {
                 tracing::warn!(request_id, error = %e, "refreshed ID token could not be checked; using the current access token");
-                Refresh::NotNow
+                (Refresh::NotNow, Some("kept"))
             }
             Err(e) => {
                 // OIDC Core 12.2: the provider answered a refresh of this session with an
@@ -232,7 +250,7 @@ impl Login {
                     cause = cause.as_deref(),
                     "provider inconsistency: the ID token of a refresh is not the session's; session ended"
                 );
-                Refresh::Ended
+                (Refresh::Ended, Some("inconsistent"))
             }
         }
     }

@@ -34,6 +34,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::admin::metrics::Metrics;
 use crate::config::{Config, ProviderConfig};
 use crate::oidc::redirect::validate_redirect;
 use crate::oidc::transport::{form_urlencode, HttpTransport, TransportConfig};
@@ -93,6 +94,8 @@ pub struct Login {
     /// refresh tokens must not be burned by a race of parallel requests.
     refreshes: check::RefreshFlight,
     clock: Arc<dyn Clock>,
+    /// Where refreshes are counted (`None` in unit tests of the login alone).
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +216,14 @@ impl Login {
             token_endpoint: link.token_endpoint,
             refreshes: link.refreshes,
             clock: link.clock,
+            metrics: None,
         }))
+    }
+
+    /// Counts this login's refreshes into `metrics`.
+    pub fn counting_into(mut self, metrics: Arc<Metrics>) -> Login {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn link(&self) -> ProviderLink {

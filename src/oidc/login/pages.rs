@@ -134,6 +134,36 @@ impl FlowError for LoginError {
         }
     }
 
+    fn code(&self) -> &'static str {
+        use LoginError as E;
+        match self {
+            E::RepeatedParameter(_) => "repeated_parameter",
+            E::ProviderNotReady | E::NoAuthorizationEndpoint => "provider_not_ready",
+            E::Transaction(_) => "transaction",
+            E::NoState => "no_state",
+            E::UnknownTransaction => "unknown_transaction",
+            E::ProviderRefused { .. } => "provider_refused",
+            E::WrongIssuer | E::MissingIssuer => "issuer_mismatch",
+            E::NoCode => "no_code",
+            E::Exchange(e) => match &**e {
+                TokenCallError::Refused { .. } => "code_refused",
+                TokenCallError::BadResponse(_) => "token_response",
+                TokenCallError::Assertion(_) => "client_assertion",
+                TokenCallError::NotReady
+                | TokenCallError::NoEndpoint
+                | TokenCallError::Transport(_)
+                | TokenCallError::Status(_) => "provider_unavailable",
+            },
+            E::NoIdToken => "no_id_token",
+            E::IdToken(IdTokenError::Unavailable(_)) => "provider_unavailable",
+            E::IdToken(IdTokenError::Nonce) => "nonce",
+            E::IdToken(_) => "id_token",
+            E::SessionTooLarge { .. } => "session_too_large",
+            E::SessionStoreUnavailable(_) => "session_store_unavailable",
+            E::SessionNotSaved(_) => "session_not_saved",
+        }
+    }
+
     fn message(&self) -> Cow<'static, str> {
         use LoginError as E;
         let m = |s: &'static str| Cow::Borrowed(s);
