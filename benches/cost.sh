@@ -17,7 +17,8 @@
 # (the "totals:" line of the callgrind output file; the "total" line of strace -c).
 # Per request: (count(LARGE) - count(SMALL)) / (LARGE - SMALL)
 # so startup, connection setup and shutdown cancel out. portcullis runs with
-# [server] workers = 1 and RUST_LOG=warn. callgrind counts the instructions of all
+# [server] workers = 1 and RUST_LOG=warn (--log LEVEL: another level, e.g. info for an
+# access line per request, written to a file as in production). callgrind counts the instructions of all
 # threads of the process; strace -f the system calls of all threads.
 # Readiness is waited for without touching the measured process (its port in LISTEN
 # state, from /proc/net/tcp), then, for portcullis, GET /readyz on the admin listener
@@ -27,7 +28,7 @@
 # runs except the number of /readyz polls, which is printed per run.
 #
 #   benches/cost.sh [--requests-small 400] [--requests-large 4400] [--connections 8]
-#                   [--targets nginx,public,bearer,session] [--keep DIR]
+#                   [--targets nginx,public,bearer,session] [--keep DIR] [--log warn]
 #
 # --keep DIR: where the callgrind and strace outputs are kept (default: a new directory
 # under ${TMPDIR:-/tmp}, printed at the end), e.g. for
@@ -66,7 +67,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SMALL=400 LARGE=4400 CONNS=8 TARGETS=nginx,public,bearer,session KEEP=""
+SMALL=400 LARGE=4400 CONNS=8 TARGETS=nginx,public,bearer,session KEEP="" LOG=warn
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests-small) SMALL=$2; shift 2 ;;
@@ -74,6 +75,7 @@ while [ $# -gt 0 ]; do
     --connections) CONNS=$2; shift 2 ;;
     --targets) TARGETS=$2; shift 2 ;;
     --keep) KEEP=$2; shift 2 ;;
+    --log) LOG=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -291,7 +293,7 @@ run() {
   esac
   ! listening "$port" || die "port $port is still in use before the $target $tool run"
   t0=$(date +%s)
-  RUST_LOG=warn "${wrap[@]}" "${cmd[@]}" 2>"$rd/stderr.log" & local top=$!; RUN_PIDS=("$top")
+  RUST_LOG=$LOG "${wrap[@]}" "${cmd[@]}" 2>"$rd/stderr.log" & local top=$!; RUN_PIDS=("$top")
   # The measured process: valgrind runs it in its own process; strace as a child, the
   # one running the binary (strace forks short-lived test children of its own first).
   local pid=$top exe c

@@ -318,13 +318,19 @@ impl Refusal {
     /// request itself is gone (it moved upstream). Login-flow pages are always HTML,
     /// bearer refusals always JSON.
     pub fn respond_as(self, request_id: &str, wants_html: bool) -> Resp {
+        self.respond_page(request_id, wants_html, &PageExtras::default())
+    }
+
+    /// Like [`Refusal::respond_as`], with what the HTML page says beside the message (who
+    /// is signed in, where to go next); JSON answers are the same.
+    pub fn respond_page(self, request_id: &str, wants_html: bool, extras: &PageExtras) -> Resp {
         self.log(request_id);
         let html = match &self {
             Refusal::Flow { .. } => true,
             r if r.api_only() => false,
             _ => wants_html,
         };
-        self.render(request_id, html)
+        self.render(request_id, html, extras)
     }
 
     /// Like [`Refusal::respond`], for answers that carry cookies (a session ended or
@@ -376,11 +382,12 @@ impl Refusal {
         }
     }
 
-    fn render(&self, request_id: &str, html: bool) -> Resp {
+    fn render(&self, request_id: &str, html: bool, extras: &PageExtras) -> Resp {
         let status = self.status();
         let (code, description) = self.text();
         let mut resp = if html {
-            let mut r = Response::new(RespBody::full(html_page(status, &description, request_id)));
+            let page = html_page(status, &description, request_id, extras);
+            let mut r = Response::new(RespBody::full(page));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/html; charset=utf-8"),
@@ -565,13 +572,69 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
-/// A small, styled error page.
-pub fn html_page(status: StatusCode, message: &str, request_id: &str) -> String {
+/// What an HTML page says beside its message.
+#[derive(Debug, Default)]
+pub struct PageExtras {
+    /// Who is signed in (a 403 of a session: "You are signed in as ...").
+    pub signed_in_as: Option<String>,
+    /// Where to go next, as (text, same-site href); the first is the main action.
+    pub links: Vec<(&'static str, String)>,
+}
+
+/// `message` as a sentence: a capital first letter and a full stop (the JSON
+/// `error_description`s are RFC 6750's lowercase fragments; a page speaks to people).
+fn sentence(message: &str) -> String {
+    let mut chars = message.chars();
+    let mut out: String = match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => return String::new(),
+    };
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
+}
+
+/// A small, styled page: the status, the message, who is signed in, the next steps and
+/// the request id. No script, no outside resource: only what `flow_headers`' policy
+/// (`default-src 'none'; style-src 'unsafe-inline'`) allows.
+pub fn html_page(
+    status: StatusCode,
+    message: &str,
+    request_id: &str,
+    extras: &PageExtras,
+) -> String {
     let title = format!(
         "{} {}",
         status.as_u16(),
         status.canonical_reason().unwrap_or("Error")
     );
+    let who = extras
+        .signed_in_as
+        .as_deref()
+        .map(|w| {
+            format!(
+                "<p>You are signed in as <strong>{}</strong>.</p>",
+                escape_html(w)
+            )
+        })
+        .unwrap_or_default();
+    let links = if extras.links.is_empty() {
+        String::new()
+    } else {
+        let a: Vec<String> = extras
+            .links
+            .iter()
+            .map(|(text, href)| {
+                format!(
+                    "<a href=\"{}\">{}</a>",
+                    escape_html(href),
+                    escape_html(text)
+                )
+            })
+            .collect();
+        format!("<nav>{}</nav>", a.join(""))
+    };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{t}</title>\
@@ -579,10 +642,13 @@ pub fn html_page(status: StatusCode, message: &str, request_id: &str) -> String 
 min-height:100vh;align-items:center;justify-content:center;margin:0}}main{{background:#fff;\
 border-radius:10px;box-shadow:0 2px 12px rgba(0,0,0,.08);padding:2rem 2.5rem;max-width:32rem}}\
 h1{{font-size:1.4rem;margin:0 0 .75rem}}p{{margin:.5rem 0}}.id{{color:#6b7385;font-size:.85rem}}\
-</style></head><body><main><h1>{t}</h1><p>{m}</p><p class=\"id\">Request id: <code>{r}</code></p>\
-</main></body></html>",
+nav{{margin:1.25rem 0 .5rem;display:flex;gap:.75rem;flex-wrap:wrap}}nav a{{padding:.45rem .9rem;\
+border-radius:6px;border:1px solid #c9ced8;color:#1d2330;text-decoration:none}}\
+nav a:first-child{{background:#2f5bd3;border-color:#2f5bd3;color:#fff}}\
+</style></head><body><main><h1>{t}</h1><p>{m}</p>{who}{links}\
+<p class=\"id\">Request id: <code>{r}</code></p></main></body></html>",
         t = escape_html(&title),
-        m = escape_html(message),
+        m = escape_html(&sentence(message)),
         r = escape_html(request_id),
     )
 }

@@ -10,7 +10,7 @@ use http::{HeaderMap, Method};
 use super::bearer;
 use crate::admin::metrics::Mode;
 use crate::config::HeadersConfig;
-use crate::error::{Fault, Refusal};
+use crate::error::{Fault, PageExtras, Refusal};
 use crate::identity::Identity;
 use crate::oidc::login::{Login, SessionCheck};
 use crate::policy::{decide, preflight_passes, Decision};
@@ -64,6 +64,9 @@ pub struct Denied {
     pub refusal: Refusal,
     pub set_cookies: Vec<HeaderValue>,
     pub user: Option<Arc<Identity>>,
+    /// A 403 of a signed-in browser user: who it is, and the way out (sign out, or sign
+    /// in as someone else), for the HTML page.
+    pub page: Option<PageExtras>,
 }
 
 impl From<Refusal> for Denied {
@@ -72,6 +75,7 @@ impl From<Refusal> for Denied {
             refusal,
             set_cookies: Vec::new(),
             user: None,
+            page: None,
         }
     }
 }
@@ -162,11 +166,37 @@ async fn judge(route: &Route, also: &[Arc<Route>], j: &Judged<'_>) -> Result<Pas
             set_cookies,
         }),
         Some(refusal) => Err(Denied {
+            page: signed_in_page(route, &token, &identity, j),
             refusal,
             set_cookies: Vec::new(),
             user: Some(identity),
         }),
     }
+}
+
+/// For a session refused by policy (not a forward-auth check: the front proxy shows its
+/// own page), what the 403 page offers: the user's name and the route's sign-out links.
+fn signed_in_page(
+    route: &Route,
+    token: &AccessToken,
+    identity: &Identity,
+    j: &Judged<'_>,
+) -> Option<PageExtras> {
+    let (RouteAuth::Login(login) | RouteAuth::Either { login, .. }) = &route.auth else {
+        return None;
+    };
+    if j.forward_auth || !matches!(token, AccessToken::Session(_)) {
+        return None;
+    }
+    let who = identity
+        .email()
+        .or(identity.preferred_username())
+        .or(identity.name())
+        .unwrap_or(identity.subject());
+    Some(PageExtras {
+        signed_in_as: Some(who.to_string()),
+        links: login.sign_out_links(j.path_and_query),
+    })
 }
 
 fn anonymous() -> Passed {
@@ -219,6 +249,7 @@ async fn by_session(
         )
         .into()),
         SessionCheck::None { set_cookies } => Err(Denied {
+            page: None,
             refusal: Refusal::SignInRequired {
                 login: (!j.forward_auth).then(|| login.login_location(j.path_and_query)),
                 // A browser that brought a session cookie that no longer opens (expired,

@@ -147,6 +147,7 @@ where
                         refusal: Refusal::UnsafeIdentity(e),
                         set_cookies: Vec::new(),
                         user: Some(identity),
+                        page: None,
                     },
                     &r,
                 ));
@@ -200,12 +201,16 @@ fn append_cookies(answer: &mut Answer, cookies: Vec<HeaderValue>) {
 }
 
 fn refuse<B>(denied: Denied, r: &Routed<B>) -> Answer {
-    let resp = denied.refusal.respond_with_cookies(
-        r.id.as_str(),
-        r.req.method(),
-        r.req.headers(),
-        denied.set_cookies,
-    );
+    let (id, headers) = (r.id.as_str(), r.req.headers());
+    let mut resp = match &denied.page {
+        Some(page) => denied
+            .refusal
+            .respond_page(id, crate::error::wants_html(headers), page),
+        None => denied.refusal.respond(id, r.req.method(), headers),
+    };
+    for c in denied.set_cookies {
+        resp.headers_mut().append(SET_COOKIE, c);
+    }
     let mut answer = Answer::from(resp);
     answer.user = denied.user;
     answer

@@ -189,8 +189,6 @@ impl CookieSettings {
         Family::collect(request, self.wire_name(&self.name).as_bytes())
     }
 
-    /// `Set-Cookie` values expiring the unchunked session cookie and every session chunk
-    /// the browser sent.
     /// Does the request bring a session cookie (whole or in chunks), usable or not?
     pub fn carries_session(&self, request: &HeaderMap) -> bool {
         let base = self.wire_name(&self.name);
@@ -198,6 +196,8 @@ impl CookieSettings {
         !fam.singles.is_empty() || !fam.chunks.is_empty()
     }
 
+    /// `Set-Cookie` values expiring the unchunked session cookie and every session chunk
+    /// the browser sent.
     pub fn expire_session_cookies(&self, request: &HeaderMap) -> Vec<HeaderValue> {
         let base = self.wire_name(&self.name);
         let fam = Family::collect(request, base.as_bytes());

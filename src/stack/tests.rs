@@ -779,7 +779,29 @@ async fn session_passes_by_group_and_the_proxy_cookie_stays_behind() {
         .await;
     assert_eq!(r.status(), 403);
     assert_eq!(header(&r, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&r, "x-frame-options"), "DENY");
+    assert!(header(&r, "content-security-policy").contains("frame-ancestors 'none'"));
+    // The page says who is signed in and offers the way out.
+    let page = body_text(r).await;
+    assert!(page.contains("signed in as <strong>bob</strong>"), "{page}");
+    assert!(page.contains("href=\"/oauth2/sign_out\""), "{page}");
+    assert!(
+        page.contains("href=\"/oauth2/sign_out?rd=%2Fadmin\""),
+        "{page}"
+    );
+    assert!(page.contains("You are not allowed"), "{page}");
     h.nothing_seen();
+    // An API call gets JSON without any of it.
+    let r = h
+        .get(
+            "/admin",
+            &[("cookie", &other), ("accept", "application/json")],
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    let v: serde_json::Value = serde_json::from_str(&body_text(r).await).unwrap();
+    assert_eq!(v["error"], "access_denied");
+    assert!(!v.to_string().contains("sign_out"));
     // Public routes never see the proxy's cookie either.
     h.get("/page", &[("cookie", &cookie)]).await;
     assert_eq!(h.one_seen().headers["cookie"], "theme=dark");
@@ -823,6 +845,39 @@ async fn refusals_render_by_accept_with_the_request_id() {
     let v: serde_json::Value = serde_json::from_str(&body_text(r).await).unwrap();
     assert_eq!(v["error"], "invalid_request");
     assert_eq!(v["request_id"], "json-1");
+}
+
+#[tokio::test]
+async fn login_error_pages_offer_to_start_again_and_speak_in_sentences() {
+    let h = harness();
+    let r = h
+        .get(
+            "/oauth2/callback?state=forged&code=x",
+            &[("x-request-id", "cb-1")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(header(&r, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&r, "x-frame-options"), "DENY");
+    let page = body_text(r).await;
+    assert!(
+        page.contains("<a href=\"/oauth2/start\">Start again</a>"),
+        "{page}"
+    );
+    assert!(page.contains("cb-1"), "{page}");
+    // Request-path pages are sentences too, though their JSON descriptions are RFC 6750
+    // fragments.
+    let r = h.get("/a%00b", &[("accept", "text/html")]).await;
+    let page = body_text(r).await;
+    let message = page
+        .split("</h1><p>")
+        .nth(1)
+        .unwrap()
+        .split("</p>")
+        .next()
+        .unwrap();
+    assert!(message.starts_with(char::is_uppercase), "{message}");
+    assert!(message.ends_with('.'), "{message}");
 }
 
 async fn body_text(r: Resp) -> String {

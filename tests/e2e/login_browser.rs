@@ -116,3 +116,115 @@ async fn chromium_logs_in_sees_its_identity_and_signs_out() {
         .unwrap();
     assert_eq!(status, 401);
 }
+
+/// Records the page's Content-Security-Policy violations in `window.__csp` from the start
+/// of every document (a script the browser adds, which the page's policy does not govern).
+const CSP_RECORDER: &str =
+    "window.__csp = []; document.addEventListener('securitypolicyviolation', \
+     e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));";
+
+async fn no_csp_violations(b: &mut Chromium, page: &str) {
+    let v = b.eval("JSON.stringify(window.__csp)").await.unwrap();
+    assert_eq!(v, "[]", "CSP violations on {page}");
+}
+
+#[tokio::test]
+async fn chromium_sees_error_pages_that_name_the_user_offer_a_way_out_and_break_no_policy() {
+    let f = fixture(Profile::Standard, &[], &Setup::default()).await;
+    let mut b = Chromium::launch().await;
+    b.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({ "source": CSP_RECORDER }),
+    )
+    .await
+    .unwrap();
+
+    // bob signs in, then opens the admin pages, which need the `admins` group.
+    b.goto(&f.proxy.url("/app/")).await;
+    b.wait_for("!!document.querySelector('#login-form')", WAIT)
+        .await;
+    b.eval(
+        "document.querySelector('#login').value = 'bob';\
+         document.querySelector('#password').value = 'bob-pw';\
+         document.querySelector('#submit').click(); true",
+    )
+    .await
+    .unwrap();
+    b.wait_for(
+        "document.body && document.body.innerText.includes('user-bob')",
+        WAIT,
+    )
+    .await;
+    let admin = f.proxy.url("/admin/panel");
+    b.goto(&admin).await;
+    b.wait_for("document.title === '403 Forbidden'", WAIT).await;
+    let text = b.text().await;
+    assert!(
+        text.contains("You are signed in as bob@example.com."),
+        "{text}"
+    );
+    assert!(text.contains("You are not allowed"), "{text}");
+    no_csp_violations(&mut b, "the 403 page").await;
+    b.screenshot("page-403-signed-in").await;
+    // The recorder works: something the policy forbids is caught.
+    b.eval(
+        "document.body.appendChild(Object.assign(document.createElement('img'), \
+         {src: 'http://127.0.0.1:9/forbidden.png'})); true",
+    )
+    .await
+    .unwrap();
+    b.wait_for("window.__csp.some(v => v.startsWith('img-src'))", WAIT)
+        .await;
+
+    // "Sign in as someone else": signed out (here and at the provider), back to the admin
+    // page, which sends the browser to the login again; alice is an admin.
+    let links = b
+        .eval("[...document.querySelectorAll('nav a')].map(a => a.textContent + ' ' + a.getAttribute('href')).join('|')")
+        .await
+        .unwrap();
+    assert_eq!(
+        links,
+        "Sign out /oauth2/sign_out|Sign in as someone else /oauth2/sign_out?rd=%2Fadmin%2Fpanel"
+    );
+    b.eval("[...document.querySelectorAll('nav a')][1].click(); true")
+        .await
+        .unwrap();
+    b.wait_for("!!document.querySelector('#login-form')", WAIT)
+        .await;
+    b.eval(
+        "document.querySelector('#login').value = 'alice';\
+         document.querySelector('#password').value = 'alice-pw';\
+         document.querySelector('#submit').click(); true",
+    )
+    .await
+    .unwrap();
+    b.wait_for(
+        &format!(
+            "location.href === {} && document.body.innerText.includes('user-alice')",
+            js_str(&admin)
+        ),
+        WAIT,
+    )
+    .await;
+
+    // A login page that cannot go on: a forged callback.
+    b.goto(&f.proxy.url("/oauth2/callback?state=forged&code=x"))
+        .await;
+    b.wait_for("document.title === '400 Bad Request'", WAIT)
+        .await;
+    let text = b.text().await;
+    assert!(text.contains("Please start again."), "{text}");
+    let again = b
+        .eval("document.querySelector('nav a').getAttribute('href')")
+        .await
+        .unwrap();
+    assert_eq!(again, "/oauth2/start");
+    no_csp_violations(&mut b, "the login error page").await;
+    b.screenshot("page-400-login").await;
+
+    // A page of the request path: nothing here.
+    b.goto(&f.proxy.url("/oauth2/nothing")).await;
+    b.wait_for("document.title === '404 Not Found'", WAIT).await;
+    no_csp_violations(&mut b, "the 404 page").await;
+    b.screenshot("page-404").await;
+}

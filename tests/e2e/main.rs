@@ -16,6 +16,7 @@ mod limits;
 mod login;
 mod login_browser;
 mod normalization;
+mod operate;
 mod parity;
 mod protocols;
 mod routing;

@@ -53,15 +53,15 @@ impl Login {
                 .filter_map(|state| self.tx.take(headers, state, now))
                 .map(|taken| taken.delete)
                 .collect();
-            return LoginError::RepeatedParameter(name).respond(request_id, spent);
+            return self.fail(LoginError::RepeatedParameter(name), request_id, spent);
         }
         // 2. RFC 6749 §10.12: the state must match a login this browser started. Without
         // one there is no transaction to remove (other tabs' logins are left alone).
         let Some(state) = params.get("state") else {
-            return LoginError::NoState.respond(request_id, Vec::new());
+            return self.fail(LoginError::NoState, request_id, Vec::new());
         };
         let Some(taken) = self.tx.take(headers, state, now) else {
-            return LoginError::UnknownTransaction.respond(request_id, Vec::new());
+            return self.fail(LoginError::UnknownTransaction, request_id, Vec::new());
         };
         let mut cookies = vec![taken.delete];
         match self.finish(&params, &taken.tx, headers, request_id).await {
@@ -69,7 +69,7 @@ impl Login {
                 cookies.extend(session_cookies);
                 redirect(&rd, cookies)
             }
-            Err(e) => e.respond(request_id, cookies),
+            Err(e) => self.fail(e, request_id, cookies),
         }
     }
 

@@ -34,7 +34,10 @@ mod tests;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use http::HeaderValue;
+
 use crate::admin::metrics::Metrics;
+use crate::body::Resp;
 use crate::config::{Config, ProviderConfig};
 use crate::oidc::redirect::validate_redirect;
 use crate::oidc::transport::{form_urlencode, HttpTransport, TransportConfig};
@@ -45,6 +48,7 @@ use crate::token::{
 };
 
 pub use check::SessionCheck;
+use pages::LoginError;
 use token_endpoint::TokenEndpoint;
 
 /// Refresh an access token this long before it expires.
@@ -314,6 +318,19 @@ impl Login {
     /// The cookie names (bases) the proxy owns: stripped from upstream requests.
     pub fn cookie_bases(&self) -> [&str; 1] {
         [self.store.cookie_name()]
+    }
+
+    /// The page of a login step that cannot go on, with a link to start again.
+    fn fail(&self, e: LoginError, request_id: &str, cookies: Vec<HeaderValue>) -> Resp {
+        e.respond(&format!("{}/start", self.prefix), request_id, cookies)
+    }
+
+    /// The 403 page's offer to a signed-in user: sign out, or sign out and come back to
+    /// `path_and_query` (where the login starts again) to sign in as someone else.
+    pub fn sign_out_links(&self, path_and_query: &str) -> Vec<(&'static str, String)> {
+        let sign_out = format!("{}/sign_out", self.prefix);
+        let switch = format!("{sign_out}?rd={}", form_urlencode(path_and_query));
+        vec![("Sign out", sign_out), ("Sign in as someone else", switch)]
     }
 
     /// Where a browser without a session is sent: `/oauth2/start?rd=<path and query>`.

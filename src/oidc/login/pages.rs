@@ -13,7 +13,7 @@ use tracing::Level;
 use super::id_token::IdTokenError;
 use super::token_endpoint::TokenCallError;
 use crate::body::Resp;
-use crate::error::{Fault, FlowError, Refusal};
+use crate::error::{Fault, FlowError, PageExtras, Refusal};
 use crate::session::SessionError;
 
 /// Why `/oauth2/start`, `/oauth2/callback` or `/oauth2/sign_out` answers with a page.
@@ -210,10 +210,15 @@ impl FlowError for LoginError {
 }
 
 impl LoginError {
-    /// The page, logged by the one rescue, with `cookies` (a removed login transaction, a
-    /// cleared session) on it.
-    pub fn respond(self, request_id: &str, cookies: Vec<HeaderValue>) -> Resp {
-        let mut r = Refusal::from_flow(self).respond_as(request_id, true);
+    /// The page, logged by the one rescue, with a link to `start_again` (the login's
+    /// `/oauth2/start`) and `cookies` (a removed login transaction, a cleared session) on
+    /// it.
+    pub fn respond(self, start_again: &str, request_id: &str, cookies: Vec<HeaderValue>) -> Resp {
+        let extras = PageExtras {
+            signed_in_as: None,
+            links: vec![("Start again", start_again.to_string())],
+        };
+        let mut r = Refusal::from_flow(self).respond_page(request_id, true, &extras);
         for c in cookies {
             r.headers_mut().append(SET_COOKIE, c);
         }
@@ -233,6 +238,7 @@ mod tests {
             (StatusCode::BAD_REQUEST, Fault::Provider, Level::WARN)
         );
         let r = e.respond(
+            "/oauth2/start",
             "rid-1",
             vec![HeaderValue::from_static("_portcullis_tx_1=; Max-Age=0")],
         );

@@ -36,7 +36,7 @@ impl Login {
         // cleared all the same (signing out is what was asked), but the browser goes
         // nowhere: a page, not a redirect.
         if let Some(name) = params.repeated(Some(&["rd"])) {
-            return LoginError::RepeatedParameter(name).respond(request_id, cookies);
+            return self.fail(LoginError::RepeatedParameter(name), request_id, cookies);
         }
         let rd = self.safe_rd(params.get("rd"));
         let return_to = absolute(&self.public_url, &rd);

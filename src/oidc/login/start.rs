@@ -17,7 +17,7 @@ impl Login {
     pub fn start(&self, query: Option<&str>, headers: &HeaderMap, request_id: &str) -> Resp {
         match self.begin(query, headers) {
             Ok(to_provider) => to_provider,
-            Err(e) => e.respond(request_id, Vec::new()),
+            Err(e) => self.fail(e, request_id, Vec::new()),
         }
     }
 
