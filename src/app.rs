@@ -12,6 +12,7 @@ use crate::admin::{Metrics, ReadyCheck};
 use crate::config::Config;
 use crate::generation::{BuildError, Fresh, Generation};
 use crate::server::Current;
+use crate::telemetry::Telemetry;
 use crate::token::TokenValidator;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,7 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     pub admin_addr: Option<std::net::SocketAddr>,
     pub(crate) current: Current,
+    telemetry: Arc<Telemetry>,
     shutdown: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     control: Option<tokio::runtime::Runtime>,
@@ -86,13 +88,17 @@ impl Running {
 
     /// Reloads the config file; on any error the running config stays.
     pub fn reload(&self, path: &Path) -> Result<(), StartError> {
-        reload(&self.current, path)
+        reload(&self.current, &self.telemetry, path)
     }
 }
 
 /// Reloads the config file into a new generation; on any error the running one stays.
 /// Must run inside the control runtime (validators start there).
-pub fn reload(current: &Current, path: &Path) -> Result<(), StartError> {
+pub fn reload(
+    current: &Current,
+    telemetry: &Arc<Telemetry>,
+    path: &Path,
+) -> Result<(), StartError> {
     let running = current.load_full();
     let metrics = running.metrics.clone();
     let result = Config::load(path)
@@ -119,6 +125,7 @@ pub fn reload(current: &Current, path: &Path) -> Result<(), StartError> {
             Ok(Generation::build(
                 c,
                 metrics.clone(),
+                telemetry,
                 running.workers(),
                 Some(&running),
             )?)
@@ -126,6 +133,7 @@ pub fn reload(current: &Current, path: &Path) -> Result<(), StartError> {
     match result {
         Ok((generation, fresh)) => {
             start_validators(fresh);
+            telemetry.apply(&generation.config.telemetry);
             current.store(Arc::new(generation));
             metrics.reloads_ok.fetch_add(1, Relaxed);
             tracing::info!(config = %path.display(), "configuration reloaded");
@@ -174,10 +182,12 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
     if aws_lc_rs::rand::fill(&mut warm).is_err() {
         tracing::warn!("the system random generator failed a first draw");
     }
+    let telemetry = Telemetry::new(&metrics);
     let (generation, fresh) = {
         let _g = control.enter();
-        Generation::build(config, metrics.clone(), workers, None)?
+        Generation::build(config, metrics.clone(), &telemetry, workers, None)?
     };
+    telemetry.apply(&generation.config.telemetry);
     let current: Current = Arc::new(ArcSwap::from_pointee(generation));
     let listeners = crate::server::bind(listen, workers).map_err(|source| StartError::Bind {
         addr: listen,
@@ -232,6 +242,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
 
     if let Some(path) = config_path {
         let current = current.clone();
+        let telemetry = telemetry.clone();
         let mut stop = shutdown_rx.clone();
         control.spawn(async move {
             let Ok(mut hup) =
@@ -244,7 +255,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
                 tokio::select! {
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading configuration");
-                        let _ = reload(&current, &path);
+                        let _ = reload(&current, &telemetry, &path);
                     }
                     _ = stop.changed() => return,
                 }
@@ -277,6 +288,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
         addr,
         admin_addr,
         current,
+        telemetry,
         shutdown: shutdown_tx,
         threads,
         control: Some(control),

@@ -23,6 +23,7 @@ use crate::routing::layer::HeadLimits;
 use crate::routing::table::{CompileError, Parts as RouteParts};
 use crate::routing::RouteTable;
 use crate::stack::{self, Stack};
+use crate::telemetry::Telemetry;
 use crate::token::TokenValidator;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,7 @@ impl Generation {
     pub fn build(
         config: Config,
         metrics: Arc<Metrics>,
+        telemetry: &Arc<Telemetry>,
         workers: usize,
         previous: Option<&Generation>,
     ) -> Result<(Generation, Fresh), BuildError> {
@@ -99,7 +101,8 @@ impl Generation {
                     // Same bearer settings: keep the loaded keys and the token cache.
                     Some((_, v)) => Some((key, v.clone())),
                     None => {
-                        let transport = crate::oidc::transport::HttpTransport::new(transport)?;
+                        let transport = crate::oidc::transport::HttpTransport::new(transport)?
+                            .with_telemetry(telemetry.clone());
                         let v = TokenValidator::new(bearer, transport);
                         fresh.validators.push(v.clone());
                         Some((key, v))
@@ -114,15 +117,17 @@ impl Generation {
                 let running = before.and_then(|c| c.login.as_ref());
                 match running.filter(|(k, _)| *k == key) {
                     Some((_, l)) => Some((key, l.clone())),
-                    None => match Login::build(&config, running.map(|(_, l)| &**l))? {
-                        Some(l) => {
-                            if !running.is_some_and(|(_, r)| l.shares_provider_with(r)) {
-                                fresh.validators.push(l.id_validator.clone());
+                    None => {
+                        match Login::build_traced(&config, running.map(|(_, l)| &**l), telemetry)? {
+                            Some(l) => {
+                                if !running.is_some_and(|(_, r)| l.shares_provider_with(r)) {
+                                    fresh.validators.push(l.id_validator.clone());
+                                }
+                                Some((key, Arc::new(l.counting_into(metrics.clone()))))
                             }
-                            Some((key, Arc::new(l.counting_into(metrics.clone()))))
+                            None => None,
                         }
-                        None => None,
-                    },
+                    }
                 }
             }
         };
@@ -162,6 +167,7 @@ impl Generation {
             clients.insert(key, set);
         }
 
+        let tracer = telemetry.tracer_for(&config.telemetry)?;
         let strip = Arc::new(HeaderPolicy::new(&config.headers));
         let trusted = TrustedProxies::new(&config.server.trusted_proxies);
         let headers = Arc::new(HeaderSettings::new(config.headers.clone()));
@@ -188,6 +194,7 @@ impl Generation {
                 login: login.as_ref().map(|(_, l)| l.clone()),
                 metrics: metrics.clone(),
                 body_read_timeout: config.server.limits.body_read_timeout,
+                tracer: tracer.clone(),
             }));
         }
         Ok((

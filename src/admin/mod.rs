@@ -7,6 +7,7 @@
 pub mod exposition;
 pub mod metrics;
 mod process;
+pub mod provider;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -1600,7 +1600,14 @@ mod tests {
         let off = from_toml(BASE, Path::new("."), &env).unwrap().telemetry;
         assert_eq!(off, TelemetryConfig::default());
         assert_eq!(off.sample_ratio, 1.0);
-        let url = |t: &str| load(t).unwrap().telemetry.otlp_traces_url.unwrap().to_string();
+        let url = |t: &str| {
+            load(t)
+                .unwrap()
+                .telemetry
+                .otlp_traces_url
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(
             url("otlp_endpoint = \"http://127.0.0.1:4318\""),
             "http://127.0.0.1:4318/v1/traces"
@@ -1615,12 +1622,24 @@ mod tests {
         );
         let c = load("otlp_endpoint = \"http://c:4318\"\nsample_ratio = 0.25").unwrap();
         assert_eq!(c.telemetry.sample_ratio, 0.25);
-        assert_eq!(load("sample_ratio = 0").unwrap().telemetry.sample_ratio, 0.0);
+        assert_eq!(
+            load("sample_ratio = 0").unwrap().telemetry.sample_ratio,
+            0.0
+        );
         for (text, key) in [
-            ("otlp_endpoint = \"grpc://c:4317\"", "telemetry.otlp_endpoint"),
+            (
+                "otlp_endpoint = \"grpc://c:4317\"",
+                "telemetry.otlp_endpoint",
+            ),
             ("otlp_endpoint = \"not a url\"", "telemetry.otlp_endpoint"),
-            ("otlp_endpoint = \"http://u:p@c:4318\"", "telemetry.otlp_endpoint"),
-            ("otlp_endpoint = \"http://c:4318/?x=1\"", "telemetry.otlp_endpoint"),
+            (
+                "otlp_endpoint = \"http://u:p@c:4318\"",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "otlp_endpoint = \"http://c:4318/?x=1\"",
+                "telemetry.otlp_endpoint",
+            ),
             ("sample_ratio = 1.5", "telemetry.sample_ratio"),
             ("sample_ratio = -0.1", "telemetry.sample_ratio"),
             ("sample_ratio = nan", "telemetry.sample_ratio"),

@@ -8,10 +8,11 @@
 //! carrying it (the way `tracing`'s `Instrumented` futures work).
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -45,26 +46,32 @@ impl SpanContext {
     }
 }
 
-/// The context of the request being polled on this thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Current {
+/// The trace of the request being polled on this thread: what its spans need.
+pub struct Scope {
+    pub tracer: Arc<Tracer>,
+    /// The request's (server) span: the upstream call's parent.
+    pub request: SpanContext,
     /// The span new spans are children of: the request's, or the auth decision's inside it.
-    pub span: SpanContext,
-    /// The id of the request's upstream span, given out before the call: the upstream is
-    /// told it as its parent (`traceparent`) when the request's headers are cleaned.
-    pub upstream: SpanId,
+    pub parent: SpanContext,
+    /// The W3C `tracestate` of a trace continued from a trusted proxy, passed on with the
+    /// proxy's `traceparent`.
+    pub trace_state: Option<http::HeaderValue>,
 }
+
+/// The current scope (shared by the request's future and the spans inside it).
+pub type Current = Arc<Scope>;
 
 thread_local! {
-    static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
+    static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
 }
 
-/// The context of the request whose future is being polled on this thread, if traced.
+/// The scope of the request whose future is being polled on this thread, if traced. With
+/// tracing off this is one thread-local read that finds nothing.
 pub fn current() -> Option<Current> {
-    CURRENT.with(Cell::get)
+    CURRENT.with(|c| c.borrow().clone())
 }
 
-/// Sets the current context until dropped (then the previous one is back).
+/// Sets the current scope until dropped (then the previous one is back).
 pub struct Entered(Option<Current>);
 
 pub fn enter(c: Current) -> Entered {
@@ -73,20 +80,22 @@ pub fn enter(c: Current) -> Entered {
 
 impl Drop for Entered {
     fn drop(&mut self) {
-        CURRENT.with(|cell| cell.set(self.0));
+        let previous = self.0.take();
+        CURRENT.with(|cell| *cell.borrow_mut() = previous);
     }
 }
 
 pin_project! {
-    /// A future polled with `current` set.
+    /// A future polled with `current` set (when there is one: with tracing off it is the
+    /// future and a `None`).
     pub struct Scoped<F> {
-        current: Current,
+        current: Option<Current>,
         #[pin]
         inner: F,
     }
 }
 
-pub fn scoped<F: Future>(current: Current, inner: F) -> Scoped<F> {
+pub fn scoped<F: Future>(current: Option<Current>, inner: F) -> Scoped<F> {
     Scoped { current, inner }
 }
 
@@ -94,8 +103,65 @@ impl<F: Future> Future for Scoped<F> {
     type Output = F::Output;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let _entered = enter(*this.current);
+        let _entered = this.current.as_ref().map(|c| enter(c.clone()));
         this.inner.poll(cx)
+    }
+}
+
+/// A span of the current request's trace being timed: a child of the current parent, or
+/// (outside any request: background key refreshes) the root of a new trace.
+pub struct Child {
+    pub tracer: Arc<Tracer>,
+    pub started: Started,
+    pub trace_state: Option<http::HeaderValue>,
+}
+
+impl Child {
+    /// A child of the current scope's parent span, if a request is being traced here.
+    pub fn of_current() -> Option<Child> {
+        let c = current()?;
+        Some(Child {
+            tracer: c.tracer.clone(),
+            started: Started::child_of(&c.parent),
+            trace_state: c.trace_state.clone(),
+        })
+    }
+
+    /// A child of the current scope, or else a new trace's root span of `tracer`.
+    pub fn of_current_or_root(tracer: &Arc<Tracer>) -> Child {
+        Child::of_current().unwrap_or_else(|| Child {
+            tracer: tracer.clone(),
+            started: Started {
+                context: tracer.root(),
+                parent: None,
+                start: now_nanos(),
+            },
+            trace_state: None,
+        })
+    }
+
+    /// The `traceparent` that names this span as the parent.
+    pub fn traceparent(&self) -> http::HeaderValue {
+        self.started.context.traceparent()
+    }
+
+    /// Ends the span now and queues it when its trace is sampled.
+    pub fn end(
+        self,
+        name: impl Into<Cow<'static, str>>,
+        kind: Kind,
+        attributes: Vec<(&'static str, Value)>,
+        error: bool,
+    ) {
+        if self.started.context.sampled {
+            let mut rec = self.started.end(name, kind, attributes, error);
+            rec.trace_state = self
+                .trace_state
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            self.tracer.submit(rec);
+        }
     }
 }
 
@@ -298,6 +364,27 @@ impl Tracer {
         }
     }
 
+    /// The request span's context and its remote parent. A valid `traceparent` of a
+    /// trusted proxy is continued: its trace id, and its sampled flag decides (the
+    /// OpenTelemetry `ParentBased` sampler). Anything else, a client's header included
+    /// (the caller passes `None` for untrusted peers), starts a new trace sampled by the
+    /// ratio, so that clients cannot force sampling (W3C Trace Context, "Security
+    /// considerations": denial of service by callers that set the sampled flag; an
+    /// invalid value restarts the trace, "Versioning of traceparent").
+    pub fn request_context(&self, traceparent: Option<&[u8]>) -> (SpanContext, Option<SpanId>) {
+        match traceparent.and_then(super::traceparent::parse) {
+            Some(tp) => (
+                SpanContext {
+                    trace_id: tp.trace_id,
+                    span_id: span_id(),
+                    sampled: tp.sampled(),
+                },
+                Some(tp.parent_id),
+            ),
+            None => (self.root(), None),
+        }
+    }
+
     /// Queues a finished span; a full queue drops it (counted).
     pub fn submit(&self, span: SpanRecord) {
         if self.queue.try_send(span).is_err() {
@@ -346,31 +433,96 @@ mod tests {
     }
 
     #[test]
-    fn the_current_context_is_set_while_polled_only() {
-        let ctx = SpanContext {
-            trace_id: trace_id(),
-            span_id: span_id(),
-            sampled: true,
-        };
-        let c = Current {
-            span: ctx,
-            upstream: span_id(),
-        };
-        assert_eq!(current(), None);
-        let seen = futures_util::FutureExt::now_or_never(scoped(c, async { current() }));
-        assert_eq!(seen, Some(Some(c)));
-        assert_eq!(current(), None);
-        {
-            let _outer = enter(c);
-            let inner = Current {
-                span: ctx.child(),
-                ..c
-            };
-            let _g = enter(inner);
-            assert_eq!(current(), Some(inner));
-            drop(_g);
-            assert_eq!(current(), Some(c));
+    fn a_trusted_parent_decides_and_anything_else_starts_anew() {
+        let (tx, _rx) = mpsc::channel(1);
+        // Ratio 0: only a continued, sampled parent is recorded.
+        let t = Tracer::new(0.0, tx, Default::default());
+        let sampled = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (ctx, parent) = t.request_context(Some(sampled));
+        assert!(ctx.sampled);
+        assert_eq!(
+            super::super::traceparent::hex(&ctx.trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            parent,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        assert_ne!(ctx.span_id, parent.unwrap());
+        let unsampled = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(!t.request_context(Some(unsampled)).0.sampled);
+        // Ratio 1: a parent's "not sampled" still wins.
+        t.set_ratio(1.0);
+        assert!(!t.request_context(Some(unsampled)).0.sampled);
+        // Invalid or absent: a new trace, sampled by the ratio.
+        for v in [Some(&b"00-zz"[..]), None] {
+            let (ctx, parent) = t.request_context(v);
+            assert_eq!(parent, None);
+            assert!(ctx.sampled);
+            assert_ne!(
+                super::super::traceparent::hex(&ctx.trace_id),
+                "4bf92f3577b34da6a3ce929d0e0e4736"
+            );
         }
-        assert_eq!(current(), None);
+        t.set_ratio(0.0);
+        assert!(!t.request_context(None).0.sampled);
+    }
+
+    #[test]
+    fn the_current_scope_is_set_while_polled_only() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let tracer = Arc::new(Tracer::new(1.0, tx, Default::default()));
+        let request = tracer.root();
+        let c: Current = Arc::new(Scope {
+            tracer: tracer.clone(),
+            request,
+            parent: request,
+            trace_state: None,
+        });
+        assert!(current().is_none());
+        assert!(Child::of_current().is_none());
+        let seen = futures_util::FutureExt::now_or_never(scoped(Some(c.clone()), async {
+            let child = Child::of_current().unwrap();
+            let id = child.started.context.span_id;
+            child.end("inner", Kind::Internal, Vec::new(), false);
+            (current().map(|c| c.request), id)
+        }))
+        .unwrap();
+        assert_eq!(seen.0, Some(request));
+        assert!(current().is_none());
+        let rec = rx.try_recv().unwrap();
+        assert_eq!(rec.parent, Some(request.span_id));
+        assert_eq!(rec.context.trace_id, request.trace_id);
+        assert_eq!(rec.context.span_id, seen.1);
+        // No scope: a root span of its own trace.
+        let root = Child::of_current_or_root(&tracer);
+        assert_eq!(root.started.parent, None);
+        assert_ne!(root.started.context.trace_id, request.trace_id);
+        // Nested scopes restore the outer one.
+        {
+            let _outer = enter(c.clone());
+            let inner = Arc::new(Scope {
+                tracer: tracer.clone(),
+                request,
+                parent: request.child(),
+                trace_state: None,
+            });
+            let g = enter(inner.clone());
+            assert!(Arc::ptr_eq(&current().unwrap(), &inner));
+            drop(g);
+            assert!(Arc::ptr_eq(&current().unwrap(), &c));
+        }
+        assert!(current().is_none());
+        // Unsampled spans are not queued.
+        let off = Child {
+            tracer: tracer.clone(),
+            started: Started::child_of(&SpanContext {
+                sampled: false,
+                ..request
+            }),
+            trace_state: None,
+        };
+        off.end("x", Kind::Internal, Vec::new(), false);
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -23,7 +23,7 @@ impl TraceParent {
     }
 }
 
-/// Lowercase hex digits only (W3C Trace Context §3.2.2: uppercase is invalid).
+/// Lowercase hex digits only (W3C Trace Context, "traceparent Header Field Values": `HEXDIGLC`; uppercase is invalid).
 fn hex_digit(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -43,11 +43,13 @@ fn hex_into(src: &[u8], out: &mut [u8]) -> Option<()> {
 }
 
 /// Parses one `traceparent` value. `None` for anything the spec calls invalid, and then the
-/// receiver starts a new trace (W3C Trace Context §4.3):
+/// receiver restarts the trace (W3C Trace Context, "Versioning of traceparent"):
 /// - version `ff`, or a version that is not two lowercase hex digits;
 /// - version `00` with anything but exactly 55 characters; a later version shorter than 55
-///   or with more that does not follow a `-` (§3.2.4: parse the fields it knows);
-/// - an all-zero trace id or parent id (§3.2.2.3, §3.2.2.4); uppercase hex.
+///   or with more that does not follow a `-` (a higher version is read by the fields of
+///   version 00, each followed by a dash or the end);
+/// - an all-zero trace id or parent id ("trace-id", "parent-id": vendors MUST ignore the
+///   header); uppercase hex.
 ///
 /// Optional whitespace around the value is ignored.
 pub fn parse(value: &[u8]) -> Option<TraceParent> {
