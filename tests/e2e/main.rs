@@ -22,4 +22,5 @@ mod protocols;
 mod routing;
 mod shipped_configs;
 mod streaming;
+mod telemetry;
 mod upstream_tls;
