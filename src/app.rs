@@ -132,8 +132,10 @@ pub fn reload(
         });
     match result {
         Ok((generation, fresh)) => {
-            start_validators(fresh);
+            // Before the new validators start: their first provider calls are traced (or
+            // not) by the new config.
             telemetry.apply(&generation.config.telemetry);
+            start_validators(fresh);
             current.store(Arc::new(generation));
             metrics.reloads_ok.fetch_add(1, Relaxed);
             tracing::info!(config = %path.display(), "configuration reloaded");
