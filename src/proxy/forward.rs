@@ -28,7 +28,7 @@ use crate::body::{ReqBody, Resp, RespBody};
 use crate::error::Refusal;
 use crate::exchange::Answer;
 use crate::routing::Routed;
-use crate::telemetry::span::{self, Child, Kind, Started, Value};
+use crate::telemetry::span::{self, Child, Started, Value};
 
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
@@ -63,7 +63,7 @@ fn end_upstream_span(
     status: Option<u16>,
     error: Option<&'static str>,
 ) {
-    let mut attributes = vec![
+    let attributes = vec![
         (
             "http.request.method",
             Value::from(method.as_str().to_owned()),
@@ -77,18 +77,11 @@ fn end_upstream_span(
             Value::from(upstream.name.to_string()),
         ),
     ];
-    if let Some(s) = status {
-        attributes.push(("http.response.status_code", Value::Int(i64::from(s))));
-    }
-    if let Some(e) = error {
-        attributes.push(("error.type", Value::from(e)));
-    }
-    let failed = error.is_some() || status.is_some_and(|s| s >= 500);
-    child.end(
+    child.end_call(
         format!("upstream {}", upstream.name),
-        Kind::Client,
         attributes,
-        failed,
+        status,
+        error.map(Value::from),
     );
 }
 

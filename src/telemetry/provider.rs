@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use super::span::{Child, Kind, Value};
+use super::span::{Child, Value};
 use super::Telemetry;
 use crate::admin::provider::Endpoint;
 
@@ -64,7 +64,7 @@ impl<'a> ProviderCall<'a> {
         let Some((child, method, host, path)) = self.span else {
             return;
         };
-        let mut attributes: Vec<(&'static str, Value)> = vec![
+        let attributes = vec![
             (
                 "http.request.method",
                 Value::from(method.as_str().to_owned()),
@@ -80,18 +80,11 @@ impl<'a> ProviderCall<'a> {
                 Value::from(self.endpoint.as_str()),
             ),
         ];
-        if let Some(s) = status {
-            attributes.push(("http.response.status_code", Value::Int(i64::from(s))));
-        }
-        let failed = error.is_some() || status.is_some_and(|s| s >= 500);
-        if let Some(e) = error {
-            attributes.push(("error.type", Value::from(e)));
-        }
-        child.end(
+        child.end_call(
             format!("provider {}", self.endpoint.as_str()),
-            Kind::Client,
             attributes,
-            failed,
+            status,
+            error.map(Value::from),
         );
     }
 }

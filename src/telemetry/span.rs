@@ -140,6 +140,26 @@ impl Child {
         })
     }
 
+    /// Ends a client span (a call to the provider or the upstream) by how the call went:
+    /// the answer's status, or why there was none. Error status without an answer or
+    /// with a 5xx.
+    pub fn end_call(
+        self,
+        name: String,
+        mut attributes: Vec<(&'static str, Value)>,
+        status: Option<u16>,
+        error: Option<Value>,
+    ) {
+        let failed = error.is_some() || status.is_some_and(|s| s >= 500);
+        if let Some(s) = status {
+            attributes.push(("http.response.status_code", Value::Int(i64::from(s))));
+        }
+        if let Some(e) = error {
+            attributes.push(("error.type", e));
+        }
+        self.end(name, Kind::Client, attributes, failed);
+    }
+
     /// The `traceparent` that names this span as the parent.
     pub fn traceparent(&self) -> http::HeaderValue {
         self.started.context.traceparent()
