@@ -89,11 +89,13 @@ fn main() -> ExitCode {
             if !print_config {
                 telemetry::init(cli.log_format);
             }
-            match demo::run(demo::DemoOptions {
+            let ran = demo::run(demo::DemoOptions {
                 port,
                 bind,
                 print_config,
-            }) {
+            });
+            telemetry::writer::flush();
+            match ran {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis demo: {e}");
@@ -113,7 +115,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match portcullis::app::run(config, Some(cli.config.clone())) {
+            let ran = portcullis::app::run(config, Some(cli.config.clone()));
+            telemetry::writer::flush();
+            match ran {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis: {e}");

@@ -7,11 +7,13 @@
 //! query strings are never logged: the access log carries the canonical path only.
 
 pub mod access;
+mod access_layer;
 pub mod otlp;
 pub mod provider;
 pub mod span;
 pub mod trace;
 pub mod traceparent;
+pub mod writer;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -129,23 +131,38 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Installs the global subscriber. `RUST_LOG` style filter, default `info`.
+/// Installs the global subscriber: the `RUST_LOG` filter (default `info`), the `fmt`
+/// layer for every line but the access lines, and [`access_layer::AccessLayer`] for those
+/// (the same shape, a fraction of the cost), all writing through [`writer`].
 pub fn init(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never into files or collectors.
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = match format {
-        LogFormat::Json => builder
+    use tracing_subscriber::filter::{filter_fn, EnvFilter};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let not_access = filter_fn(|meta| meta.target() != "access");
+    let out = writer::LogWriter::start();
+    // Colour codes only for a person at a terminal, never into files or collectors.
+    let ansi = std::io::stderr().is_terminal();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(out)
+        .with_ansi(ansi);
+    let lines = match format {
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Pretty => builder.with_target(true).try_init(),
+            .with_filter(not_access)
+            .boxed(),
+        LogFormat::Pretty => fmt.with_target(true).with_filter(not_access).boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .with(access_layer::AccessLayer {
+            json: format == LogFormat::Json,
+        })
+        .try_init();
 }
