@@ -43,6 +43,8 @@ pub enum BuildError {
     Login(#[from] LoginBuildError),
     #[error("routes: {0}")]
     Routes(#[from] CompileError),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] crate::telemetry::otlp::StartError),
 }
 
 /// What is handed from one generation to the next when its settings did not change.

@@ -63,7 +63,7 @@ impl Telemetry {
     pub fn tracer_for(
         &self,
         cfg: &TelemetryConfig,
-    ) -> Result<Option<Arc<Tracer>>, crate::oidc::transport::TransportError> {
+    ) -> Result<Option<Arc<Tracer>>, otlp::StartError> {
         let Some(url) = &cfg.otlp_traces_url else {
             return Ok(None);
         };

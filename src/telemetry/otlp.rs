@@ -171,6 +171,11 @@ pub fn encode(resource: &Resource, spans: &[SpanRecord]) -> Vec<u8> {
 
 // ---- the exporter ------------------------------------------------------------------------
 
+/// The exporter's client could not be built (its TLS roots).
+#[derive(Debug, thiserror::Error)]
+#[error("OTLP exporter client: {0}")]
+pub struct StartError(#[source] crate::oidc::transport::TransportError);
+
 /// Where the exporter sends (a reload may change it).
 struct Target {
     url: ArcSwap<http::Uri>,
@@ -189,8 +194,8 @@ impl Exporting {
         url: http::Uri,
         sample_ratio: f64,
         stats: Arc<ExportStats>,
-    ) -> Result<Exporting, crate::oidc::transport::TransportError> {
-        let transport = HttpTransport::new(TransportConfig::default())?;
+    ) -> Result<Exporting, StartError> {
+        let transport = HttpTransport::new(TransportConfig::default()).map_err(StartError)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let tracer = Arc::new(Tracer::new(sample_ratio, tx, stats.clone()));
         let target = Arc::new(Target {
