@@ -111,7 +111,11 @@ pub async fn authenticate(
             trace_state: outer.trace_state.clone(),
         }))
     });
-    let judged = span::scoped(scope, judge(route, also, j)).await;
+    let judged = match scope {
+        // Off: the decision's future as it is (no wrapper to move it into).
+        None => judge(route, also, j).await,
+        Some(s) => span::scoped(Some(s), judge(route, also, j)).await,
+    };
     // Counted here, once per decision, for proxied requests and `/oauth2/auth` alike.
     let (mode, result, reason) = match &judged {
         Ok(p) => {
