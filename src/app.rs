@@ -1,9 +1,10 @@
 //! Builds the first config generation, spawns the proxy workers and the admin server, and owns
-//! shutdown (SIGTERM/SIGINT) and reload (SIGHUP).
+//! shutdown (SIGTERM/SIGINT) and reload (SIGHUP). Also the one revocation store of the
+//! process ([`RevocationHub`]): built at start, handed to every generation, kept by reloads.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Semaphore};
@@ -11,9 +12,57 @@ use tokio::sync::{watch, Semaphore};
 use crate::admin::{Metrics, ReadyCheck};
 use crate::config::Config;
 use crate::generation::{BuildError, Fresh, Generation};
+use crate::revocation::{RevocationError, Revocations};
 use crate::server::Current;
 use crate::telemetry::Telemetry;
 use crate::token::TokenValidator;
+
+/// The revocation store in use: built once at start and handed to every generation, so
+/// that signed-out sessions stay signed out across reloads. A reload that changes only
+/// its capacity or file applies them in place; one that changes its backend (memory or
+/// Redis) or Redis URL builds a new store (what the old one held is not carried over:
+/// logged).
+pub struct RevocationHub(Mutex<Revocations>);
+
+impl RevocationHub {
+    fn current(&self) -> Revocations {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The store for `c`: the running one if it serves these settings, else a new one
+    /// (not installed until [`RevocationHub::commit`]).
+    fn for_config(&self, c: &Config) -> Result<(Revocations, bool), RevocationError> {
+        let settings = c.revocation_settings();
+        let current = self.current();
+        if current.serves(&settings) {
+            Ok((current, false))
+        } else {
+            Ok((Revocations::new(&settings)?, true))
+        }
+    }
+
+    /// Installs the store of a generation that was built: applies its settings in place,
+    /// or makes a new store the current one.
+    fn commit(&self, c: &Config, store: &Revocations, new: bool) {
+        let settings = c.revocation_settings();
+        if new {
+            tracing::warn!(
+                kind = ?settings.kind,
+                "session.revocation changed: a new revocation store; what the previous one held is not carried over"
+            );
+            store.spawn_sweeper();
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = store.clone();
+        } else {
+            store.reconfigure(&settings);
+        }
+    }
+}
+
+fn log_warnings(c: &Config) {
+    for w in c.warnings() {
+        tracing::warn!(key = %w.key, "{}", w.message);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -29,6 +78,8 @@ pub enum StartError {
     },
     #[error("cannot start runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("session.revocation: {0}")]
+    Revocation(#[from] RevocationError),
 }
 
 impl From<BuildError> for StartError {
@@ -49,6 +100,7 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     pub admin_addr: Option<std::net::SocketAddr>,
     pub(crate) current: Current,
+    revocations: Arc<RevocationHub>,
     telemetry: Arc<Telemetry>,
     shutdown: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -88,7 +140,8 @@ impl Running {
 
     /// Reloads the config file; on any error the running config stays.
     pub fn reload(&self, path: &Path) -> Result<(), StartError> {
-        reload(&self.current, &self.telemetry, path)
+        let _g = self.control.as_ref().map(|rt| rt.enter());
+        reload(&self.current, &self.revocations, &self.telemetry, path)
     }
 }
 
@@ -96,6 +149,7 @@ impl Running {
 /// Must run inside the control runtime (validators start there).
 pub fn reload(
     current: &Current,
+    hub: &RevocationHub,
     telemetry: &Arc<Telemetry>,
     path: &Path,
 ) -> Result<(), StartError> {
@@ -122,16 +176,21 @@ pub fn reload(
                     "a timeout is now longer than the request histogram's largest bucket; its buckets follow on restart"
                 );
             }
-            Ok(Generation::build(
+            let (store, new) = hub.for_config(&c)?;
+            let built = Generation::build(
                 c,
                 metrics.clone(),
                 telemetry,
                 running.workers(),
                 Some(&running),
-            )?)
+                &store,
+            )?;
+            Ok((built, store, new))
         });
     match result {
-        Ok((generation, fresh)) => {
+        Ok(((generation, fresh), store, new)) => {
+            hub.commit(&generation.config, &store, new);
+            log_warnings(&generation.config);
             // Before the new validators start: their first provider calls are traced (or
             // not) by the new config.
             telemetry.apply(&generation.config.telemetry);
@@ -184,10 +243,19 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
     if aws_lc_rs::rand::fill(&mut warm).is_err() {
         tracing::warn!("the system random generator failed a first draw");
     }
+    log_warnings(&config);
     let telemetry = Telemetry::new(&metrics);
-    let (generation, fresh) = {
+    let (generation, fresh, hub) = {
         let _g = control.enter();
-        Generation::build(config, metrics.clone(), &telemetry, workers, None)?
+        let store = Revocations::new(&config.revocation_settings())?;
+        store.spawn_sweeper();
+        let (generation, fresh) =
+            Generation::build(config, metrics.clone(), &telemetry, workers, None, &store)?;
+        (
+            generation,
+            fresh,
+            Arc::new(RevocationHub(Mutex::new(store))),
+        )
     };
     telemetry.apply(&generation.config.telemetry);
     let current: Current = Arc::new(ArcSwap::from_pointee(generation));
@@ -221,10 +289,27 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
             let current = current.clone();
             Arc::new(move || is_ready(&current))
         };
+        let actions: crate::admin::Actions = {
+            let (current, hub) = (current.clone(), hub.clone());
+            Arc::new(move || {
+                let g = current.load();
+                crate::admin::ActionSettings {
+                    revocations: hub.current(),
+                    token_file: g.config.server.admin_token_file.clone(),
+                    sessions: g
+                        .config
+                        .provider
+                        .as_ref()
+                        .zip(g.config.session.as_ref())
+                        .map(|(p, s)| (p.issuer.clone(), s.lifetime)),
+                }
+            })
+        };
         control.spawn(crate::admin::serve(
             listener,
             metrics.clone(),
             ready,
+            actions,
             shutdown_rx.clone(),
         ));
     }
@@ -236,6 +321,10 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
                 out.push_str(&v.render_metrics());
             }
         }));
+        let hub = hub.clone();
+        metrics.add_source(Arc::new(move |out: &mut String| {
+            out.push_str(&hub.current().render_metrics());
+        }));
     }
     {
         let _g = control.enter();
@@ -244,6 +333,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
 
     if let Some(path) = config_path {
         let current = current.clone();
+        let hub = hub.clone();
         let telemetry = telemetry.clone();
         let mut stop = shutdown_rx.clone();
         control.spawn(async move {
@@ -257,7 +347,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
                 tokio::select! {
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading configuration");
-                        let _ = reload(&current, &telemetry, &path);
+                        let _ = reload(&current, &hub, &telemetry, &path);
                     }
                     _ = stop.changed() => return,
                 }
@@ -290,6 +380,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
         addr,
         admin_addr,
         current,
+        revocations: hub,
         telemetry,
         shutdown: shutdown_tx,
         threads,

@@ -177,3 +177,31 @@ impl Body for ReqBody {
 }
 
 use std::future::Future;
+
+/// A request body that the proxy's own endpoints read whole (back-channel logout's form):
+/// hyper's in production, none in the stack tests. At most `limit` bytes, each pause at
+/// most `timeout`; `Err` otherwise (or when the client's body fails).
+pub trait EndpointBody: Send + 'static {
+    fn read_all(
+        self,
+        limit: usize,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Bytes, ()>> + Send;
+}
+
+impl EndpointBody for Incoming {
+    async fn read_all(self, limit: usize, timeout: Duration) -> Result<Bytes, ()> {
+        use http_body_util::BodyExt;
+        let limited = http_body_util::Limited::new(ReqBody::new(self, timeout), limit);
+        match limited.collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(_) => Err(()),
+        }
+    }
+}
+
+impl EndpointBody for () {
+    async fn read_all(self, _limit: usize, _timeout: Duration) -> Result<Bytes, ()> {
+        Ok(Bytes::new())
+    }
+}

@@ -5,7 +5,8 @@
 //! What must outlive a generation is carried from the previous one when its settings did
 //! not change ([`Carried`]): the token validator (its keys and token cache), the login
 //! (its provider metadata, keys and refresh single-flight), and each upstream's pooled
-//! clients (open connections stay open across a reload).
+//! clients (open connections stay open across a reload). The revocation store is not a
+//! generation's at all: `app` builds it once and hands it to every build.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::proxy::header_policy::HeaderPolicy;
 use crate::proxy::hygiene::TrustedProxies;
 use crate::proxy::pool::UpstreamPool;
 use crate::proxy::upstream::Upstream;
+use crate::revocation::Revocations;
 use crate::routing::layer::HeadLimits;
 use crate::routing::table::{CompileError, Parts as RouteParts};
 use crate::routing::RouteTable;
@@ -82,6 +84,7 @@ impl Generation {
         telemetry: &Arc<Telemetry>,
         workers: usize,
         previous: Option<&Generation>,
+        revocations: &Revocations,
     ) -> Result<(Generation, Fresh), BuildError> {
         let before = previous.map(|p| &p.carried);
         let mut fresh = Fresh {
@@ -117,19 +120,25 @@ impl Generation {
             None => None,
             Some((_, key)) => {
                 let running = before.and_then(|c| c.login.as_ref());
-                match running.filter(|(k, _)| *k == key) {
+                let same = |(k, l): &&(String, Arc<Login>)| {
+                    *k == key && l.revocations.same_store(revocations)
+                };
+                match running.filter(same) {
                     Some((_, l)) => Some((key, l.clone())),
-                    None => {
-                        match Login::build_traced(&config, running.map(|(_, l)| &**l), telemetry)? {
-                            Some(l) => {
-                                if !running.is_some_and(|(_, r)| l.shares_provider_with(r)) {
-                                    fresh.validators.push(l.id_validator.clone());
-                                }
-                                Some((key, Arc::new(l.counting_into(metrics.clone()))))
+                    None => match Login::build_traced(
+                        &config,
+                        running.map(|(_, l)| &**l),
+                        revocations,
+                        telemetry,
+                    )? {
+                        Some(l) => {
+                            if !running.is_some_and(|(_, r)| l.shares_provider_with(r)) {
+                                fresh.validators.push(l.id_validator.clone());
                             }
-                            None => None,
+                            Some((key, Arc::new(l.counting_into(metrics.clone()))))
                         }
-                    }
+                        None => None,
+                    },
                 }
             }
         };

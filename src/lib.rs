@@ -13,7 +13,7 @@
 //!                                                │                        └─ no identity: browser → 302 to login;
 //!                                                │                           API → 401 (error: the one rescue)
 //!                                                └─ /oauth2/* (oidc::endpoints: ping, forward auth, login,
-//!                                                   callback, sign-out, userinfo)
+//!                                                   callback, sign-out, userinfo, back-channel logout)
 //! ```
 //!
 //! - `stack` writes the layer order once; `generation` builds one stack per worker
@@ -22,11 +22,14 @@
 //! - [`config`] reads and validates the file (it imports no behaviour); `path`
 //!   canonicalizes paths and hosts (it imports nothing of the crate).
 //! - [`token`] validates bearer tokens (JWKS, introspection, cache); `session` keeps
-//!   browser sessions; `oidc` is discovery, the login flow and the provider transport;
-//!   [`identity`] is the one identity type they make; `policy` judges it.
+//!   browser sessions; `revocation` is what ends them early (sign-outs, provider logouts,
+//!   and the replay sets), built once and kept across reloads; `oidc` is discovery, the
+//!   login flow (back-channel logout included) and the provider transport; [`identity`]
+//!   is the one identity type they make; `policy` judges it.
 //! - `error` renders every refusal; `exchange` is what travels with a request.
-//! - `admin` serves `/healthz`, `/readyz`, `/metrics`; `dev_idp` is the development
-//!   provider and sample app of `portcullis demo` (cargo feature `demo`, on by default).
+//! - `admin` serves `/healthz`, `/readyz`, `/metrics` and `POST /sessions/revoke`;
+//!   `dev_idp` is the development provider and sample app of `portcullis demo` (cargo
+//!   feature `demo`, on by default).
 
 pub mod app;
 pub mod config;
@@ -46,6 +49,7 @@ pub(crate) mod generation;
 pub(crate) mod path;
 pub(crate) mod policy;
 pub(crate) mod proxy;
+pub(crate) mod revocation;
 pub(crate) mod routing;
 pub(crate) mod server;
 pub(crate) mod session;

@@ -70,6 +70,9 @@ fn main() -> ExitCode {
                     c.routes.len(),
                     c.upstreams.len()
                 );
+                for w in c.warnings() {
+                    println!("  warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -1,7 +1,9 @@
-//! Test helpers: a tiny HTTP stub server on 127.0.0.1:0 that counts its requests, and
-//! signing keys generated in the test with a JWT forger.
+//! Test helpers: a tiny HTTP stub server on 127.0.0.1:0 that counts its requests,
+//! signing keys generated in the test with a JWT forger, and a throwaway `redis-server`.
 
 use std::convert::Infallible;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -18,6 +20,8 @@ use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
+
+use crate::config::Secret;
 
 /// What the stub saw.
 #[derive(Debug, Clone)]
@@ -336,4 +340,76 @@ pub fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// A throwaway `redis-server` on a free loopback port, killed (by PID) on drop.
+pub(crate) struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub(crate) fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (Debian package redis-server)");
+        let server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    pub(crate) fn url(&self) -> Secret<String> {
+        Secret::new(format!("redis://127.0.0.1:{}/", self.port))
+    }
+
+    /// Every raw string value in the database (other types left out).
+    pub(crate) fn dump(&self) -> Vec<(String, Vec<u8>)> {
+        let client = redis::Client::open(self.url().expose().as_str()).unwrap();
+        let mut c = client.get_connection().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+        let mut out = Vec::new();
+        for k in keys {
+            let t: String = redis::cmd("TYPE").arg(&k).query(&mut c).unwrap();
+            if t == "string" {
+                let v: Vec<u8> = redis::cmd("GET").arg(&k).query(&mut c).unwrap();
+                out.push((k, v));
+            }
+        }
+        out
+    }
+
+    pub(crate) fn ttl(&self, key: &str) -> i64 {
+        let client = redis::Client::open(self.url().expose().as_str()).unwrap();
+        let mut c = client.get_connection().unwrap();
+        redis::cmd("TTL").arg(key).query(&mut c).unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -91,10 +91,17 @@ pub enum Flow {
     Callback,
     Refresh,
     SignOut,
+    BackchannelLogout,
 }
 
 impl Flow {
-    const ALL: [Flow; 4] = [Flow::Start, Flow::Callback, Flow::Refresh, Flow::SignOut];
+    const ALL: [Flow; 5] = [
+        Flow::Start,
+        Flow::Callback,
+        Flow::Refresh,
+        Flow::SignOut,
+        Flow::BackchannelLogout,
+    ];
 
     fn family(self) -> (&'static str, &'static str) {
         match self {
@@ -113,6 +120,10 @@ impl Flow {
             Flow::SignOut => (
                 "portcullis_sign_outs_total",
                 "Sign-outs (/oauth2/sign_out), by outcome.",
+            ),
+            Flow::BackchannelLogout => (
+                "portcullis_backchannel_logouts_total",
+                "Back-channel logout tokens (/oauth2/backchannel_logout), by outcome: ok or why the token was refused.",
             ),
         }
     }

@@ -284,13 +284,19 @@ async fn by_session(
             "the session store or identity provider is unavailable",
         )
         .into()),
-        SessionCheck::None { set_cookies } => Err(Denied {
+        SessionCheck::None {
+            set_cookies,
+            revoked,
+        } => Err(Denied {
             page: None,
             refusal: Refusal::SignInRequired {
                 login: (!j.forward_auth).then(|| login.login_location(j.path_and_query)),
                 // A browser that brought a session cookie that no longer opens (expired,
-                // idle, ended, or sealed with a retired secret) is told apart.
-                why: if login.store.settings().carries_session(j.headers) {
+                // idle, ended, or sealed with a retired secret) is told apart, and one
+                // whose session was revoked (sign-out, provider logout, admin) too.
+                why: if revoked {
+                    "revoked"
+                } else if login.store.settings().carries_session(j.headers) {
                     "session_expired"
                 } else {
                     "no_session"

@@ -41,6 +41,8 @@ pub struct ServerFile {
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     pub admin_listen: Option<String>,
+    /// Bearer token required by state-changing admin endpoints (read at each request).
+    pub admin_token_file: Option<String>,
     /// Worker threads (one single-threaded runtime each); default: the number of CPUs.
     pub workers: Option<usize>,
     /// Prefix of the proxy's own endpoints; default `/oauth2`.
@@ -89,6 +91,8 @@ pub struct ProviderFile {
     pub client_auth: Option<String>,
     pub private_key_file: Option<String>,
     pub trusted_audiences: Option<Vec<String>>,
+    /// Back-channel logout tokens: how old `iat` may be.
+    pub logout_token_max_age: Option<String>,
     /// Refused unless "authorization_code": see validate.rs (RFC 9700).
     pub grant_type: Option<String>,
     pub response_type: Option<String>,
@@ -140,6 +144,12 @@ pub struct SessionFile {
     pub redis_url: Option<String>,
     pub refresh: Option<bool>,
     pub domain: Option<String>,
+    /// `"memory"` or `"redis"`; default: redis when `redis_url` is set.
+    pub revocation: Option<String>,
+    /// memory: where revocations are kept across restarts.
+    pub revocation_file: Option<String>,
+    /// Entries before failing closed (a global not-before time).
+    pub revocation_capacity: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

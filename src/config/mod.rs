@@ -80,6 +80,29 @@ impl Config {
         validate::from_toml(text, base_dir, &|name| std::env::var(name).ok())
     }
 
+    /// What a valid config still deserves a word about (printed by `check`, logged at
+    /// start): each names its key, as errors do.
+    pub fn warnings(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        let logins = self
+            .routes
+            .iter()
+            .any(|r| matches!(r.auth, AuthMode::Login | AuthMode::Either));
+        if let Some(s) = self.session.as_ref().filter(|_| logins) {
+            if s.revocation == RevocationKind::Memory && s.revocation_file.is_none() {
+                out.push(ConfigError {
+                    key: "session.revocation".into(),
+                    message: "\"memory\" without revocation_file: a restart forgets sign-outs and \
+                              provider logouts (a cookie copied before them opens again until it \
+                              expires); set session.revocation_file, or keep revocations in Redis \
+                              (session.redis_url)"
+                        .into(),
+                });
+            }
+        }
+        out
+    }
+
     /// The claims (names or dotted paths) that `headers.claims` and the routes'
     /// `allow.claims` refer to, sorted, each once: what identities must keep.
     pub fn referenced_claims(&self) -> Vec<String> {

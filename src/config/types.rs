@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     pub trusted_proxies: Vec<IpNet>,
     pub admin_listen: Option<SocketAddr>,
+    /// `server.admin_token_file`: the bearer token of state-changing admin endpoints, read
+    /// at each request (rotation needs no reload). `None`: those endpoints are refused.
+    pub admin_token_file: Option<PathBuf>,
     pub workers: usize,
     pub proxy_prefix: String,
     pub limits: Limits,
@@ -131,6 +134,8 @@ pub struct ProviderConfig {
     /// ID-token audiences accepted beside `client_id` (OIDC Core 3.1.3.7 step 3: any other
     /// audience makes the ID token unacceptable). Default: none.
     pub trusted_audiences: Vec<String>,
+    /// Back-channel logout tokens older than this (by `iat`) are refused. Default 5 minutes.
+    pub logout_token_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +192,58 @@ pub struct SessionConfig {
     pub redis_url: Option<Secret<String>>,
     pub refresh: bool,
     pub domain: Option<String>,
+    /// Where signed-out sessions, provider logouts and replay sets are kept.
+    pub revocation: RevocationKind,
+    /// `revocation = "memory"`: the file that keeps them across restarts.
+    pub revocation_file: Option<PathBuf>,
+    /// Entries before the set fails closed (raises a global not-before time).
+    pub revocation_capacity: usize,
+}
+
+/// `session.revocation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationKind {
+    /// In this process (persisted to `revocation_file` when set).
+    Memory,
+    /// In `session.redis_url`: shared by replicas, survives restarts.
+    Redis,
+}
+
+/// Default `session.revocation_capacity`.
+pub const DEFAULT_REVOCATION_CAPACITY: usize = 1_000_000;
+
+/// What the revocation store is built from: `[session]`'s revocation keys, or the
+/// in-memory default when there is no `[session]` (nothing to revoke then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationSettings {
+    pub kind: RevocationKind,
+    /// `session.redis_url` (with `kind = Redis`).
+    pub redis_url: Option<Secret<String>>,
+    pub file: Option<PathBuf>,
+    pub capacity: usize,
+}
+
+impl Config {
+    /// The revocation store's settings.
+    pub fn revocation_settings(&self) -> RevocationSettings {
+        match &self.session {
+            Some(s) => RevocationSettings {
+                kind: s.revocation,
+                redis_url: match s.revocation {
+                    RevocationKind::Redis => s.redis_url.clone(),
+                    RevocationKind::Memory => None,
+                },
+                file: s.revocation_file.clone(),
+                capacity: s.revocation_capacity,
+            },
+            None => RevocationSettings {
+                kind: RevocationKind::Memory,
+                redis_url: None,
+                file: None,
+                capacity: DEFAULT_REVOCATION_CAPACITY,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]

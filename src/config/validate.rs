@@ -503,12 +503,14 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
             10_000,
         ) as u32,
     };
+    let admin_token_file = cx.existing_file("server.admin_token_file", &s.admin_token_file);
     ServerConfig {
         listen,
         public_url,
         tls,
         trusted_proxies,
         admin_listen,
+        admin_token_file,
         workers,
         proxy_prefix,
         limits,
@@ -672,6 +674,11 @@ fn provider(cx: &mut Ctx<'_>, p: &ProviderFile) -> ProviderConfig {
         client_auth,
         private_key_file,
         trusted_audiences,
+        logout_token_max_age: cx.duration(
+            "provider.logout_token_max_age",
+            p.logout_token_max_age.as_deref(),
+            Duration::from_secs(300),
+        ),
     }
 }
 
@@ -976,6 +983,61 @@ fn session(cx: &mut Ctx<'_>, s: &SessionFile) -> SessionConfig {
     if store == SessionStoreKind::Redis && s.redis_url.is_none() {
         cx.err("session.redis_url", "is required with store = \"redis\"");
     }
+    let revocation = match s.revocation.as_deref() {
+        None if s.redis_url.is_some() => RevocationKind::Redis,
+        None | Some("memory") => RevocationKind::Memory,
+        Some("redis") => RevocationKind::Redis,
+        Some(o) => {
+            cx.err(
+                "session.revocation",
+                format!("{o:?} is not one of memory, redis"),
+            );
+            RevocationKind::Memory
+        }
+    };
+    match revocation {
+        RevocationKind::Redis if s.redis_url.is_none() => cx.err(
+            "session.revocation",
+            "\"redis\" keeps revocations in session.redis_url, which is not set",
+        ),
+        RevocationKind::Memory if store == SessionStoreKind::Redis => cx.err(
+            "session.revocation",
+            "\"memory\" with store = \"redis\": sessions would be shared by replicas but \
+             sign-outs would not; remove the key (the Redis store revokes in Redis)",
+        ),
+        _ => {}
+    }
+    let revocation_file = s.revocation_file.as_deref().map(|f| {
+        let path = cx.path(f);
+        if revocation == RevocationKind::Redis {
+            cx.err(
+                "session.revocation_file",
+                "only with revocation = \"memory\" (Redis keeps revocations itself)",
+            );
+        } else if !path
+            .parent()
+            .is_some_and(|d| d.as_os_str().is_empty() || d.is_dir())
+        {
+            cx.err(
+                "session.revocation_file",
+                format!("the directory of {} does not exist", path.display()),
+            );
+        } else if path.is_dir() {
+            cx.err(
+                "session.revocation_file",
+                format!("{} is a directory", path.display()),
+            );
+        }
+        path
+    });
+    let revocation_capacity = bounded(
+        cx,
+        "session.revocation_capacity",
+        s.revocation_capacity,
+        DEFAULT_REVOCATION_CAPACITY,
+        1,
+        1_000_000_000,
+    );
     let cookie_name = s
         .cookie_name
         .clone()
@@ -1007,6 +1069,9 @@ fn session(cx: &mut Ctx<'_>, s: &SessionFile) -> SessionConfig {
         redis_url: s.redis_url.clone().map(Secret::new),
         refresh: s.refresh.unwrap_or(true),
         domain: s.domain.clone(),
+        revocation,
+        revocation_file,
+        revocation_capacity,
     }
 }
 
@@ -1651,5 +1716,127 @@ mod tests {
             );
         }
         assert!(!keys(&format!("{BASE}[telemetry]\nendpoint = \"x\"\n")).is_empty());
+    }
+
+    const SECRET32: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+    fn with_session(session_extra: &str) -> String {
+        format!("{BASE}[session]\nsecrets = [\"{SECRET32}\"]\n{session_extra}\n")
+    }
+
+    #[test]
+    fn revocation_keys() {
+        let load = |t: &str| from_toml(t, Path::new("."), &env).unwrap();
+        // Defaults: memory, or Redis whenever a Redis URL is set.
+        let c = load(&with_session(""));
+        let s = c.session.as_ref().unwrap();
+        assert_eq!(
+            (s.revocation, s.revocation_capacity),
+            (RevocationKind::Memory, DEFAULT_REVOCATION_CAPACITY)
+        );
+        let c = load(&with_session("redis_url = \"redis://127.0.0.1:6379/\""));
+        assert_eq!(
+            c.session.as_ref().unwrap().revocation,
+            RevocationKind::Redis
+        );
+        let c = load(&with_session(
+            "redis_url = \"redis://127.0.0.1:6379/\"\nrevocation = \"memory\"",
+        ));
+        assert_eq!(
+            c.revocation_settings(),
+            RevocationSettings {
+                kind: RevocationKind::Memory,
+                redis_url: None,
+                file: None,
+                capacity: DEFAULT_REVOCATION_CAPACITY,
+            }
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("revoked");
+        let c = load(&with_session(&format!(
+            "revocation_file = \"{}\"\nrevocation_capacity = 5",
+            file.display()
+        )));
+        assert_eq!(
+            c.revocation_settings().file.as_deref(),
+            Some(file.as_path())
+        );
+        assert_eq!(c.revocation_settings().capacity, 5);
+        // Errors name the key.
+        for (extra, key) in [
+            ("revocation = \"disk\"", "session.revocation: \"disk\""),
+            (
+                "revocation = \"redis\"",
+                "session.revocation: \"redis\" keeps",
+            ),
+            (
+                "store = \"redis\"\nredis_url = \"redis://h/\"\nrevocation = \"memory\"",
+                "session.revocation: \"memory\" with store",
+            ),
+            (
+                "redis_url = \"redis://h/\"\nrevocation_file = \"x\"",
+                "session.revocation_file: only with",
+            ),
+            (
+                "revocation_file = \"/nonexistent-dir/x\"",
+                "session.revocation_file: the directory",
+            ),
+            (
+                "revocation_capacity = 0",
+                "session.revocation_capacity: 0 is out of range",
+            ),
+        ] {
+            let errs = keys(&with_session(extra));
+            assert!(errs.iter().any(|e| e.starts_with(key)), "{extra}: {errs:?}");
+        }
+        let errs = keys(&format!(
+            "{BASE}[provider]\nissuer = \"https://idp.example\"\nlogout_token_max_age = \"soon\"\n"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("provider.logout_token_max_age")),
+            "{errs:?}"
+        );
+        let c = load(&format!(
+            "{BASE}[provider]\nissuer = \"https://idp.example\"\n"
+        ));
+        assert_eq!(
+            c.provider.unwrap().logout_token_max_age,
+            Duration::from_secs(300)
+        );
+        let errs = keys(&BASE.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nadmin_token_file = \"/nonexistent-token\"",
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("server.admin_token_file")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn memory_revocation_without_a_file_is_warned_about_when_there_are_logins() {
+        let login = |session_extra: &str| {
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://app.example\"\n\
+                 [provider]\nissuer = \"https://idp.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+                 [session]\nsecrets = [\"{SECRET32}\"]\n{session_extra}\n\
+                 [[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n\
+                 [[route]]\npath = \"/\"\nupstream = \"a\"\nauth = \"login\"\n"
+            );
+            from_toml(&text, Path::new("/tmp"), &env)
+                .unwrap()
+                .warnings()
+        };
+        let w = login("");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].key, "session.revocation");
+        assert!(w[0].message.contains("a restart forgets sign-outs"));
+        assert!(login("revocation_file = \"revoked\"").is_empty());
+        assert!(login("redis_url = \"redis://127.0.0.1/\"").is_empty());
+        // No login route: nothing to revoke, nothing to say.
+        let public = from_toml(&with_session(""), Path::new("."), &env).unwrap();
+        assert!(public.warnings().is_empty());
     }
 }

@@ -1,7 +1,8 @@
 //! The proxy's own endpoints under `server.proxy_prefix` (default `/oauth2`), answered
 //! before header hygiene (forward-auth reads `X-Forwarded-*` from trusted proxies):
 //! `/ping`, `/auth` (forward auth), and with logins configured `/start`, `/callback`,
-//! `/sign_out`, `/userinfo`.
+//! `/sign_out`, `/userinfo` and `POST /backchannel_logout` (OIDC Back-Channel Logout 1.0,
+//! the only one that reads a body: a form of at most [`BACKCHANNEL_BODY_LIMIT`] bytes).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,7 +18,7 @@ use super::login::Login;
 use crate::admin::metrics::{Flow, Metrics, Mode, RouteMetrics};
 use crate::auth::gate::{self, Judged};
 use crate::auth::identity_headers::{self, HeaderSettings};
-use crate::body::{Resp, RespBody};
+use crate::body::{EndpointBody, Resp, RespBody};
 use crate::error::{Fault, Reason, Refusal};
 use crate::exchange::Answer;
 use crate::path::{normalize_host, normalize_path};
@@ -58,7 +59,12 @@ impl Endpoints {
     }
 }
 
-impl<B: Send + 'static> Service<OwnEndpoint<B>> for Endpoints {
+/// The largest back-channel logout request read (a logout token is a few KiB).
+pub const BACKCHANNEL_BODY_LIMIT: usize = 64 * 1024;
+/// Longest pause while reading it.
+const BACKCHANNEL_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl<B: EndpointBody> Service<OwnEndpoint<B>> for Endpoints {
     type Response = Answer;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>;
@@ -74,9 +80,9 @@ impl<B: Send + 'static> Service<OwnEndpoint<B>> for Endpoints {
 }
 
 impl Endpoints {
-    async fn handle<B>(&self, e: OwnEndpoint<B>) -> Answer {
-        // No endpoint reads a body (sign-out's POST carries none it needs).
-        let (parts, _body) = e.req.into_parts();
+    async fn handle<B: EndpointBody>(&self, e: OwnEndpoint<B>) -> Answer {
+        // Only back-channel logout reads the body (sign-out's POST carries none it needs).
+        let (parts, body) = e.req.into_parts();
         let rid = e.id.as_str();
         let method = &parts.method;
         let headers = &parts.headers;
@@ -113,6 +119,16 @@ impl Endpoints {
                 l.sign_out(query, headers, rid).await,
             ),
             ("/userinfo", Some(l)) if get => l.userinfo(headers, rid).await,
+            ("/backchannel_logout", Some(l)) if method == Method::POST => {
+                let body = body
+                    .read_all(BACKCHANNEL_BODY_LIMIT, BACKCHANNEL_BODY_TIMEOUT)
+                    .await;
+                counted(
+                    &self.metrics,
+                    Flow::BackchannelLogout,
+                    l.backchannel_logout(headers, body, rid).await,
+                )
+            }
             _ => Refusal::NotFound.respond(rid, method, headers),
         };
         resp.into()

@@ -439,17 +439,23 @@ impl CookieStore {
                 o
             }
         };
-        if !opened.session.is_live(now, self.idle_timeout) {
+        if !self.live(&opened.session, now) {
             tracing::debug!("session expired or idle");
             return None;
         }
         Some(opened)
     }
 
+    /// Within its lifetime (capped by the configured one: [`Session::ends_at`]) and idle
+    /// timeout?
+    fn live(&self, s: &Session, now: SystemTime) -> bool {
+        s.is_live(now, self.idle_timeout) && now < s.ends_at(self.lifetime)
+    }
+
     /// Opens one sealed session value (exposed for benchmarks and tests).
     pub fn open(&self, sealed: &[u8], now: SystemTime) -> Option<Session> {
         let (s, _) = self.open_sealed(sealed, now)?;
-        if !s.is_live(now, self.idle_timeout) {
+        if !self.live(&s, now) {
             tracing::debug!("session expired or idle");
             return None;
         }
@@ -470,8 +476,8 @@ impl CookieStore {
     /// `min(expires_at, last_seen + idle_timeout)`; returns it with its remaining seconds.
     pub fn seal(&self, s: &Session, now: SystemTime) -> Result<(String, u64), SessionError> {
         let now_s = unix(now);
-        let exp =
-            unix(s.expires_at).min(unix(s.last_seen).saturating_add(self.idle_timeout.as_secs()));
+        let exp = unix(s.ends_at(self.lifetime))
+            .min(unix(s.last_seen).saturating_add(self.idle_timeout.as_secs()));
         if exp <= now_s {
             return Err(SessionError::Ended);
         }

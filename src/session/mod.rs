@@ -57,6 +57,7 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::config::{Secret, SessionConfig, SessionStoreKind};
 use crate::identity::Identity;
+use crate::revocation::{self, Facts, Keys, Revocations, Verdict};
 
 pub use cookie::{CookieSettings, CookieStore};
 pub use opened::OpenedSession;
@@ -78,6 +79,9 @@ pub enum SessionError {
     /// saved: treat as no session.
     #[error("session has ended")]
     Ended,
+    /// The revocation store could not be asked: fail closed (503).
+    #[error("revocation store unavailable")]
+    Revocation(#[source] crate::revocation::RevocationError),
     /// A configuration value the store cannot use.
     #[error("{0}")]
     Config(&'static str),
@@ -94,6 +98,10 @@ pub enum SessionError {
 /// Built at the callback with [`Session::new`], then its public fields are filled in.
 #[derive(Clone)]
 pub struct Session {
+    /// This session's id (random, 128 bits; fixed at login, kept by refreshes): what
+    /// sign-out puts in the revocation set. Sessions saved before ids existed get a
+    /// derived one (see `wire.rs`).
+    pub id: [u8; 16],
     /// `iss` of the ID token.
     pub issuer: String,
     /// `sub` of the ID token.
@@ -175,9 +183,14 @@ impl Session {
         now: SystemTime,
         lifetime: Duration,
     ) -> Session {
+        let (issuer, sub) = (issuer.into(), sub.into());
+        // A random id; were the system generator to fail, the derived id of old sessions.
+        let id = seal::random::<16>()
+            .unwrap_or_else(|_| wire::derived_id(&issuer, &sub, seal::unix(now)));
         Session {
-            issuer: issuer.into(),
-            sub: sub.into(),
+            id,
+            issuer,
+            sub,
             email: None,
             email_verified: false,
             preferred_username: None,
@@ -235,6 +248,31 @@ impl Session {
                 .last_seen
                 .checked_add(idle_timeout)
                 .is_some_and(|idle_end| now < idle_end)
+    }
+
+    /// The end of its lifetime under a configured `lifetime`: `expires_at`, but never
+    /// later than `created_at + lifetime` (a session made under a longer lifetime ends
+    /// when the current one says). Revocations rely on it: an entry kept for `lifetime`
+    /// outlives every session it can end.
+    pub fn ends_at(&self, lifetime: Duration) -> SystemTime {
+        self.created_at
+            .checked_add(lifetime)
+            .map_or(self.expires_at, |cap| cap.min(self.expires_at))
+    }
+
+    /// What the revocation check needs (two digests: compute once per opened session).
+    pub fn revocation_facts(&self) -> Facts {
+        Facts {
+            keys: Keys {
+                session: self.id,
+                subject: revocation::subject_key(&self.issuer, &self.sub),
+                provider_sid: self
+                    .sid
+                    .as_deref()
+                    .map(|sid| revocation::provider_session_key(&self.issuer, sid)),
+            },
+            issued_at: seal::unix(self.created_at),
+        }
     }
 }
 
@@ -295,6 +333,31 @@ impl SessionStore {
         match self {
             SessionStore::Cookie(c) => Ok(c.load(request, now)),
             SessionStore::Redis(r) => Ok(r.load(request, now).await?.map(OpenedSession::new)),
+        }
+    }
+
+    /// [`SessionStore::load`], then the revocation check: the session with the verdict.
+    /// The cookie store asks `revocations` after opening (no wait with the in-process
+    /// set); the Redis store sends the check in the same round trip as the session's
+    /// `GETEX` (its ticket carries the keys).
+    pub async fn load_checked(
+        &self,
+        request: &HeaderMap,
+        now: SystemTime,
+        revocations: &Revocations,
+    ) -> Result<Option<(OpenedSession, Verdict)>, SessionError> {
+        match self {
+            SessionStore::Cookie(c) => {
+                let Some(o) = c.load(request, now) else {
+                    return Ok(None);
+                };
+                let verdict = revocations
+                    .check(&o.facts, now)
+                    .await
+                    .map_err(SessionError::Revocation)?;
+                Ok(Some((o, verdict)))
+            }
+            SessionStore::Redis(r) => r.load_checked(request, now, revocations).await,
         }
     }
 

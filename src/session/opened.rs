@@ -19,25 +19,39 @@ use std::sync::{Arc, Mutex};
 
 use super::Session;
 use crate::identity::Identity;
+use crate::revocation::Facts;
 
 /// Entries in all. A session cookie is at most ~4 KiB, so the table holds a few MiB at
 /// most; busier sites see more misses, not more memory.
 pub const SLOTS: usize = 1024;
 const SHARDS: usize = 16;
 
-/// A session as opened from a cookie value, with the identity it stands for (built once).
+/// A session as opened from a cookie value, with the identity it stands for and its
+/// revocation keys (built once).
 #[derive(Clone)]
 pub struct OpenedSession {
     pub session: Arc<Session>,
     pub identity: Arc<Identity>,
+    pub facts: Facts,
 }
 
 impl OpenedSession {
     pub fn new(session: Session) -> OpenedSession {
         let identity = Arc::new(session.identity());
+        let facts = session.revocation_facts();
         OpenedSession {
             session: Arc::new(session),
             identity,
+            facts,
+        }
+    }
+
+    /// [`OpenedSession::new`] with revocation facts known already (the Redis ticket's).
+    pub fn with_facts(session: Session, facts: Facts) -> OpenedSession {
+        OpenedSession {
+            identity: Arc::new(session.identity()),
+            session: Arc::new(session),
+            facts,
         }
     }
 }

@@ -2,17 +2,22 @@
 //! the session encrypted under a key that only the ticket carries.
 //!
 //! # Scheme
-//! - **Ticket**: a random 128-bit `id` and a random 256-bit per-session `key`, sealed (see
-//!   `seal.rs`, purpose [`TICKET`](super::seal::TICKET), AAD = the cookie's logical name,
-//!   sealed expiry = the session's lifetime) into the session cookie. A forged or altered
-//!   ticket does not open, so Redis is never asked about it.
+//! - **Ticket**: a random 128-bit `id` and a random 256-bit per-session `key`, and the
+//!   session's revocation keys (its session id and the digests of its subject and provider
+//!   session: see `crate::revocation`), sealed (see `seal.rs`, purpose
+//!   [`TICKET`](super::seal::TICKET), AAD = the cookie's logical name, sealed expiry = the
+//!   session's lifetime) into the session cookie. A forged or altered ticket does not
+//!   open, so Redis is never asked about it. Tickets issued before revocation keys existed
+//!   (48 bytes) still open; their check costs a second round trip.
 //! - **Entry**: key `portcullis:session:<hex SHA-256(id)>`, value
 //!   `version || nonce || AES-256-GCM(key, session, aad = the Redis key)`. Redis (and its
 //!   backups, replicas, `MONITOR`) never sees a usable token, the ticket's `id`, or the key:
 //!   reading Redis alone opens no session.
 //! - **TTL** = `min(idle_timeout, remaining lifetime)`. `load` is one round trip: `GETEX key
 //!   EX ttl` (Redis ≥ 6.2) returns the entry and pushes its TTL forward, so Redis enforces the
-//!   idle timeout and no write-back is needed on ordinary requests. `save` is `SET .. EX`
+//!   idle timeout and no write-back is needed on ordinary requests. `load_checked` sends the
+//!   revocation check (`MGET`, see `crate::revocation::redis`) in the same pipeline: still
+//!   one round trip. `save` is `SET .. EX`
 //!   (with `XX` when re-saving a loaded session, so that a session cleared meanwhile on
 //!   another replica is not resurrected by a refresh); `clear` is `DEL`.
 //! - No local cache: every replica that shares the Redis and `session.secrets` opens the
@@ -22,25 +27,30 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, Value};
+use ::redis::aio::ConnectionManager;
+use ::redis::Value;
 use aws_lc_rs::digest;
 use http::{HeaderMap, HeaderValue};
 
 use super::cookie::CookieSettings;
+use super::opened::OpenedSession;
 use super::seal::{self, random, unix, RawKey, Sealer};
 use super::{wire, Session, SessionError};
 use crate::config::Secret;
+use crate::revocation::{self, Facts, Keys, Revocations, Verdict};
 
 const KEY_PREFIX: &str = "portcullis:session:";
 const ID_LEN: usize = 16;
 const KEY_LEN: usize = 32;
 
-/// Where a session lives in Redis and the key that opens it. Never printed.
+/// Where a session lives in Redis, the key that opens it, and the keys it is revoked by.
+/// Never printed.
 #[derive(Clone)]
 pub(crate) struct Ticket {
     id: Secret<[u8; ID_LEN]>,
     key: Secret<[u8; KEY_LEN]>,
+    /// `None` in tickets issued before revocation keys were kept in them.
+    revocation: Option<Keys>,
 }
 
 impl std::fmt::Debug for Ticket {
@@ -50,27 +60,37 @@ impl std::fmt::Debug for Ticket {
 }
 
 impl Ticket {
-    fn generate() -> Result<Ticket, SessionError> {
+    fn generate(revocation: Keys) -> Result<Ticket, SessionError> {
         Ok(Ticket {
             id: Secret::new(random::<ID_LEN>()?),
             key: Secret::new(random::<KEY_LEN>()?),
+            revocation: Some(revocation),
         })
     }
 
     fn from_bytes(b: &[u8]) -> Option<Ticket> {
-        if b.len() != ID_LEN + KEY_LEN {
+        if b.len() < ID_LEN + KEY_LEN {
             return None;
         }
+        let (head, rest) = b.split_at(ID_LEN + KEY_LEN);
+        let revocation = match rest.len() {
+            0 => None,
+            _ => Some(Keys::from_bytes(rest)?),
+        };
         Some(Ticket {
-            id: Secret::new(b[..ID_LEN].try_into().ok()?),
-            key: Secret::new(b[ID_LEN..].try_into().ok()?),
+            id: Secret::new(head[..ID_LEN].try_into().ok()?),
+            key: Secret::new(head[ID_LEN..].try_into().ok()?),
+            revocation,
         })
     }
 
-    fn to_bytes(&self) -> [u8; ID_LEN + KEY_LEN] {
-        let mut b = [0u8; ID_LEN + KEY_LEN];
-        b[..ID_LEN].copy_from_slice(self.id.expose());
-        b[ID_LEN..].copy_from_slice(self.key.expose());
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(ID_LEN + KEY_LEN + 49);
+        b.extend_from_slice(self.id.expose());
+        b.extend_from_slice(self.key.expose());
+        if let Some(k) = &self.revocation {
+            b.extend_from_slice(&k.to_bytes());
+        }
         b
     }
 
@@ -88,6 +108,13 @@ impl Ticket {
     fn same_as(&self, other: &Ticket) -> bool {
         self.id.ct_eq(other.id.expose())
     }
+}
+
+/// `GETEX key EX ttl`: the entry, its TTL pushed forward (Redis enforces the idle timeout).
+fn getex(key: &str, ttl: u64) -> ::redis::Cmd {
+    let mut c = ::redis::cmd("GETEX");
+    c.arg(key).arg("EX").arg(ttl);
+    c
 }
 
 /// The Redis-backed session store.
@@ -109,10 +136,6 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// Timeouts for Redis: a dead Redis must turn into a quick 503, not a hung request.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-
 impl RedisStore {
     /// Does not connect: the connection is made on first use and re-made after errors.
     /// Must be called inside a Tokio runtime.
@@ -123,25 +146,7 @@ impl RedisStore {
         lifetime: Duration,
         idle_timeout: Duration,
     ) -> Result<RedisStore, SessionError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(SessionError::Config(
-                "the Redis session store must be created inside the Tokio runtime",
-            ));
-        }
-        // The URL may hold a password: its parse error is not passed on.
-        let client = Client::open(redis_url.expose().as_str()).map_err(|_| {
-            SessionError::Config(
-                "session.redis_url: not a usable redis:// URL (rediss:// is not built in)",
-            )
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|_| {
-            SessionError::Config("session.redis_url: cannot set up the Redis client")
-        })?;
+        let conn = revocation::redis::connect(redis_url).map_err(SessionError::Config)?;
         Ok(RedisStore {
             settings,
             tickets: Sealer::new(secrets, seal::TICKET)?,
@@ -180,21 +185,89 @@ impl RedisStore {
         request: &HeaderMap,
         now: SystemTime,
     ) -> Result<Option<Session>, SessionError> {
-        let Some((ticket, ticket_exp)) = self.ticket(request, now) else {
+        let Some((ticket, key, ttl)) = self.locate(request, now) else {
             return Ok(None);
         };
-        let Some(ttl) = self.ttl(ticket_exp, unix(now)) else {
-            return Ok(None);
-        };
-        let key = ticket.redis_key();
         let mut conn = self.conn.clone();
-        let value: Option<Vec<u8>> = ::redis::cmd("GETEX")
-            .arg(&key)
-            .arg("EX")
-            .arg(ttl)
+        let value: Option<Vec<u8>> = getex(&key, ttl)
             .query_async(&mut conn)
             .await
             .map_err(SessionError::Unavailable)?;
+        self.open_entry(ticket, &key, value, now)
+    }
+
+    /// The request's ticket, its Redis key and the TTL a use pushes the entry to.
+    fn locate(&self, request: &HeaderMap, now: SystemTime) -> Option<(Ticket, String, u64)> {
+        let (ticket, ticket_exp) = self.ticket(request, now)?;
+        let ttl = self.ttl(ticket_exp, unix(now))?;
+        let key = ticket.redis_key();
+        Some((ticket, key, ttl))
+    }
+
+    /// See [`super::SessionStore::load_checked`]: `GETEX` and the revocation `MGET` in one
+    /// pipeline (one round trip) when the ticket carries the revocation keys and
+    /// revocations are in Redis; otherwise the check follows the load.
+    pub async fn load_checked(
+        &self,
+        request: &HeaderMap,
+        now: SystemTime,
+        revocations: &Revocations,
+    ) -> Result<Option<(OpenedSession, Verdict)>, SessionError> {
+        let Some((ticket, key, ttl)) = self.locate(request, now) else {
+            return Ok(None);
+        };
+        let mut conn = self.conn.clone();
+        let keys = ticket.revocation.filter(|_| revocations.redis().is_some());
+        let mut pipe = ::redis::pipe();
+        pipe.add_command(getex(&key, ttl));
+        if let Some(k) = &keys {
+            pipe.cmd("MGET").arg(revocation::redis::probe_keys(k));
+        }
+        let (value, probed): (Option<Vec<u8>>, Option<Vec<Option<String>>>) = if keys.is_some() {
+            let (v, p): (Option<Vec<u8>>, Vec<Option<String>>) = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(SessionError::Unavailable)?;
+            (v, Some(p))
+        } else {
+            let (v,): (Option<Vec<u8>>,) = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(SessionError::Unavailable)?;
+            (v, None)
+        };
+        let Some(s) = self.open_entry(ticket, &key, value, now)? else {
+            return Ok(None);
+        };
+        match (keys, probed) {
+            (Some(k), Some(values)) => {
+                // The keys were sealed into the ticket with this session (its iss, sub and
+                // sid never change): no digest to compute again.
+                let issued_at = unix(s.created_at);
+                let opened = OpenedSession::with_facts(s, Facts { keys: k, issued_at });
+                let verdict = revocation::redis::judge(&values, &opened.facts)
+                    .map_err(SessionError::Revocation)?;
+                Ok(Some((opened, verdict)))
+            }
+            _ => {
+                let opened = OpenedSession::new(s);
+                let verdict = revocations
+                    .check(&opened.facts, now)
+                    .await
+                    .map_err(SessionError::Revocation)?;
+                Ok(Some((opened, verdict)))
+            }
+        }
+    }
+
+    /// The session of a `GETEX` answer, if it opens with the ticket and has not ended.
+    fn open_entry(
+        &self,
+        ticket: Ticket,
+        key: &str,
+        value: Option<Vec<u8>>,
+        now: SystemTime,
+    ) -> Result<Option<Session>, SessionError> {
         let Some(value) = value else {
             tracing::debug!("session ticket has no Redis entry (ended or idle)");
             return Ok(None);
@@ -206,7 +279,7 @@ impl RedisStore {
         let Some(mut s) = wire::read(&plain) else {
             return Ok(None);
         };
-        if now >= s.expires_at {
+        if now >= s.ends_at(self.lifetime) {
             return Ok(None);
         }
         // Redis's TTL enforces the idle timeout; this request is a use.
@@ -223,13 +296,13 @@ impl RedisStore {
         now: SystemTime,
     ) -> Result<Vec<HeaderValue>, SessionError> {
         let now_s = unix(now);
-        let exp = unix(s.expires_at);
+        let exp = unix(s.ends_at(self.lifetime));
         let Some(ttl) = self.ttl(exp, now_s) else {
             return Err(SessionError::Ended);
         };
         let (ticket, fresh) = match &s.ticket {
             Some(t) => (t.clone(), false),
-            None => (Ticket::generate()?, true),
+            None => (Ticket::generate(s.revocation_facts().keys)?, true),
         };
         let key = ticket.redis_key();
         let mut plain = Vec::with_capacity(wire::size_hint(s));
@@ -309,82 +382,11 @@ impl RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
-    use std::process::{Child, Command, Stdio};
-
     use http::header::COOKIE;
 
     use super::super::wire::tests::{assert_same, full_session};
     use super::*;
-
-    /// A throwaway `redis-server` on a free loopback port, killed (by PID) on drop.
-    struct RedisServer {
-        child: Child,
-        port: u16,
-        _dir: tempfile::TempDir,
-    }
-
-    impl RedisServer {
-        fn start() -> RedisServer {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let dir = tempfile::tempdir().unwrap();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (Debian package redis-server)");
-            let server = RedisServer {
-                child,
-                port,
-                _dir: dir,
-            };
-            for _ in 0..100 {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return server;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            panic!("redis-server did not start on port {port}");
-        }
-
-        fn url(&self) -> Secret<String> {
-            Secret::new(format!("redis://127.0.0.1:{}/", self.port))
-        }
-
-        /// Every raw value in the database.
-        fn dump(&self) -> Vec<(String, Vec<u8>)> {
-            let client = Client::open(self.url().expose().as_str()).unwrap();
-            let mut c = client.get_connection().unwrap();
-            let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
-            keys.into_iter()
-                .map(|k| {
-                    let v: Vec<u8> = ::redis::cmd("GET").arg(&k).query(&mut c).unwrap();
-                    (k, v)
-                })
-                .collect()
-        }
-
-        fn ttl(&self, key: &str) -> i64 {
-            let client = Client::open(self.url().expose().as_str()).unwrap();
-            let mut c = client.get_connection().unwrap();
-            ::redis::cmd("TTL").arg(key).query(&mut c).unwrap()
-        }
-    }
-
-    impl Drop for RedisServer {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    use crate::testutil::RedisServer;
 
     fn store(url: &Secret<String>, secrets: &[Secret<[u8; 32]>]) -> RedisStore {
         let settings = Arc::new(CookieSettings::new("_portcullis", true, None).unwrap());
@@ -428,8 +430,9 @@ mod tests {
             v.starts_with("__Host-_portcullis=") && v.contains("Max-Age=28800;"),
             "{v}"
         );
-        // The ticket cookie is small whatever the session's size.
-        assert!(v.len() < 250, "{}", v.len());
+        // The ticket cookie is small whatever the session's size (id, key and the
+        // revocation keys: 97 bytes sealed).
+        assert!(v.len() < 300, "{}", v.len());
         let h = cookie_header(&set);
 
         let on_b = b.load(&h, now).await.unwrap().expect("replica b serves it");
@@ -571,6 +574,96 @@ mod tests {
         assert!(st.load(&h, now).await.unwrap().is_some());
         tokio::time::sleep(Duration::from_millis(2100)).await;
         assert!(st.load(&h, SystemTime::now()).await.unwrap().is_none());
+    }
+
+    fn redis_revocations(url: &Secret<String>) -> Revocations {
+        Revocations::new(&crate::config::RevocationSettings {
+            kind: crate::config::RevocationKind::Redis,
+            redis_url: Some(url.clone()),
+            file: None,
+            capacity: 1000,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_revocation_check_rides_with_the_load_and_old_tickets_still_open() {
+        use crate::revocation::{Reason, Target};
+        let redis = RedisServer::start();
+        let st = store(&redis.url(), &[secret(1)]);
+        let revocations = redis_revocations(&redis.url());
+        let now = SystemTime::now();
+        let mut s = full_session(now);
+        let h = cookie_header(&st.save(&mut s, &HeaderMap::new(), now).await.unwrap());
+        let (o, v) = st
+            .load_checked(&h, now, &revocations)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v, Verdict::Live);
+        assert_eq!(
+            o.facts,
+            s.revocation_facts(),
+            "the ticket's keys are the session's"
+        );
+        // Another session of the same user, saved before this ticket format: a 48-byte
+        // ticket (no revocation keys) still opens, checked after the load.
+        let mut old = full_session(now);
+        let set = st.save(&mut old, &HeaderMap::new(), now).await.unwrap();
+        let t = old.ticket.clone().unwrap();
+        let legacy = Ticket {
+            revocation: None,
+            ..t
+        };
+        let exp = unix(old.expires_at);
+        let value = st
+            .tickets
+            .seal(st.settings.name(), &legacy.to_bytes(), unix(now), exp)
+            .unwrap();
+        assert_eq!(legacy.to_bytes().len(), 48);
+        let mut lh = HeaderMap::new();
+        lh.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("__Host-_portcullis={value}")).unwrap(),
+        );
+        drop(set);
+        let (_, v) = st
+            .load_checked(&lh, now, &revocations)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v, Verdict::Live);
+        // Revoke the user: both refused, with the new ticket in one round trip.
+        revocations
+            .revoke(
+                Target::Subject {
+                    iss: &s.issuer,
+                    sub: &s.sub,
+                },
+                now + Duration::from_secs(60),
+                now + Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        for headers in [&h, &lh] {
+            let (_, v) = st
+                .load_checked(headers, now, &revocations)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(v, Verdict::Revoked(Reason::Subject));
+        }
+        // With the memory set, the Redis store asks it after the load.
+        let memory = Revocations::memory(10);
+        memory
+            .revoke(Target::Session(&s.id), now + Duration::from_secs(60), now)
+            .await
+            .unwrap();
+        let (_, v) = st.load_checked(&h, now, &memory).await.unwrap().unwrap();
+        assert_eq!(v, Verdict::Revoked(Reason::SignedOut));
+        // Redis down: unavailable, never "live".
+        drop(redis);
+        assert!(st.load_checked(&h, now, &revocations).await.is_err());
     }
 
     #[test]

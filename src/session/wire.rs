@@ -4,11 +4,12 @@
 //! on `benches/session.rs`); this layout is a few memcpys and UTF-8 checks.
 //!
 //! ```text
-//! format   u8 = 2 (1 is still read: see below)
+//! format   u8 = 3 (1 and 2 are still read: see below)
 //! flags    u8: 1 email, 2 email_verified, 4 preferred_username, 8 name,
 //!              16 refresh_token, 32 id_token, 64 access_expires_at, 128 sid
-//! flags2   u8: 1 login_claims, 2 login_claims.azp, 4 login_claims.auth_time   (format 2 only)
+//! flags2   u8: 1 login_claims, 2 login_claims.azp, 4 login_claims.auth_time   (format ≥ 2)
 //! created_at, last_seen, expires_at     u64 LE (Unix seconds)
+//! id                                    16 bytes: the session id      (format 3)
 //! access_expires_at                     u64 LE            (if flag 64)
 //! auth_time                             u64 LE            (if flag2 4)
 //! issuer, sub, access_token             str
@@ -20,17 +21,23 @@
 //! str = varint byte length (LEB128, ≤ u32) + UTF-8 bytes; nothing may follow the claims.
 //! ```
 //!
-//! Format 1 is format 2 without `flags2` and what it announces: the sessions of the release
-//! before the login claims were kept (OIDC Core 12.2) open as they were, with
-//! `login_claims: None`. Sessions are always written in format 2, which that release reads
-//! as no session (a browser whose cookie a not-yet-upgraded replica reads logs in again).
-//! A change of layout must use a new format byte; an unknown one reads as no session.
+//! Format 2 is format 3 without the session `id`: the sessions of the release before
+//! revocation open with an id derived from what identifies them (issuer, `sub`, login
+//! time: see [`derived_id`]), the same every time they are read, so that signing one out
+//! revokes every copy of its cookie. Format 1 is format 2 without `flags2` and what it
+//! announces (the release before the login claims were kept, OIDC Core 12.2): it opens
+//! with `login_claims: None`. Sessions are always written in format 3, which older
+//! releases read as no session (a browser whose cookie a not-yet-upgraded replica reads
+//! logs in again). A change of layout must use a new format byte; an unknown one reads as
+//! no session.
 
 use super::seal::{from_unix, unix};
 use super::{LoginClaims, Session, SessionError};
 use crate::config::Secret;
 
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
+/// The layout before the session id: still read.
+const FORMAT_2: u8 = 2;
 /// The layout before `flags2`: still read.
 const FORMAT_1: u8 = 1;
 const F_EMAIL: u8 = 1;
@@ -92,6 +99,7 @@ pub(crate) fn write(s: &Session, out: &mut Vec<u8>) -> Result<(), SessionError> 
     out.extend_from_slice(&unix(s.created_at).to_le_bytes());
     out.extend_from_slice(&unix(s.last_seen).to_le_bytes());
     out.extend_from_slice(&unix(s.expires_at).to_le_bytes());
+    out.extend_from_slice(&s.id);
     if let Some(t) = s.access_expires_at {
         out.extend_from_slice(&unix(t).to_le_bytes());
     }
@@ -147,6 +155,7 @@ pub(crate) fn size_hint(s: &Session) -> usize {
     });
     lc + 3
         + 32
+        + 16
         + 15
         + 15
         + s.issuer.len()
@@ -176,6 +185,12 @@ impl<'a> Reader<'a> {
         let (&v, rest) = self.b.split_first()?;
         self.b = rest;
         Some(v)
+    }
+
+    fn id(&mut self) -> Option<[u8; 16]> {
+        let (head, rest) = self.b.split_at_checked(16)?;
+        self.b = rest;
+        head.try_into().ok()
     }
 
     fn u64(&mut self) -> Option<u64> {
@@ -223,11 +238,11 @@ impl<'a> Reader<'a> {
 pub(crate) fn read(bytes: &[u8]) -> Option<Session> {
     let mut r = Reader { b: bytes };
     let format = r.u8()?;
-    if format != FORMAT && format != FORMAT_1 {
+    if ![FORMAT, FORMAT_2, FORMAT_1].contains(&format) {
         return None;
     }
     let flags = r.u8()?;
-    let flags2 = if format == FORMAT { r.u8()? } else { 0 };
+    let flags2 = if format == FORMAT_1 { 0 } else { r.u8()? };
     let has = |f: u8| flags & f != 0;
     let has2 = |f: u8| flags2 & f != 0;
     if flags2 & !(F2_LOGIN_CLAIMS | F2_AZP | F2_AUTH_TIME) != 0
@@ -238,6 +253,11 @@ pub(crate) fn read(bytes: &[u8]) -> Option<Session> {
     let created_at = r.u64()?;
     let last_seen = r.u64()?;
     let expires_at = r.u64()?;
+    let id = if format == FORMAT {
+        Some(r.id()?)
+    } else {
+        None
+    };
     let access_expires_at = if has(F_ACCESS_EXP) {
         Some(r.u64()?)
     } else {
@@ -284,7 +304,9 @@ pub(crate) fn read(bytes: &[u8]) -> Option<Session> {
     if !r.b.is_empty() {
         return None;
     }
+    let id = id.unwrap_or_else(|| derived_id(&issuer, &sub, created_at));
     Some(Session {
+        id,
         issuer,
         sub,
         email,
@@ -305,6 +327,22 @@ pub(crate) fn read(bytes: &[u8]) -> Option<Session> {
         expires_at: from_unix(expires_at),
         ticket: None,
     })
+}
+
+/// The id of a session written before sessions had one (formats 1 and 2): a digest of its
+/// issuer, `sub` and login time. Two sessions of one user that began in the same second
+/// share it (signing one out ends both: fail closed).
+pub(crate) fn derived_id(issuer: &str, sub: &str, created_at: u64) -> [u8; 16] {
+    let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    d.update(b"portcullis derived session id v1");
+    for part in [issuer.as_bytes(), sub.as_bytes()] {
+        d.update(&(part.len() as u64).to_be_bytes());
+        d.update(part);
+    }
+    d.update(&created_at.to_be_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d.finish().as_ref()[..16]);
+    id
 }
 
 #[cfg(test)]
@@ -371,7 +409,7 @@ pub(crate) mod tests {
         );
         let mut buf = Vec::new();
         write(&m, &mut buf).unwrap();
-        assert_eq!(buf.len(), 3 + 24 + 6 + 3);
+        assert_eq!(buf.len(), 3 + 24 + 16 + 6 + 3);
         let back = read(&buf).unwrap();
         assert_same(&back, &m);
         assert!(back.email.is_none() && back.refresh_token.is_none() && back.groups.is_empty());
@@ -397,7 +435,7 @@ pub(crate) mod tests {
         extra.push(0);
         assert!(read(&extra).is_none(), "trailing byte");
         let mut fmt = buf.clone();
-        fmt[0] = 3;
+        fmt[0] = 4;
         assert!(read(&fmt).is_none(), "unknown format");
         let mut f2 = buf.clone();
         f2[2] = 8;
@@ -417,7 +455,7 @@ pub(crate) mod tests {
         huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0]);
         assert!(read(&huge).is_none());
         let mut bad = b.clone();
-        let sub_at = 3 + 24 + 2 + 1; // "i" then len("s")
+        let sub_at = 3 + 24 + 16 + 2 + 1; // "i" then len("s")
         bad[sub_at] = 0xff;
         assert!(read(&bad).is_none());
         let mut long = b[..groups_at].to_vec();
@@ -430,14 +468,25 @@ pub(crate) mod tests {
     #[test]
     fn absurd_times_do_not_panic() {
         let mut b = vec![FORMAT, F_ACCESS_EXP, 0];
-        for _ in 0..4 {
+        for _ in 0..3 {
             b.extend_from_slice(&u64::MAX.to_le_bytes());
         }
+        b.extend_from_slice(&[7; 16]);
+        b.extend_from_slice(&u64::MAX.to_le_bytes());
         b.extend_from_slice(&[1, b'i', 1, b's', 1, b'a', 0, 0, 0]);
         let s = read(&b).unwrap();
         assert!(!s.is_live(t(1_700_000_000), Duration::MAX));
         let n = Session::new("i", "s", Secret::new("a".into()), t(5), Duration::MAX);
         assert!(!n.is_live(t(5), Duration::from_secs(1)));
+    }
+
+    /// The bytes of hex lines.
+    fn unhex(lines: &[&str]) -> Vec<u8> {
+        let hex = lines.concat();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     /// `full_session(t(1_700_000_000))` without login claims, as the writer of format 1
@@ -455,22 +504,60 @@ pub(crate) mod tests {
     fn format_1_sessions_still_open_without_login_claims() {
         let mut s = full_session(t(1_700_000_000));
         s.login_claims = None;
-        let hex = FORMAT_1_FULL_SESSION.concat();
-        let old: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
+        s.id = derived_id(&s.issuer, &s.sub, 1_700_000_000);
+        let old = unhex(&FORMAT_1_FULL_SESSION);
         let back = read(&old).expect("a format-1 session opens");
         assert!(back.login_claims.is_none());
         assert_same(&back, &s);
-        // Written again, it is format 2.
+        // Written again, it is format 3 (flags2 and the id added).
         let mut new = Vec::new();
         write(&back, &mut new).unwrap();
-        assert_eq!((new[0], new.len()), (FORMAT, old.len() + 1));
+        assert_eq!((new[0], new.len()), (FORMAT, old.len() + 1 + 16));
         // Format 1 has no flags2: its bytes are not read as one.
         for n in 0..old.len() {
             assert!(read(&old[..n]).is_none(), "truncated at {n}");
         }
+    }
+
+    /// `full_session(t(1_700_000_000))` as the writer of format 2 (the release before
+    /// session ids) wrote it.
+    const FORMAT_2_FULL_SESSION: [&str; 7] = [
+        "02ff0700f153650000000000f153650000000080615465000000002cf253650000000018ed536500",
+        "0000001d68747470733a2f2f6578616d706c652e65752e61757468302e636f6d2f0c61757468307c",
+        "6162633132330f61742d7365637265742d76616c75650f616461406578616d706c652e636f6d0361",
+        "64611b4164612022436f756e7465737322204c6f76656c61636520e29c930f72742d736563726574",
+        "2d76616c75650f69742e7365637265742e76616c7565057369642d310a706f727463756c6c697302",
+        "0573746166660661646d696e7302066f70656e696405656d61696c010a706f727463756c6c697301",
+        "0974656e616e745f696404742d3432",
+    ];
+
+    #[test]
+    fn format_2_sessions_open_with_a_stable_derived_id() {
+        let old = unhex(&FORMAT_2_FULL_SESSION);
+        let back = read(&old).expect("a format-2 session opens");
+        let mut s = full_session(t(1_700_000_000));
+        s.id = derived_id(&s.issuer, &s.sub, 1_700_000_000);
+        assert_same(&back, &s);
+        assert_eq!(read(&old).unwrap().id, back.id, "the same id at every read");
+        // Another user, or another login time, another id.
+        assert_ne!(derived_id(&s.issuer, "other", 1_700_000_000), s.id);
+        assert_ne!(derived_id(&s.issuer, &s.sub, 1_700_000_001), s.id);
+        // Written again, it is format 3 and keeps that id.
+        let mut new = Vec::new();
+        write(&back, &mut new).unwrap();
+        assert_eq!((new[0], new.len()), (FORMAT, old.len() + 16));
+        assert_eq!(read(&new).unwrap().id, s.id);
+        for n in 0..old.len() {
+            assert!(read(&old[..n]).is_none(), "truncated at {n}");
+        }
+    }
+
+    #[test]
+    fn new_sessions_get_distinct_random_ids() {
+        let a = full_session(t(1_700_000_000));
+        let b = full_session(t(1_700_000_000));
+        assert_ne!(a.id, b.id);
+        assert_ne!(a.id, [0; 16]);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::proxy::header_policy::HeaderPolicy;
 use crate::proxy::hygiene::TrustedProxies;
 use crate::proxy::pool::UpstreamPool;
 use crate::proxy::upstream::Upstream;
+use crate::revocation::Revocations;
 use crate::routing::layer::HeadLimits;
 use crate::routing::table::Parts as RouteParts;
 use crate::routing::{RouteTable, Routed};
@@ -212,7 +213,11 @@ fn harness_with(routes: &str) -> Harness {
         })
         .collect();
     let tokens = tokens();
-    let login = Arc::new(Login::build(&config, None).unwrap().unwrap());
+    let login = Arc::new(
+        Login::build(&config, None, &Revocations::memory(100))
+            .unwrap()
+            .unwrap(),
+    );
     let table = RouteTable::compile(
         &config.routes,
         &RouteParts {

@@ -74,8 +74,21 @@ pub(crate) fn has_json_header(token: &str) -> bool {
         && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok()
 }
 
-/// Reads the header and the unverified `iss` of a JWT.
+/// The `typ` values of an access token (RFC 8725 §3.11 / RFC 9068 §4): plain JWT (Auth0)
+/// and `at+jwt`.
+pub(crate) const ACCESS_TOKEN_TYPES: &[&str] = &["JWT", "at+jwt", "application/at+jwt"];
+
+/// Reads the header and the unverified `iss` of a JWT access token.
 pub(crate) fn parse_unverified(token: &str) -> Result<Unverified, TokenError> {
+    parse_unverified_typed(token, ACCESS_TOKEN_TYPES)
+}
+
+/// Reads the header and the unverified `iss` of a JWT whose `typ`, when present, must be
+/// one of `types`.
+pub(crate) fn parse_unverified_typed(
+    token: &str,
+    types: &[&str],
+) -> Result<Unverified, TokenError> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -99,14 +112,11 @@ pub(crate) fn parse_unverified(token: &str) -> Result<Unverified, TokenError> {
         return Err(TokenError::Invalid(InvalidReason::BadSignature));
     }
 
-    // RFC 8725 §3.11 / RFC 9068 §4: explicit typing. Plain JWT (Auth0) and at+jwt accepted;
-    // other types (ID-token-as-typed, logout+jwt, dpop+jwt, ...) refused. Media types are
-    // case-insensitive (RFC 7515 §4.1.9).
+    // RFC 8725 §3.11 / RFC 9068 §4: explicit typing. Access tokens: plain JWT (Auth0) and
+    // at+jwt accepted; other types (ID-token-as-typed, logout+jwt, dpop+jwt, ...) refused.
+    // Media types are case-insensitive (RFC 7515 §4.1.9).
     if let Some(t) = header.typ.as_deref() {
-        if !["JWT", "at+jwt", "application/at+jwt"]
-            .iter()
-            .any(|ok| t.eq_ignore_ascii_case(ok))
-        {
+        if !types.iter().any(|ok| t.eq_ignore_ascii_case(ok)) {
             return Err(TokenError::Invalid(InvalidReason::WrongType));
         }
     }
@@ -162,16 +172,57 @@ pub(crate) fn decode_verified(
     validation: &Validation,
     now: SystemTime,
 ) -> Result<Map<String, Value>, TokenError> {
-    let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
-        .map_err(|e| map_jwt_error(e.into_kind()))?;
-    let claims = data.claims;
-    check_times(&claims, now, validation.leeway, true)?;
+    let claims = decode_timed(token, key, validation, now, true)?;
     // RFC 7800 §3.1 / RFC 9449 §7.1 / RFC 8705 §3: a `cnf` claim binds the token to a key
     // the client must prove; we cannot check the proof, so it is no bearer token.
     if claims.contains_key("cnf") {
         return Err(TokenError::SenderConstrained);
     }
     Ok(claims)
+}
+
+/// The jsonwebtoken validation of a signed JWT that is not an access token (a logout
+/// token): signature, `iss` exact and `aud` one of ours, both required; times are checked
+/// with our clock by [`decode_signed`] (`exp` only when present).
+pub(crate) fn signed_validation(
+    alg: Algorithm,
+    issuer: &str,
+    audiences: &[String],
+    leeway_secs: u64,
+) -> Validation {
+    let mut v = validation_for(alg, issuer, audiences, leeway_secs);
+    v.required_spec_claims = ["iss", "aud"]
+        .into_iter()
+        .map(String::from)
+        .collect::<HashSet<_>>();
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v
+}
+
+/// Verifies a signed JWT with jsonwebtoken (see [`signed_validation`]), then `exp` (when
+/// present) and `nbf` with our clock. No `cnf` rule: that is for bearer tokens.
+pub(crate) fn decode_signed(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+    now: SystemTime,
+) -> Result<Map<String, Value>, TokenError> {
+    decode_timed(token, key, validation, now, false)
+}
+
+/// jsonwebtoken's verification, then [`check_times`] with our clock.
+fn decode_timed(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+    now: SystemTime,
+    exp_required: bool,
+) -> Result<Map<String, Value>, TokenError> {
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
+        .map_err(|e| map_jwt_error(e.into_kind()))?;
+    check_times(&data.claims, now, validation.leeway, exp_required)?;
+    Ok(data.claims)
 }
 
 /// `exp` (RFC 7519 §4.1.4: now must be before exp, plus leeway) and `nbf` (§4.1.5: now

@@ -522,6 +522,58 @@ impl TokenValidator {
             .render_prometheus(self.inner.cache.entry_count())
     }
 
+    /// Verifies a signed JWT of one of this validator's issuers that is not an access token
+    /// (a back-channel logout token): the header read first (no `none`, the issuer's
+    /// algorithms only, `typ` one of `types` when present, no `crit`), the issuer picked by
+    /// the unverified `iss`, the key from that issuer's JWKS by `kid`, then the signature,
+    /// `iss` (exact), `aud` (one of the issuer's audiences), `nbf` and, when present, `exp`
+    /// by the validator's clock. Never cached. Returns the issuer and the claims.
+    pub async fn verify_signed(
+        &self,
+        token: &str,
+        types: &[&str],
+    ) -> Result<(Arc<str>, Map<String, Value>), TokenError> {
+        let inner = &*self.inner;
+        if token.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        if token.len() > inner.max_token_len {
+            return Err(TokenError::TooLong);
+        }
+        let parsed = jwt::parse_unverified_typed(token, types)?;
+        let issuer = parsed
+            .iss
+            .as_deref()
+            .and_then(|iss| inner.issuer_named(iss))
+            .ok_or(TokenError::UnknownIssuer)?;
+        if !issuer.config.algorithms.contains(&parsed.alg) {
+            return Err(TokenError::Invalid(InvalidReason::AlgorithmNotAllowed));
+        }
+        let validation = jwt::signed_validation(
+            parsed.alg,
+            &issuer.config.issuer,
+            &issuer.config.audiences,
+            inner.leeway_secs,
+        );
+        let now = inner.clock.now();
+        let claims = inner
+            .with_key(issuer, &parsed, |key| {
+                jwt::decode_signed(token, key, &validation, now)
+            })
+            .await?;
+        Ok((issuer.name.clone(), claims))
+    }
+
+    /// The validator's clock.
+    pub fn now(&self) -> std::time::SystemTime {
+        self.inner.clock.now()
+    }
+
+    /// The leeway allowed on token times.
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.inner.leeway_secs)
+    }
+
     /// Discovered metadata of the issuer at `index` (0: the provider), if loaded.
     pub fn metadata(&self, index: usize) -> Option<Arc<ProviderMetadata>> {
         self.inner.issuers.get(index)?.metadata.load_full()
@@ -610,14 +662,32 @@ impl Inner {
             .get(&alg)
             .ok_or(TokenError::Invalid(InvalidReason::AlgorithmNotAllowed))?;
         let now = self.clock.now();
-        let claims = if alg.family() == AlgorithmFamily::Hmac {
+        let claims = self
+            .with_key(issuer, parsed, |key| {
+                jwt::decode_verified(token, key, validation, now)
+            })
+            .await?;
+        identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, None)
+    }
+
+    /// Runs `decode` with the key that verifies a token of `issuer` with the header
+    /// `parsed`: the configured shared secret for HS*, else the key of that `kid` in the
+    /// issuer's JWKS (refetched once, rate-limited, when unknown).
+    async fn with_key<T>(
+        &self,
+        issuer: &IssuerState,
+        parsed: &jwt::Unverified,
+        decode: impl Fn(&DecodingKey) -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
+        let alg = parsed.alg;
+        if alg.family() == AlgorithmFamily::Hmac {
             // RFC 8725 §2.1 / §3.1: HS* only with an explicitly configured shared secret,
             // never with a key from the JWKS (no public-key-as-HMAC-secret confusion).
             let key = issuer
                 .hs_key
                 .as_ref()
                 .ok_or(TokenError::Invalid(InvalidReason::AlgorithmNotAllowed))?;
-            jwt::decode_verified(token, key, validation, now)?
+            decode(key)
         } else {
             let keyset = &issuer.keys;
             let mut refetched = false;
@@ -629,7 +699,7 @@ impl Inner {
                     // `jwk`/`jku`/`x5u`/`x5c` are never used (RFC 8725 §3.10).
                     match keys.find(parsed.kid.as_deref(), alg) {
                         KeyLookup::Found(k) => {
-                            break jwt::decode_verified(token, &k.key, validation, now)?;
+                            return decode(&k.key);
                         }
                         // RFC 8725 §3.1: the key's type / curve / alg must fit the token's alg.
                         KeyLookup::Mismatch => {
@@ -659,8 +729,7 @@ impl Inner {
                     }
                 }
             }
-        };
-        identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, None)
+        }
     }
 
     async fn introspect(

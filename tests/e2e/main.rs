@@ -19,6 +19,7 @@ mod normalization;
 mod operate;
 mod parity;
 mod protocols;
+mod revocation;
 mod routing;
 mod shipped_configs;
 mod streaming;

@@ -518,6 +518,14 @@ function buildProvider(issuer) {
       short: { httpOnly: true, sameSite: 'lax' },
     },
     routes,
+    // oidc-provider's SSRF guard refuses loopback and other special-use addresses (its
+    // dispatcher destroys such sockets): back-channel logout POSTs to a relying party on
+    // 127.0.0.1 would fail with "fetch failed". A test provider talks to 127.0.0.1 only,
+    // so its own calls go through the plain global fetch.
+    fetch: (url, options) => {
+      const { dispatcher: _ssrfGuard, ...rest } = options;
+      return globalThis.fetch(url, rest);
+    },
     // marks an authorization request that asked for offline_access (see offlineAccessMarker)
     extraParams: [OFFLINE_MARKER],
     pkce: { required: () => !AUTH0 },
@@ -534,6 +542,10 @@ function buildProvider(issuer) {
           || client.clientId === 'rs' || client.clientId === 'rs-post',
       },
       userinfo: { enabled: true },
+      // OIDC Back-Channel Logout 1.0: logout tokens go to the clients registered with a
+      // backchannel_logout_uri (see /__test/backchannel-logout) when a session ends at the
+      // end-session endpoint (confirmed with logout=yes) or through /__test/end-session.
+      backchannelLogout: { enabled: true },
       rpInitiatedLogout: {
         enabled: true,
         logoutSource: async (ctx, form) => {
@@ -699,6 +711,15 @@ HTMLFormElement.prototype.submit.call(f);})();</script>`);
   };
 
   provider.on('server_error', (ctx, err) => log('server_error', ctx.path, err.stack || err));
+  provider.on('backchannel.success', (ctx, client, accountId, sid) => {
+    backchannel.ok += 1;
+    log('backchannel.success', client.clientId, accountId, sid ? 'with sid' : 'without sid');
+  });
+  provider.on('backchannel.error', (ctx, err, client) => {
+    backchannel.error += 1;
+    backchannel.last_error = String(err.message || err);
+    log('backchannel.error', client.clientId, backchannel.last_error);
+  });
   provider.on('grant.error', (ctx, err) => log('grant.error', err.error || '', err.error_description || err.message, err.error_detail || ''));
   provider.on('authorization.error', (ctx, err) => log('authorization.error', err.error || '', err.error_description || err.message));
 
@@ -1120,6 +1141,36 @@ let pathNames; // path -> logical name
 const counts = new Map(); // path -> n
 const failures = []; // { path, mode, remaining, ms }
 const idTokenRules = []; // { grant, claims, drop, remaining }: see idTokenOverrides
+const backchannel = { ok: 0, error: 0, last_error: null }; // logout token deliveries
+
+// Ends every provider session of `accountId` through oidc-provider's API, as an
+// administrator would: a logout token (Client#backchannelLogout) to each client of the
+// session registered with a backchannel_logout_uri, then the session destroyed.
+async function endSessionsOf(accountId) {
+  const out = { sessions: 0, sent: 0, errors: [] };
+  for (const [key, entry] of [...store]) {
+    if (!key.startsWith('Session:')) continue;
+    const session = storeGet(key);
+    if (!session || session.accountId !== accountId) continue;
+    out.sessions += 1;
+    for (const [clientId, authorization] of Object.entries(session.authorizations || {})) {
+      const client = await provider.Client.find(clientId);
+      if (!client?.backchannelLogoutUri) continue;
+      try {
+        await client.backchannelLogout(accountId, authorization.sid);
+        backchannel.ok += 1;
+        out.sent += 1;
+      } catch (err) {
+        backchannel.error += 1;
+        backchannel.last_error = String(err.message || err);
+        out.errors.push(backchannel.last_error);
+      }
+    }
+    store.delete(key);
+    if (entry?.payload?.uid) store.delete(`sessionUid:${entry.payload.uid}`);
+  }
+  return out;
+}
 
 function nameOfPath(p) {
   if (pathNames.has(p)) return pathNames.get(p);
@@ -1211,7 +1262,32 @@ async function testControl(req, res, url) {
     counts.clear();
     failures.length = 0;
     idTokenRules.length = 0;
+    Object.assign(backchannel, { ok: 0, error: 0, last_error: null });
     return sendJson(res, 200, { ok: true });
+  }
+  if (p === '/__test/backchannel-logout' && (req.method === 'POST' || req.method === 'DELETE')) {
+    const uri = req.method === 'POST' ? url.searchParams.get('uri') : undefined;
+    if (req.method === 'POST') {
+      try { new URL(uri); } catch { return sendJson(res, 400, { error: 'uri must be a URL' }); }
+    }
+    const required = /^(1|true|yes)$/i.test(url.searchParams.get('session_required') ?? '1');
+    for (const c of CLIENTS.filter((x) => FIRST_PARTY.has(x.client_id))) {
+      if (uri) {
+        c.backchannel_logout_uri = uri;
+        c.backchannel_logout_session_required = required;
+      } else {
+        delete c.backchannel_logout_uri;
+        delete c.backchannel_logout_session_required;
+      }
+    }
+    installProvider(provider.issuer);
+    return sendJson(res, 200, { ok: true, uri: uri ?? null, session_required: uri ? required : null });
+  }
+  if (p === '/__test/backchannel' && req.method === 'GET') return sendJson(res, 200, backchannel);
+  if (p === '/__test/end-session' && req.method === 'POST') {
+    const login = url.searchParams.get('login');
+    if (!USERS[login]) return sendJson(res, 400, { error: 'login must be a known user' });
+    return sendJson(res, 200, await endSessionsOf(subFor(login)));
   }
   if (p === '/__test/keys' && req.method === 'GET') return sendJson(res, 200, { keys: signingKeys });
   if (p === '/__test/rotate-keys' && req.method === 'POST') {

@@ -3,6 +3,10 @@
 //! ```text
 //! check(request)
 //!   ├─ no cookie, or one that does not open        → None (stale cookies expired)
+//!   ├─ revoked (signed out, provider logout, subject or global not-before: see
+//!   │   crate::revocation; with the Redis store, asked in the same round trip as the load)
+//!   │                                               → None (its cookies expired)
+//!   ├─ revocation store unreachable                 → 503
 //!   ├─ access token not within REFRESH_MARGIN of its expiry, no idle renewal due
 //!   │                                               → Valid: the shared session as it is
 //!   └─ else, on a copy of the session:
@@ -37,6 +41,7 @@ use crate::body::Resp;
 use crate::config::Secret;
 use crate::error::{json_error, json_response};
 use crate::identity::Identity;
+use crate::revocation::Verdict;
 use crate::session::{Session, SessionError};
 
 /// The outcome of checking a request's session.
@@ -48,8 +53,13 @@ pub enum SessionCheck {
         session: Arc<Session>,
         set_cookies: Vec<HeaderValue>,
     },
-    /// No usable session; `set_cookies` clears what the browser holds.
-    None { set_cookies: Vec<HeaderValue> },
+    /// No usable session; `set_cookies` clears what the browser holds. `revoked`: the
+    /// session opened but is in the revocation set (signed out, provider logout, subject
+    /// or global not-before time): the access log's reason code `revoked`.
+    None {
+        set_cookies: Vec<HeaderValue>,
+        revoked: bool,
+    },
     /// The session store or provider is unavailable: 503.
     Unavailable,
 }
@@ -100,21 +110,35 @@ impl Login {
     /// about to expire.
     pub async fn check(&self, headers: &HeaderMap, request_id: &str) -> SessionCheck {
         let t = self.now();
-        let loaded = match self.store.load(headers, t).await {
-            Ok(Some(s)) => s,
+        let loaded = match self.store.load_checked(headers, t, &self.revocations).await {
+            Ok(Some((s, Verdict::Live))) => s,
+            Ok(Some((s, Verdict::Revoked(reason)))) => {
+                tracing::debug!(request_id, user = %s.session.sub, reason = reason.as_str(), "session revoked");
+                return SessionCheck::None {
+                    set_cookies: self.stale_cookies(headers),
+                    revoked: true,
+                };
+            }
             Ok(None) => {
                 return SessionCheck::None {
                     set_cookies: self.stale_cookies(headers),
+                    revoked: false,
                 }
             }
             Err(SessionError::Unavailable(e)) => {
                 tracing::warn!(request_id, error = %e, "session store unavailable");
                 return SessionCheck::Unavailable;
             }
+            Err(SessionError::Revocation(e)) => {
+                let cause = std::error::Error::source(&e).map(|s| s.to_string());
+                tracing::warn!(request_id, error = %e, cause = cause.as_deref(), "revocation store unavailable");
+                return SessionCheck::Unavailable;
+            }
             Err(e) => {
                 tracing::debug!(request_id, error = %e, "session not usable");
                 return SessionCheck::None {
                     set_cookies: self.stale_cookies(headers),
+                    revoked: false,
                 };
             }
         };
@@ -140,6 +164,7 @@ impl Login {
                 Refresh::Ended => {
                     return SessionCheck::None {
                         set_cookies: self.end_session(headers, t).await,
+                        revoked: false,
                     }
                 }
                 Refresh::Unavailable => return SessionCheck::Unavailable,
@@ -153,6 +178,7 @@ impl Login {
                 Err(SessionError::Ended) => {
                     return SessionCheck::None {
                         set_cookies: self.store.expire_cookies(headers),
+                        revoked: false,
                     }
                 }
                 Err(e) => tracing::warn!(request_id, error = %e, "session could not be renewed"),
@@ -355,7 +381,7 @@ impl Login {
                 });
                 (json_response(StatusCode::OK, body.to_string()), set_cookies)
             }
-            SessionCheck::None { set_cookies } => (
+            SessionCheck::None { set_cookies, .. } => (
                 json_error(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",

@@ -98,7 +98,7 @@ struct Payload {
 }
 
 /// RFC 7519 §4.1.3: `aud` is a string or an array of strings.
-fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(super) fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -112,7 +112,7 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 }
 
 /// RFC 7519 §2 NumericDate: a non-negative JSON number (fractions allowed, dropped).
-fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(super) fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let n = serde_json::Number::deserialize(d)?;
     match n.as_u64() {
         Some(u) => Ok(Some(u)),

@@ -5,7 +5,8 @@
 //! | [`start`] | `GET /oauth2/start?rd=/x`: transaction cookie, redirect to the provider | RFC 6749 §4.1.1, RFC 7636 (PKCE S256), OIDC Core 3.1.2.1 (`nonce`) |
 //! | [`callback`] | `GET /oauth2/callback`: check the response, exchange the code, check the ID token, make the session | RFC 6749 §4.1.2, §10.12; RFC 9207; OIDC Core 3.1.3 |
 //! | [`check`] | every request of a login route: the session, refreshed when due (one refresh per session at a time); `GET /oauth2/userinfo` | RFC 6749 §6, OIDC Core 12 |
-//! | [`sign_out`] | `GET\|POST /oauth2/sign_out?rd=/x` | OIDC RP-Initiated Logout 1.0 |
+//! | [`sign_out`] | `GET\|POST /oauth2/sign_out?rd=/x`: the session's id into the revocation set | OIDC RP-Initiated Logout 1.0 |
+//! | [`backchannel`] | `POST /oauth2/backchannel_logout`: a logout token ends sessions by `sid` or `sub` | OIDC Back-Channel Logout 1.0 |
 //! | [`token_endpoint`] | the token endpoint client: exchange, refresh, client authentication | RFC 6749 §2.3, §4.1.3, §6; RFC 7523 |
 //! | [`id_token`] | the relying party's ID token rules | OIDC Core 3.1.3.7, 3.1.3.8, 12.2 |
 //! | [`params`] | query parameters, each at most once | RFC 6749 §3.1 |
@@ -19,6 +20,7 @@
 //! Time is the injected [`Clock`] everywhere (session and transaction expiry, refresh
 //! margins, ID token `exp`, client assertions), so that tests move it instead of sleeping.
 
+mod backchannel;
 mod callback;
 mod check;
 mod id_token;
@@ -41,6 +43,7 @@ use crate::body::Resp;
 use crate::config::{Config, ProviderConfig};
 use crate::oidc::redirect::validate_redirect;
 use crate::oidc::transport::{form_urlencode, HttpTransport, TransportConfig};
+use crate::revocation::Revocations;
 use crate::session::transaction::TransactionCookies;
 use crate::session::{SessionError, SessionStore};
 use crate::telemetry::Telemetry;
@@ -90,7 +93,12 @@ pub struct Login {
     allowed_redirect_hosts: Vec<String>,
     refresh: bool,
     lifetime: Duration,
+    /// `provider.logout_token_max_age`.
+    logout_token_max_age: Duration,
     pub store: SessionStore,
+    /// Signed-out sessions, provider logouts, replay sets: built once, shared by every
+    /// generation (see `crate::revocation`).
+    pub revocations: Revocations,
     pub tx: TransactionCookies,
     /// Validates ID tokens (audience = client id) and holds the provider metadata.
     pub id_validator: TokenValidator,
@@ -173,9 +181,14 @@ impl Login {
     }
 
     /// Builds the login of `c` on the system clock, keeping the provider link of `previous`
-    /// when the provider settings are the same (see [`Login::fingerprints`]).
-    pub fn build(c: &Config, previous: Option<&Login>) -> Result<Option<Login>, LoginBuildError> {
-        Self::build_with_clock(c, previous, Arc::new(SystemClock))
+    /// when the provider settings are the same (see [`Login::fingerprints`]). `revocations`
+    /// is the process' revocation store (it outlives the login).
+    pub fn build(
+        c: &Config,
+        previous: Option<&Login>,
+        revocations: &Revocations,
+    ) -> Result<Option<Login>, LoginBuildError> {
+        Self::build_with_clock(c, previous, revocations, Arc::new(SystemClock))
     }
 
     /// [`Login::build`] whose provider calls (when not carried from `previous`) are timed
@@ -183,9 +196,16 @@ impl Login {
     pub fn build_traced(
         c: &Config,
         previous: Option<&Login>,
+        revocations: &Revocations,
         telemetry: &Arc<Telemetry>,
     ) -> Result<Option<Login>, LoginBuildError> {
-        Self::build_inner(c, previous, Arc::new(SystemClock), Some(telemetry))
+        Self::build_inner(
+            c,
+            previous,
+            revocations,
+            Arc::new(SystemClock),
+            Some(telemetry),
+        )
     }
 
     /// [`Login::build`] with an injected clock (tests move time instead of sleeping). A
@@ -193,14 +213,16 @@ impl Login {
     pub fn build_with_clock(
         c: &Config,
         previous: Option<&Login>,
+        revocations: &Revocations,
         clock: Arc<dyn Clock>,
     ) -> Result<Option<Login>, LoginBuildError> {
-        Self::build_inner(c, previous, clock, None)
+        Self::build_inner(c, previous, revocations, clock, None)
     }
 
     fn build_inner(
         c: &Config,
         previous: Option<&Login>,
+        revocations: &Revocations,
         clock: Arc<dyn Clock>,
         telemetry: Option<&Arc<Telemetry>>,
     ) -> Result<Option<Login>, LoginBuildError> {
@@ -234,7 +256,9 @@ impl Login {
             allowed_redirect_hosts: c.login.allowed_redirect_hosts.clone(),
             refresh: s.refresh,
             lifetime: s.lifetime,
+            logout_token_max_age: p.logout_token_max_age,
             store: SessionStore::new(s, public_url)?,
+            revocations: revocations.clone(),
             tx: TransactionCookies::from_config(s, public_url)?,
             id_validator: link.id_validator,
             token_endpoint: link.token_endpoint,

@@ -14,6 +14,7 @@ use super::id_token::IdTokenError;
 use super::token_endpoint::TokenCallError;
 use crate::body::Resp;
 use crate::error::{Fault, FlowError, PageExtras, Refusal};
+use crate::revocation::RevocationError;
 use crate::session::SessionError;
 
 /// Why `/oauth2/start`, `/oauth2/callback` or `/oauth2/sign_out` answers with a page.
@@ -71,6 +72,12 @@ pub enum LoginError {
     SessionStoreUnavailable(#[source] SessionError),
     #[error("session not saved")]
     SessionNotSaved(#[source] SessionError),
+
+    // ---- sign-out ------------------------------------------------------------------------------
+    /// The session's id could not be put in the revocation set (Redis unreachable): a copy
+    /// of the cookie would still open, so the sign-out is not reported as done.
+    #[error("sign-out not recorded in the revocation store")]
+    RevocationUnavailable(#[source] RevocationError),
 }
 
 impl LoginError {
@@ -104,9 +111,10 @@ impl LoginError {
             E::NoIdToken => (S::BAD_GATEWAY, Fault::Provider),
             E::IdToken(IdTokenError::Unavailable(_)) => (S::SERVICE_UNAVAILABLE, Fault::Provider),
             E::IdToken(_) => (S::BAD_REQUEST, Fault::Provider),
-            E::ProviderNotReady | E::NoAuthorizationEndpoint | E::SessionStoreUnavailable(_) => {
-                (S::SERVICE_UNAVAILABLE, Fault::Provider)
-            }
+            E::ProviderNotReady
+            | E::NoAuthorizationEndpoint
+            | E::SessionStoreUnavailable(_)
+            | E::RevocationUnavailable(_) => (S::SERVICE_UNAVAILABLE, Fault::Provider),
             E::Transaction(_) | E::SessionTooLarge { .. } | E::SessionNotSaved(_) => {
                 (S::INTERNAL_SERVER_ERROR, Fault::Internal)
             }
@@ -161,6 +169,7 @@ impl FlowError for LoginError {
             E::SessionTooLarge { .. } => "session_too_large",
             E::SessionStoreUnavailable(_) => "session_store_unavailable",
             E::SessionNotSaved(_) => "session_not_saved",
+            E::RevocationUnavailable(_) => "revocation_store_unavailable",
         }
     }
 
@@ -205,6 +214,7 @@ impl FlowError for LoginError {
             E::SessionTooLarge { .. } => m("Your account carries more data (groups, claims) than fits in a session cookie. The administrator must switch this proxy to the Redis session store."),
             E::SessionStoreUnavailable(_) => m("The session store is not reachable. Please try again."),
             E::SessionNotSaved(_) => m("The session could not be saved."),
+            E::RevocationUnavailable(_) => m("You are signed out in this browser, but the sign-out could not be recorded for other copies of the session. Please try again."),
         }
     }
 }

@@ -1,7 +1,11 @@
 //! `GET|POST /oauth2/sign_out?rd=/x`: clears the session here (and the browser's login
-//! transactions), then RP-initiated logout at the provider when it offers it (OIDC
+//! transactions) and puts its id in the revocation set until the session would have
+//! expired, so that a copy of its cookie taken before is refused too, by every replica
+//! that shares the set; then RP-initiated logout at the provider when it offers it (OIDC
 //! RP-Initiated Logout 1.0 §2, with `id_token_hint`), else `provider.logout_url` (Auth0's
-//! `/v2/logout`), else straight to `rd`. Doing it by GET can only log the user out and land
+//! `/v2/logout`), else straight to `rd`. When the revocation cannot be recorded (Redis
+//! unreachable) the browser's cookies are still expired, but the answer is a 503 page:
+//! the sign-out is not complete. Doing it by GET can only log the user out and land
 //! on a validated `rd`: nothing else a forged link could make happen.
 
 use http::HeaderMap;
@@ -12,6 +16,7 @@ use super::Login;
 use crate::body::Resp;
 use crate::error::redirect;
 use crate::oidc::transport::form_urlencode;
+use crate::revocation::Target;
 
 impl Login {
     /// `GET|POST /oauth2/sign_out`
@@ -32,6 +37,17 @@ impl Login {
             }
         };
         cookies.extend(self.tx.expire_all(headers));
+        if let Some(s) = &session {
+            let until = s.session.ends_at(self.lifetime);
+            if let Err(e) = self
+                .revocations
+                .revoke(Target::Session(&s.session.id), until, t)
+                .await
+            {
+                return self.fail(LoginError::RevocationUnavailable(e), request_id, cookies);
+            }
+            tracing::info!(request_id, user = %s.session.sub, "signed out");
+        }
         // RFC 6749 §3.1: with two `rd`s there is no knowing where to land. The session is
         // cleared all the same (signing out is what was asked), but the browser goes
         // nowhere: a page, not a redirect.

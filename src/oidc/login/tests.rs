@@ -20,6 +20,7 @@ use crate::dev_idp::test_client::TestClient;
 use crate::dev_idp::{
     DevIdp, DevIdpConfig, Endpoint, Fail, Grant, Times, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET,
 };
+use crate::revocation::Revocations;
 use crate::session::Session;
 use crate::token::{Clock, ManualClock};
 
@@ -128,7 +129,8 @@ impl Harness {
         let idp = DevIdp::start(DevIdpConfig::default()).await.unwrap();
         let clock = ManualClock::new(SystemTime::now());
         let c = config(&idp.issuer(), provider_extra, session_extra);
-        let login = Login::build_with_clock(&c, None, Arc::new(clock.clone()))
+        let revocations = Revocations::new(&c.revocation_settings()).unwrap();
+        let login = Login::build_with_clock(&c, None, &revocations, Arc::new(clock.clone()))
             .unwrap()
             .unwrap();
         login.id_validator.start().await.unwrap();
@@ -193,7 +195,7 @@ impl Harness {
                 jar.take_values(&set_cookies);
                 Some(identity.subject().to_string())
             }
-            SessionCheck::None { set_cookies } => {
+            SessionCheck::None { set_cookies, .. } => {
                 jar.take_values(&set_cookies);
                 None
             }
@@ -233,6 +235,11 @@ impl Harness {
         let mut s = self.session(&jar).await;
         change(&mut s);
         self.jar_with(s).await
+    }
+
+    /// The login's clock, Unix seconds.
+    fn unix_now(&self) -> u64 {
+        crate::revocation::unix(self.clock.now())
     }
 
     fn token_calls(&self) -> u64 {
@@ -298,7 +305,9 @@ async fn start_before_the_provider_is_known_is_503() {
     let idp = DevIdp::start(DevIdpConfig::default()).await.unwrap();
     let c = config(&idp.issuer(), "", "");
     // Never started: no metadata yet.
-    let login = Login::build(&c, None).unwrap().unwrap();
+    let login = Login::build(&c, None, &Revocations::memory(10))
+        .unwrap()
+        .unwrap();
     let r = login.start(None, &HeaderMap::new(), "rid");
     assert_eq!(r.status(), 503);
     assert!(r.headers().get(SET_COOKIE).is_none());
@@ -641,4 +650,264 @@ async fn sign_out_with_a_repeated_rd_clears_the_session_but_redirects_nowhere() 
     jar.take(&r);
     assert!(!jar.has_session());
     assert_eq!(h.user(&mut jar).await, None);
+}
+
+// ---- revocation ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sign_out_revokes_a_copy_of_the_cookie_taken_before() {
+    let h = Harness::new().await;
+    let mut jar = h.log_in("alice").await;
+    let mut copy = jar.clone();
+    let mut other = h.log_in("alice").await;
+    assert!(
+        h.user(&mut copy).await.is_some(),
+        "the copy opens (and is cached)"
+    );
+    let r = h.login.sign_out(None, &jar.headers(), "rid").await;
+    assert_eq!(r.status(), 302);
+    jar.take(&r);
+    assert_eq!(h.user(&mut copy).await, None, "the copy is refused");
+    assert!(!copy.has_session(), "and expired in that browser");
+    assert!(
+        h.user(&mut other).await.is_some(),
+        "another session of the same user is not this one"
+    );
+    // Kept until the session would have expired, then forgotten.
+    h.login
+        .revocations
+        .sweep(h.clock.now() + Duration::from_secs(8 * 3600 + 1));
+}
+
+static NEXT_JTI: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A logout token as the provider would send it, with `change` applied.
+fn logout_token(h: &Harness, change: impl FnOnce(&mut Map<String, Value>)) -> String {
+    let now = h.unix_now();
+    let mut c = claims(json!({
+        "iss": h.idp.issuer(),
+        "aud": DEMO_CLIENT_ID,
+        "iat": now,
+        "exp": now + 120,
+        "jti": format!("jti-{}", NEXT_JTI.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        "events": { super::backchannel::BACKCHANNEL_LOGOUT_EVENT: {} },
+    }));
+    change(&mut c);
+    h.idp.sign_jwt("logout+jwt", &Value::Object(c)).unwrap()
+}
+
+fn form_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    h
+}
+
+async fn post_logout(h: &Harness, token: &str) -> (u16, String) {
+    let body = format!("logout_token={token}");
+    let r = h
+        .login
+        .backchannel_logout(&form_headers(), Ok(body.into()), "rid")
+        .await;
+    let status = r.status().as_u16();
+    assert!(r.headers().get(LOCATION).is_none(), "never a redirect");
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    (status, body_text(r).await)
+}
+
+async fn body_text(r: Resp) -> String {
+    body(r).await
+}
+
+#[tokio::test]
+async fn backchannel_logout_by_sid_ends_that_provider_session() {
+    let h = Harness::new().await;
+    let mut jar = h.log_in("alice").await;
+    let mut other = h.log_in("alice").await;
+    let s = h.session(&jar).await;
+    let sid = s.sid.clone().expect("the dev provider sends sid");
+    assert_ne!(h.session(&other).await.sid, Some(sid.clone()));
+    let t = logout_token(&h, |c| {
+        c.insert("sid".into(), json!(sid));
+    });
+    let (status, body) = post_logout(&h, &t).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(h.user(&mut jar).await, None);
+    assert!(h.user(&mut other).await.is_some());
+    // The same token again: a replay.
+    let (status, body) = post_logout(&h, &t).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("received before"), "{body}");
+}
+
+#[tokio::test]
+async fn backchannel_logout_by_sub_ends_every_session_of_the_user_until_now() {
+    let h = Harness::new().await;
+    let mut a1 = h.log_in("alice").await;
+    let mut a2 = h.log_in("alice").await;
+    let mut bob = h.log_in("bob").await;
+    let sub = h.session(&a1).await.sub;
+    let t = logout_token(&h, |c| {
+        c.insert("sub".into(), json!(sub));
+    });
+    assert_eq!(post_logout(&h, &t).await.0, 200);
+    assert_eq!(h.user(&mut a1).await, None);
+    assert_eq!(h.user(&mut a2).await, None);
+    assert!(h.user(&mut bob).await.is_some());
+    // A login after it is not touched.
+    h.advance(Duration::from_secs(1));
+    let mut again = h.log_in("alice").await;
+    assert!(h.user(&mut again).await.is_some());
+}
+
+#[tokio::test]
+async fn bad_logout_tokens_are_400_and_end_nothing() {
+    let h = Harness::new().await;
+    let mut jar = h.log_in("alice").await;
+    let s = h.session(&jar).await;
+    let (sub, sid) = (s.sub.clone(), s.sid.clone().unwrap());
+    let now = h.unix_now();
+    let with = |k: &str, v: Value| {
+        let (k, sid, sub) = (k.to_string(), sid.clone(), sub.clone());
+        move |c: &mut Map<String, Value>| {
+            c.insert("sid".into(), json!(sid.clone()));
+            c.insert("sub".into(), json!(sub.clone()));
+            if v.is_null() {
+                c.remove(&k);
+            } else {
+                c.insert(k, v);
+            }
+        }
+    };
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "wrong audience",
+            logout_token(&h, with("aud", json!("another-client"))),
+        ),
+        (
+            "an untrusted extra audience",
+            logout_token(&h, with("aud", json!([DEMO_CLIENT_ID, "x"]))),
+        ),
+        (
+            "another issuer",
+            logout_token(&h, with("iss", json!("https://evil.example"))),
+        ),
+        ("a nonce", logout_token(&h, with("nonce", json!("n")))),
+        ("no events", logout_token(&h, with("events", Value::Null))),
+        (
+            "another event",
+            logout_token(&h, with("events", json!({"http://example.com/other": {}}))),
+        ),
+        (
+            "an event that is not an object",
+            logout_token(
+                &h,
+                with(
+                    "events",
+                    json!({ super::backchannel::BACKCHANNEL_LOGOUT_EVENT: "yes" }),
+                ),
+            ),
+        ),
+        ("no jti", logout_token(&h, with("jti", Value::Null))),
+        ("no iat", logout_token(&h, with("iat", Value::Null))),
+        ("too old", logout_token(&h, with("iat", json!(now - 301)))),
+        (
+            "from the future",
+            logout_token(&h, with("iat", json!(now + 120))),
+        ),
+        ("expired", logout_token(&h, with("exp", json!(now - 60)))),
+        ("neither sid nor sub", {
+            let mut c = claims(json!({
+                "iss": h.idp.issuer(), "aud": DEMO_CLIENT_ID, "iat": now, "jti": "j-none",
+                "events": { super::backchannel::BACKCHANNEL_LOGOUT_EVENT: {} },
+            }));
+            c.remove("sid");
+            h.idp.sign_jwt("logout+jwt", &Value::Object(c)).unwrap()
+        }),
+        ("an access token's typ", {
+            let c = claims(json!({
+                "iss": h.idp.issuer(), "aud": DEMO_CLIENT_ID, "iat": now, "jti": "j-typ",
+                "sub": s.sub, "events": { super::backchannel::BACKCHANNEL_LOGOUT_EVENT: {} },
+            }));
+            h.idp.sign_jwt("at+jwt", &Value::Object(c)).unwrap()
+        }),
+        ("a forged signature", {
+            let t = logout_token(&h, with("jti", json!("j-forged")));
+            let (head, sig) = t.rsplit_once('.').unwrap();
+            let mut sig = sig.to_string();
+            let c = if sig.starts_with('A') { 'B' } else { 'A' };
+            sig.replace_range(0..1, &c.to_string());
+            format!("{head}.{sig}")
+        }),
+        ("not a JWT", "not-a-jwt".to_string()),
+    ];
+    // A nonce member, even null, is refused.
+    let null_nonce = {
+        let mut c = claims(json!({
+            "iss": h.idp.issuer(), "aud": DEMO_CLIENT_ID, "iat": now, "jti": "j-null-nonce",
+            "sub": s.sub, "nonce": null,
+            "events": { super::backchannel::BACKCHANNEL_LOGOUT_EVENT: {} },
+        }));
+        c.insert("sid".into(), json!(s.sid));
+        h.idp.sign_jwt("logout+jwt", &Value::Object(c)).unwrap()
+    };
+    for (what, token) in cases.into_iter().chain([("a null nonce", null_nonce)]) {
+        let (status, body) = post_logout(&h, &token).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        let j: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            j["error"].is_string() && j["request_id"] == "rid",
+            "{what}: {j}"
+        );
+        assert!(h.user(&mut jar).await.is_some(), "{what}: nothing ended");
+    }
+    // The request itself: a form with exactly one logout_token.
+    let good = logout_token(&h, with("jti", json!("j-good")));
+    for (headers, body) in [
+        (HeaderMap::new(), format!("logout_token={good}")),
+        (form_headers(), String::new()),
+        (
+            form_headers(),
+            format!("logout_token={good}&logout_token={good}"),
+        ),
+    ] {
+        let r = h
+            .login
+            .backchannel_logout(&headers, Ok(body.into()), "rid")
+            .await;
+        assert_eq!(r.status(), 400);
+    }
+    let r = h
+        .login
+        .backchannel_logout(&form_headers(), Err(()), "rid")
+        .await;
+    assert_eq!(r.status(), 400);
+    assert!(h.user(&mut jar).await.is_some());
+    // The good one still works (nothing above spent its jti).
+    assert_eq!(post_logout(&h, &good).await.0, 200);
+    assert_eq!(h.user(&mut jar).await, None);
+}
+
+#[tokio::test]
+async fn a_full_revocation_set_fails_closed_for_every_session() {
+    let h = Harness::with("", "revocation_capacity = 2").await;
+    let mut jars = Vec::new();
+    for _ in 0..4 {
+        jars.push(h.log_in("alice").await);
+    }
+    let mut bob = h.log_in("bob").await;
+    for jar in jars.iter().take(2) {
+        h.login.sign_out(None, &jar.headers(), "rid").await;
+    }
+    assert!(h.user(&mut jars[3]).await.is_some());
+    assert!(h.user(&mut bob).await.is_some());
+    // The third sign-out finds the set full: every session issued until now ends.
+    h.login.sign_out(None, &jars[2].headers(), "rid").await;
+    assert_eq!(h.user(&mut jars[3]).await, None);
+    assert_eq!(h.user(&mut bob).await, None);
+    h.advance(Duration::from_secs(1));
+    let mut fresh = h.log_in("bob").await;
+    assert!(h.user(&mut fresh).await.is_some());
 }

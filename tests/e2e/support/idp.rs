@@ -446,6 +446,40 @@ impl Idp {
         self.control("DELETE", "/__test/id-token").await;
     }
 
+    /// Registers `uri` as the `backchannel_logout_uri` of the `portcullis*` clients (with
+    /// `backchannel_logout_session_required = session_required`: the logout tokens carry
+    /// `sid` only then); `None` removes it.
+    pub async fn set_backchannel_logout(&self, uri: Option<&str>, session_required: bool) {
+        match uri {
+            Some(u) => {
+                let q = form(&[
+                    ("uri", u),
+                    ("session_required", if session_required { "1" } else { "0" }),
+                ]);
+                self.control("POST", &format!("/__test/backchannel-logout?{q}"))
+                    .await;
+            }
+            None => {
+                self.control("DELETE", "/__test/backchannel-logout").await;
+            }
+        }
+    }
+
+    /// Ends every provider session of `login` through oidc-provider's API (a logout token
+    /// to each registered client, then the session destroyed): `{"sessions", "sent",
+    /// "errors"}`.
+    pub async fn end_sessions_of(&self, login: &str) -> Value {
+        let q = form(&[("login", login)]);
+        self.control("POST", &format!("/__test/end-session?{q}"))
+            .await
+            .json()
+    }
+
+    /// Logout token deliveries so far: `{"ok", "error", "last_error"}`.
+    pub async fn backchannel_deliveries(&self) -> Value {
+        self.control("GET", "/__test/backchannel").await.json()
+    }
+
     /// New signing keys at once, same port, state kept.
     pub async fn rotate_keys(&self) {
         self.control("POST", "/__test/rotate-keys").await;

@@ -40,6 +40,8 @@ pub struct Setup {
     pub bearer: bool,
     /// Extra `[session]` lines.
     pub session_extra: String,
+    /// Extra `[server]` lines.
+    pub server_extra: String,
 }
 
 impl Default for Setup {
@@ -53,6 +55,7 @@ impl Default for Setup {
             headers_extra: String::new(),
             bearer: false,
             session_extra: String::new(),
+            server_extra: String::new(),
         }
     }
 }
@@ -103,7 +106,10 @@ pub fn config(idp: &Idp, echo: &EchoUpstream, s: &Setup) -> String {
          allow = {{ groups = [\"admins\"] }}\n\n\
          {api_route}\
          [[route]]\nname = \"app\"\npath = \"/\"\nupstream = \"app\"\nauth = \"login\"\n",
-        server = server_section(&format!("public_url = \"{public_url}\"\n{trusted}")),
+        server = server_section(&format!(
+            "public_url = \"{public_url}\"\n{trusted}{}",
+            s.server_extra
+        )),
         issuer = idp.issuer,
         provider_extra = s.provider_extra,
         headers_extra = s.headers_extra,
@@ -172,6 +178,33 @@ pub async fn login(agent: &mut Agent, start_url: &str, user: &str) -> (String, R
     let callback = through_provider(agent, start_url, user).await;
     let (url, r, _) = agent.follow(&callback, 5).await;
     (url, r)
+}
+
+/// RP-initiated logout at the provider (standard profile) from its end-session URL `end`:
+/// the confirmation page, then the form posted with `logout=yes` (which also sends the
+/// back-channel logout tokens). Returns the provider's 303.
+pub async fn confirm_provider_logout(idp: &Idp, agent: &mut Agent, end: &str) -> Resp {
+    let r = agent.navigate(end).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = r.text();
+    let xsrf = page
+        .split("name=\"xsrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("xsrf")
+        .to_string();
+    let confirm = url::Url::parse(&idp.endpoint("end_session_endpoint"))
+        .unwrap()
+        .join("end/confirm")
+        .unwrap();
+    let r = agent
+        .post_form(
+            confirm.as_str(),
+            form(&[("xsrf", &xsrf), ("logout", "yes")]),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    r
 }
 
 /// A request to the proxy with exactly `cookie` (no jar).
