@@ -47,6 +47,8 @@ pub enum BuildError {
     Routes(#[from] CompileError),
     #[error("telemetry: {0}")]
     Telemetry(#[from] crate::telemetry::otlp::StartError),
+    #[error("{0}")]
+    Assertion(#[from] crate::assertion::AssertionBuildError),
 }
 
 /// What is handed from one generation to the next when its settings did not change.
@@ -184,6 +186,9 @@ impl Generation {
         let headers = Arc::new(HeaderSettings::new(config.headers.clone()));
         let prefix: Arc<str> = config.server.proxy_prefix.as_str().into();
         let limits = head_limits(&config.server.limits);
+        // Derived or read anew each generation (cheap): the keys follow the secrets.
+        let asserter = crate::assertion::Asserter::build(&config)?;
+        let assertions = crate::assertion::for_routes(&config, asserter.as_ref());
         let mut stacks = Vec::with_capacity(workers);
         for upstreams in &per_worker {
             let table = RouteTable::compile(
@@ -193,6 +198,8 @@ impl Generation {
                     login: login.as_ref().map(|(_, l)| l),
                     upstreams,
                     metrics: &metrics,
+                    asserter: asserter.as_ref(),
+                    assertions: &assertions,
                 },
             )?;
             stacks.push(stack::build(&stack::Parts {

@@ -36,15 +36,27 @@ pub struct Identity {
     /// When the identity stops being valid (`exp`).
     pub expires_at: Option<SystemTime>,
     /// Its identity headers as last rendered (by `auth::identity_headers`), so that an
-    /// identity served from a cache is rendered once per header configuration.
+    /// identity served from a cache is rendered once per header configuration; with them
+    /// its signed assertions, signed once per route audience and generation.
     pub rendered: RenderCache,
 }
 
 /// Identity header values rendered for one header configuration (`config`): the headers,
-/// or the name of the header whose value could not be sent.
+/// or the name of the header whose value could not be sent; and the signed identity
+/// assertions of this generation (`assertion::RouteAssertion`), once made.
 pub struct Rendered {
     pub config: u64,
     pub headers: Result<Box<[(http::HeaderName, http::HeaderValue)]>, http::HeaderName>,
+    pub assertions: arc_swap::ArcSwapOption<Vec<SignedAssertion>>,
+}
+
+/// A signed identity assertion kept for reuse: for the route assertion numbered `key`,
+/// until `renew_after` (unix seconds).
+#[derive(Clone)]
+pub struct SignedAssertion {
+    pub key: u64,
+    pub value: http::HeaderValue,
+    pub renew_after: u64,
 }
 
 /// An identity's last rendering. Identities are shared read-only (in an `Arc`) once

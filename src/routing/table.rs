@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::metrics::{Metrics, RouteMetrics};
+use crate::assertion::{Asserter, RouteAssertion};
 use crate::config::{AuthMode, RouteConfig};
 use crate::oidc::login::Login;
 use crate::path::{
@@ -62,6 +63,8 @@ pub struct Route {
     /// The whole proxied exchange up to the response head (504 after).
     pub timeout: Duration,
     pub metrics: Arc<RouteMetrics>,
+    /// `assertion = true`: the signed identity assertion added upstream.
+    pub assertion: Option<Arc<RouteAssertion>>,
 }
 
 impl Route {
@@ -93,6 +96,8 @@ pub struct RouteTable {
     /// Some prefix has an upper-case letter: a case-folded reading of any path may then
     /// select another route.
     upper_prefixes: bool,
+    /// The assertion signer, when any route asks for assertions (its keys are published).
+    asserter: Option<Arc<Asserter>>,
 }
 
 /// The routes a request is subject to: the one its canonical path selects (it decides
@@ -140,6 +145,10 @@ pub struct Parts<'a> {
     /// This worker's upstreams, in config order.
     pub upstreams: &'a [Arc<Upstream>],
     pub metrics: &'a Metrics,
+    /// The assertion signer, when any route asks for assertions.
+    pub asserter: Option<&'a Arc<Asserter>>,
+    /// Per route index, its assertion (`assertion::for_routes`); shorter: none.
+    pub assertions: &'a [Option<Arc<RouteAssertion>>],
 }
 
 impl RouteTable {
@@ -185,6 +194,7 @@ impl RouteTable {
                 upstream,
                 timeout: r.timeout,
                 metrics: parts.metrics.route(&r.name),
+                assertion: parts.assertions.get(index).cloned().flatten(),
             }));
         }
         Ok(RouteTable {
@@ -192,7 +202,14 @@ impl RouteTable {
                 .iter()
                 .any(|r| r.path.bytes().any(|b| b.is_ascii_uppercase())),
             routes: out.into_boxed_slice(),
+            asserter: parts.asserter.cloned(),
         })
+    }
+
+    /// The assertion signer (its JWKS is served at `assertion::JWKS_PATH`), when any route
+    /// asks for assertions.
+    pub fn asserter(&self) -> Option<&Arc<Asserter>> {
+        self.asserter.as_ref()
     }
 
     /// The first route whose host (if set) and path prefix match. `host` is lowercase
