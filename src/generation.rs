@@ -25,6 +25,7 @@ use crate::routing::layer::HeadLimits;
 use crate::routing::table::{CompileError, Parts as RouteParts};
 use crate::routing::RouteTable;
 use crate::stack::{self, Stack};
+use crate::telemetry::Telemetry;
 use crate::token::TokenValidator;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub enum BuildError {
     Login(#[from] LoginBuildError),
     #[error("routes: {0}")]
     Routes(#[from] CompileError),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] crate::telemetry::otlp::StartError),
     #[error("{0}")]
     Assertion(#[from] crate::assertion::AssertionBuildError),
 }
@@ -80,6 +83,7 @@ impl Generation {
     pub fn build(
         config: Config,
         metrics: Arc<Metrics>,
+        telemetry: &Arc<Telemetry>,
         workers: usize,
         previous: Option<&Generation>,
         revocations: &Revocations,
@@ -104,7 +108,8 @@ impl Generation {
                     // Same bearer settings: keep the loaded keys and the token cache.
                     Some((_, v)) => Some((key, v.clone())),
                     None => {
-                        let transport = crate::oidc::transport::HttpTransport::new(transport)?;
+                        let transport = crate::oidc::transport::HttpTransport::new(transport)?
+                            .with_telemetry(telemetry.clone());
                         let v = TokenValidator::new(bearer, transport);
                         fresh.validators.push(v.clone());
                         Some((key, v))
@@ -122,7 +127,12 @@ impl Generation {
                 };
                 match running.filter(same) {
                     Some((_, l)) => Some((key, l.clone())),
-                    None => match Login::build(&config, running.map(|(_, l)| &**l), revocations)? {
+                    None => match Login::build_traced(
+                        &config,
+                        running.map(|(_, l)| &**l),
+                        revocations,
+                        telemetry,
+                    )? {
                         Some(l) => {
                             if !running.is_some_and(|(_, r)| l.shares_provider_with(r)) {
                                 fresh.validators.push(l.id_validator.clone());
@@ -170,6 +180,7 @@ impl Generation {
             clients.insert(key, set);
         }
 
+        let tracer = telemetry.tracer_for(&config.telemetry)?;
         let strip = Arc::new(HeaderPolicy::new(&config.headers));
         let trusted = TrustedProxies::new(&config.server.trusted_proxies);
         let headers = Arc::new(HeaderSettings::new(config.headers.clone()));
@@ -201,6 +212,7 @@ impl Generation {
                 login: login.as_ref().map(|(_, l)| l.clone()),
                 metrics: metrics.clone(),
                 body_read_timeout: config.server.limits.body_read_timeout,
+                tracer: tracer.clone(),
             }));
         }
         Ok((

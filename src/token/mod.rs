@@ -312,7 +312,8 @@ impl TokenValidator {
                         transport.clone(),
                         metrics.clone(),
                     )
-                    .with_credential(ic.credential()),
+                    .with_credential(ic.credential())
+                    .of_issuer(Arc::from(ic.issuer.as_str())),
                     hs_key,
                     validations,
                 }
@@ -753,7 +754,8 @@ impl Inner {
         };
         let result = async {
             let claims =
-                introspection::introspect(&self.transport, endpoint, token, &client).await?;
+                introspection::introspect(&self.transport, &issuer.name, endpoint, token, &client)
+                    .await?;
             introspection::check_introspection(
                 &claims,
                 &issuer.name,
@@ -779,7 +781,7 @@ impl Inner {
     ) -> Result<Identity, TokenError> {
         let result = async {
             let claims: Map<String, Value> =
-                introspection::userinfo(&self.transport, endpoint, token).await?;
+                introspection::userinfo(&self.transport, &issuer.name, endpoint, token).await?;
             identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, None)
         }
         .await;

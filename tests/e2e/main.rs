@@ -25,4 +25,5 @@ mod revocation;
 mod routing;
 mod shipped_configs;
 mod streaming;
+mod telemetry;
 mod upstream_tls;

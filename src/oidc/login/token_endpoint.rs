@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 
 use crate::config::{ClientAuth, ProviderConfig, Secret};
-use crate::oidc::transport::{HttpTransport, TransportError};
+use crate::oidc::transport::{Call, Endpoint, HttpTransport, TransportError};
 use crate::token::Clock;
 
 /// The token endpoint's answer (RFC 6749 §5.1). A member given twice makes it unreadable
@@ -83,6 +83,8 @@ pub enum KeyError {
 
 /// This client at the token endpoint: its id and credentials, over the provider transport.
 pub(super) struct TokenEndpoint {
+    /// The provider's issuer (the label of its call histograms and spans).
+    issuer: String,
     client_id: String,
     client_secret: Option<Secret<String>>,
     auth: ClientAuth,
@@ -115,6 +117,7 @@ impl TokenEndpoint {
             _ => None,
         };
         Ok(TokenEndpoint {
+            issuer: p.issuer.clone(),
             client_id: client_id.to_string(),
             client_secret: p.client_secret.clone(),
             auth: p.client_auth,
@@ -194,7 +197,12 @@ impl TokenEndpoint {
         };
         let resp = self
             .transport
-            .post_form(endpoint, &fields, basic)
+            .post_form(
+                Call::new(&self.issuer, Endpoint::Token),
+                endpoint,
+                &fields,
+                basic,
+            )
             .await
             .map_err(TokenCallError::Transport)?;
         let status = resp.status.as_u16();
