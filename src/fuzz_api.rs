@@ -71,7 +71,10 @@ impl Router {
             }
             None => None,
         };
-        let login = Login::build(config, None)
+        // The router only needs a login that can judge sessions; a small in-process
+        // revocation set stands for the configured one.
+        let revocations = crate::revocation::Revocations::memory(100);
+        let login = Login::build(config, None, &revocations)
             .map_err(|e| e.to_string())?
             .map(Arc::new);
         let mut upstreams = Vec::new();
@@ -105,6 +108,8 @@ impl Router {
                 login: self.login.as_ref(),
                 upstreams: &self.upstreams,
                 metrics: &self.metrics,
+                asserter: None,
+                assertions: &[],
             },
         )
         .map_err(|e| e.to_string())?;
