@@ -335,3 +335,72 @@ pub fn parse_metadata(body: &[u8], issuer: &str) -> Result<ProviderMetadata, Dis
 pub fn transport_uri(url: &str) -> Result<http::Uri, ()> {
     crate::oidc::transport::checked_uri(url).map_err(|_| ())
 }
+
+// ---------------------------------------------------------------------------------------
+// Back-channel logout tokens
+
+/// A logout token that passed OIDC Back-Channel Logout 1.0 §2.6 steps 1-6.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedLogout {
+    pub iss: String,
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    pub jti: String,
+    pub iat: u64,
+}
+
+/// The login of a config, on a fixed clock, with the provider's keys installed from a JWKS
+/// document instead of fetched: runs `Login::check_logout_token` as the endpoint does.
+pub struct LogoutTokens {
+    login: Login,
+    jwks: Vec<u8>,
+    installed: std::sync::Mutex<std::time::Instant>,
+}
+
+impl LogoutTokens {
+    /// `config` needs a login route; `now` is the login's (and its ID-token validator's)
+    /// clock for good. Nothing is fetched.
+    pub fn new(config: &Config, now: SystemTime, jwks: &[u8]) -> Result<LogoutTokens, String> {
+        let clock = Arc::new(crate::token::ManualClock::new(now));
+        let login = Login::build_with_clock(
+            config,
+            None,
+            &crate::revocation::Revocations::memory(100),
+            clock,
+        )
+        .map_err(|e| e.to_string())?
+        .ok_or("no login route")?;
+        login.id_validator.install_keys_for_fuzzing(0, jwks)?;
+        Ok(LogoutTokens {
+            login,
+            jwks: jwks.to_vec(),
+            installed: std::sync::Mutex::new(std::time::Instant::now()),
+        })
+    }
+
+    /// `Login::check_logout_token`: the checked token, or the refusal's reason code.
+    pub async fn check(&self, token: &str) -> Result<CheckedLogout, &'static str> {
+        // Installing the keys counts as a fetch: an unknown `kid` is then refused without
+        // a network call (the refetch is rate-limited). Renewed well within that window.
+        {
+            let mut at = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+            if at.elapsed() > Duration::from_secs(2) {
+                self.login
+                    .id_validator
+                    .install_keys_for_fuzzing(0, &self.jwks)
+                    .expect("installed once already");
+                *at = std::time::Instant::now();
+            }
+        }
+        self.login
+            .check_logout_token_for_fuzzing(token)
+            .await
+            .map(|(iss, sub, sid, jti, iat)| CheckedLogout {
+                iss,
+                sub,
+                sid,
+                jti,
+                iat,
+            })
+    }
+}

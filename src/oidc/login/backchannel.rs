@@ -333,3 +333,19 @@ impl Login {
         })
     }
 }
+
+#[cfg(feature = "fuzzing")]
+impl Login {
+    /// Fuzzing only (`fuzz_api::LogoutTokens`): [`Login::check_logout_token`] unchanged;
+    /// `Ok((iss, sub, sid, jti, iat))`, `Err` the refusal's reason code.
+    #[allow(clippy::type_complexity)]
+    pub(crate) async fn check_logout_token_for_fuzzing(
+        &self,
+        token: &str,
+    ) -> Result<(String, Option<String>, Option<String>, String, u64), &'static str> {
+        self.check_logout_token(token)
+            .await
+            .map(|t| (t.iss, t.sub, t.sid, t.jti, t.iat))
+            .map_err(|e| e.reason_code())
+    }
+}
