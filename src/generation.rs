@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::admin::metrics::Metrics;
+use crate::auth::dpop::DpopVerifier;
 use crate::auth::identity_headers::HeaderSettings;
 use crate::config::{Config, Limits, PathReadings, UpstreamConfig};
 use crate::oidc::login::{Login, LoginBuildError};
@@ -44,6 +45,8 @@ pub enum BuildError {
     Login(#[from] LoginBuildError),
     #[error("routes: {0}")]
     Routes(#[from] CompileError),
+    #[error("bearer.dpop_nonce: the system random number generator failed")]
+    DpopNonces,
 }
 
 /// What is handed from one generation to the next when its settings did not change.
@@ -168,6 +171,17 @@ impl Generation {
             clients.insert(key, set);
         }
 
+        // DPoP proofs (RFC 9449): their `jti`s go to the shared replay set.
+        let dpop = match &tokens {
+            Some(_) => Some(Arc::new(
+                DpopVerifier::new(
+                    revocations.clone(),
+                    config.bearer.as_ref().is_some_and(|b| b.dpop_nonce),
+                )
+                .map_err(|_| BuildError::DpopNonces)?,
+            )),
+            None => None,
+        };
         let strip = Arc::new(HeaderPolicy::new(&config.headers));
         let trusted = TrustedProxies::new(&config.server.trusted_proxies);
         let headers = Arc::new(HeaderSettings::new(config.headers.clone()));
@@ -182,6 +196,9 @@ impl Generation {
                     login: login.as_ref().map(|(_, l)| l),
                     upstreams,
                     metrics: &metrics,
+                    dpop: dpop.as_ref(),
+                    public_url: config.server.public_url.as_ref(),
+                    tls: config.server.tls.is_some(),
                 },
             )?;
             stacks.push(stack::build(&stack::Parts {

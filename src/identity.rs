@@ -35,9 +35,35 @@ pub struct Identity {
     pub claims: Box<[(Arc<str>, Box<str>)]>,
     /// When the identity stops being valid (`exp`).
     pub expires_at: Option<SystemTime>,
+    /// The key the token is bound to (its `cnf` claim, RFC 7800), if any: such a token is
+    /// accepted only with a proof of that key (RFC 9449), never as a plain bearer token.
+    pub binding: Option<Binding>,
     /// Its identity headers as last rendered (by `auth::identity_headers`), so that an
     /// identity served from a cache is rendered once per header configuration.
     pub rendered: RenderCache,
+}
+
+/// What a token's `cnf` claim (RFC 7800 §3.1) binds it to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// RFC 9449 §6.1 `cnf.jkt`: the base64url SHA-256 thumbprint (RFC 7638) of the DPoP key.
+    Dpop(Box<str>),
+    /// Another confirmation method (`x5t#S256`, RFC 8705, is not verified here) or a
+    /// malformed `cnf`: never accepted.
+    Unsupported,
+}
+
+impl Binding {
+    /// The binding a `cnf` claim value states.
+    pub fn from_cnf(cnf: &serde_json::Value) -> Binding {
+        match cnf.get("jkt").and_then(serde_json::Value::as_str) {
+            // A SHA-256 thumbprint is 43 base64url characters.
+            Some(jkt) if cnf.as_object().is_some_and(|o| o.len() == 1) && jkt.len() == 43 => {
+                Binding::Dpop(jkt.into())
+            }
+            _ => Binding::Unsupported,
+        }
+    }
 }
 
 /// Identity header values rendered for one header configuration (`config`): the headers,
@@ -134,6 +160,7 @@ impl Identity {
             scopes: Arc::from(Vec::new()),
             claims: Box::new([]),
             expires_at: None,
+            binding: None,
             rendered: RenderCache::default(),
         }
     }

@@ -880,6 +880,7 @@ fn bearer(cx: &mut Ctx<'_>, b: &BearerFile, provider: Option<&ProviderConfig>) -
         ),
         cache_capacity,
         shared_secret,
+        dpop_nonce: b.dpop_nonce,
         issuers,
     }
 }
@@ -1493,6 +1494,12 @@ fn routes(
                 "has no meaning on a public route",
             );
         }
+        if r.require_sender_constraint && !matches!(auth, AuthMode::Bearer | AuthMode::Either) {
+            cx.err(
+                format!("{key}.require_sender_constraint"),
+                "only routes with auth = \"bearer\" or \"either\" take tokens",
+            );
+        }
         let name: Arc<str> = match &r.name {
             Some(n) if !n.is_empty() => Arc::from(n.as_str()),
             _ => Arc::from(prefix.as_str()),
@@ -1528,6 +1535,7 @@ fn routes(
                 r.timeout.as_deref(),
                 Duration::ZERO,
             ),
+            require_sender_constraint: r.require_sender_constraint,
         });
     }
     out
