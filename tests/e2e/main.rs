@@ -8,6 +8,7 @@ mod ambiguity;
 mod bearer;
 mod check;
 mod demo;
+mod dpop;
 mod errors;
 mod forward_auth;
 mod forwarding;
