@@ -426,10 +426,7 @@ impl Refusal {
             h.insert(http::header::WWW_AUTHENTICATE, c);
         }
         // RFC 9449 §8: the nonce the next proof must carry.
-        if let Refusal::Dpop {
-            nonce: Some(n), ..
-        } = self
-        {
+        if let Refusal::Dpop { nonce: Some(n), .. } = self {
             if let Ok(v) = HeaderValue::from_str(n) {
                 h.insert("dpop-nonce", v);
             }

@@ -17,9 +17,7 @@ use http::HeaderMap;
 use crate::error::Refusal;
 use crate::identity::{Binding, Identity};
 use crate::revocation::{unix, FirstUse, ReplaySet, Revocations};
-use crate::token::dpop::{
-    verify_proof, DpopRefusal, Nonces, ProofError, ProofRequest, MAX_AGE,
-};
+use crate::token::dpop::{verify_proof, DpopRefusal, Nonces, ProofError, ProofRequest, MAX_AGE};
 use crate::token::TokenValidator;
 
 /// How long a server nonce is handed out before the next one (each is accepted for up to

@@ -884,7 +884,10 @@ async fn either_route_counts_a_dpop_authorization_as_a_token() {
     let r = h
         .get(
             "/mixed",
-            &[("cookie", &staff), ("authorization", &format!("Bearer {t}"))],
+            &[
+                ("cookie", &staff),
+                ("authorization", &format!("Bearer {t}")),
+            ],
         )
         .await;
     assert_eq!(r.status(), 401);

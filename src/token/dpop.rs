@@ -199,7 +199,11 @@ pub fn thumbprint(jwk: &Map<String, Value>) -> Option<String> {
             q(s("y")?)
         ),
         "RSA" => format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, q(s("e")?), q(s("n")?)),
-        "OKP" => format!(r#"{{"crv":{},"kty":"OKP","x":{}}}"#, q(s("crv")?), q(s("x")?)),
+        "OKP" => format!(
+            r#"{{"crv":{},"kty":"OKP","x":{}}}"#,
+            q(s("crv")?),
+            q(s("x")?)
+        ),
         _ => return None,
     };
     Some(sha256_b64(canonical.as_bytes()))
@@ -320,7 +324,11 @@ pub fn verify_proof(proof: &str, req: &ProofRequest<'_>) -> Result<VerifiedProof
     }
     // Step 10 / §8: a nonce of ours, when we ask for them.
     if let Some(n) = req.nonces {
-        if !claims.nonce.as_deref().is_some_and(|c| n.accepts(c, req.now)) {
+        if !claims
+            .nonce
+            .as_deref()
+            .is_some_and(|c| n.accepts(c, req.now))
+        {
             return Err(ProofError::Nonce);
         }
     }
@@ -467,9 +475,7 @@ impl DpopRefusal {
                 "the DPoP proof is not for this access token"
             }
             DpopRefusal::Proof(ProofError::PrivateKey) => "the DPoP proof key must be public",
-            DpopRefusal::Proof(ProofError::Algorithm) => {
-                "the DPoP proof algorithm is not accepted"
-            }
+            DpopRefusal::Proof(ProofError::Algorithm) => "the DPoP proof algorithm is not accepted",
             DpopRefusal::Proof(_) => "the DPoP proof is invalid",
             DpopRefusal::Replayed => "the DPoP proof was used before",
             DpopRefusal::ReplayUnknown => "the DPoP proof cannot be checked for replay, retry",

@@ -673,7 +673,8 @@ impl Inner {
                 jwt::decode_verified(token, key, validation, now)
             })
             .await?;
-        let mut id = identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, None)?;
+        let mut id =
+            identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, None)?;
         id.binding = binding_of(&claims);
         Ok(id)
     }
@@ -764,13 +765,8 @@ impl Inner {
             // A machine token may carry no `sub`: its client is its subject
             // (RFC 7662 §2.2 `client_id`).
             let fallback = claims.get("client_id").and_then(Value::as_str);
-            let mut id = identity_from_claims(
-                &claims,
-                &issuer.name,
-                &self.rules,
-                &self.interner,
-                fallback,
-            )?;
+            let mut id =
+                identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, fallback)?;
             id.binding = binding_of(&claims);
             // RFC 9449 §6.2: a token introspected as DPoP with no `cnf.jkt` cannot be
             // checked against a proof; it is no bearer token either.

@@ -44,7 +44,8 @@ impl Client {
 
     /// A proof for `htm` `htu` (with `ath` of `token`).
     fn proof(&self, htm: &str, htu: &str, token: Option<&str>) -> String {
-        self.key.sign(&self.header(), &Self::claims(htm, htu, token))
+        self.key
+            .sign(&self.header(), &Self::claims(htm, htu, token))
     }
 
     /// A DPoP-bound token from the provider: a JWT for the API with `resource`, else an
@@ -232,7 +233,10 @@ async fn bad_dpop_proofs_are_401_invalid_dpop_proof() {
         ),
         ("wrong htm", good(&with("htm", json!("POST")))),
         ("stale iat", good(&with("iat", json!(forge::now() - 600)))),
-        ("iat in the future", good(&with("iat", json!(forge::now() + 600)))),
+        (
+            "iat in the future",
+            good(&with("iat", json!(forge::now() + 600))),
+        ),
         ("missing ath", good(&without("ath"))),
         ("wrong ath", good(&with("ath", json!(ath("another token"))))),
         ("missing jti", good(&without("jti"))),
@@ -243,26 +247,27 @@ async fn bad_dpop_proofs_are_401_invalid_dpop_proof() {
                 &claims(),
             ),
         ),
-        (
-            "alg none",
-            forge::unsigned(&none_header, &claims(), ""),
-        ),
+        ("alg none", forge::unsigned(&none_header, &claims(), "")),
         (
             "alg HS256",
             forge::hs256(&hs_header, &claims(), b"0123456789abcdef0123456789abcdef"),
         ),
         (
             "typ JWT",
-            client
-                .key
-                .sign(&json!({"typ": "JWT", "alg": "ES256", "jwk": client.jwk()}), &claims()),
+            client.key.sign(
+                &json!({"typ": "JWT", "alg": "ES256", "jwk": client.jwk()}),
+                &claims(),
+            ),
         ),
         (
             "signed by another key than its jwk",
             other.key.sign(&client.header(), &claims()),
         ),
         // A valid proof by another key than the token's cnf.jkt.
-        ("proof key is not cnf.jkt", other.proof("GET", &url, Some(&token))),
+        (
+            "proof key is not cnf.jkt",
+            other.proof("GET", &url, Some(&token)),
+        ),
     ];
     let n = f.echo.count();
     for (label, proof) in &cases {
@@ -270,7 +275,9 @@ async fn bad_dpop_proofs_are_401_invalid_dpop_proof() {
         assert_dpop_refused(&r, "invalid_dpop_proof", label);
     }
     // No proof at all, and two proofs.
-    let r = f.send("GET", "/api/items", &format!("DPoP {token}"), &[]).await;
+    let r = f
+        .send("GET", "/api/items", &format!("DPoP {token}"), &[])
+        .await;
     assert_dpop_refused(&r, "invalid_dpop_proof", "no DPoP header");
     let (p1, p2) = (
         client.proof("GET", &url, Some(&token)),
@@ -284,10 +291,16 @@ async fn bad_dpop_proofs_are_401_invalid_dpop_proof() {
 
     // A replayed proof: the first use passes, the second is refused.
     let proof = client.proof("GET", &url, Some(&token));
-    echoed(&f.dpop("GET", "/api/items", &token, &proof).await, "first use");
+    echoed(
+        &f.dpop("GET", "/api/items", &token, &proof).await,
+        "first use",
+    );
     let r = f.dpop("GET", "/api/items", &token, &proof).await;
     assert_dpop_refused(&r, "invalid_dpop_proof", "replayed proof");
-    assert_eq!(r.json()["error_description"], "the DPoP proof was used before");
+    assert_eq!(
+        r.json()["error_description"],
+        "the DPoP proof was used before"
+    );
     // Neither the token nor a proof is logged.
     let logs = f.proxy.logs();
     assert!(!logs.contains(&token), "the token is in the proxy's logs");
@@ -336,14 +349,27 @@ async fn cached_dpop_tokens_are_checked_against_each_requests_proof() {
     let before = f.idp.count("introspection").await;
     for i in 0..3 {
         let proof = client.proof("GET", &url, Some(&token));
-        echoed(&f.dpop("GET", "/api/items", &token, &proof).await, &format!("use {i}"));
+        echoed(
+            &f.dpop("GET", "/api/items", &token, &proof).await,
+            &format!("use {i}"),
+        );
         // Between good requests: another key's proof, and a wrong method, on the cached token.
         let r = f
-            .dpop("GET", "/api/items", &token, &other.proof("GET", &url, Some(&token)))
+            .dpop(
+                "GET",
+                "/api/items",
+                &token,
+                &other.proof("GET", &url, Some(&token)),
+            )
             .await;
         assert_dpop_refused(&r, "invalid_dpop_proof", "another key, cached token");
         let r = f
-            .dpop("GET", "/api/items", &token, &client.proof("PUT", &url, Some(&token)))
+            .dpop(
+                "GET",
+                "/api/items",
+                &token,
+                &client.proof("PUT", &url, Some(&token)),
+            )
             .await;
         assert_dpop_refused(&r, "invalid_dpop_proof", "wrong htm, cached token");
     }
@@ -362,16 +388,27 @@ async fn dpop_nonces_are_required_when_configured() {
     let token = client.token(&f.idp, Some(API)).await;
     // Without a nonce: 401 use_dpop_nonce with a nonce to use.
     let r = f
-        .dpop("GET", "/api/items", &token, &client.proof("GET", &url, Some(&token)))
+        .dpop(
+            "GET",
+            "/api/items",
+            &token,
+            &client.proof("GET", &url, Some(&token)),
+        )
         .await;
     assert_dpop_refused(&r, "use_dpop_nonce", "no nonce");
-    let nonce = r.header("dpop-nonce").expect("a DPoP-Nonce header").to_string();
+    let nonce = r
+        .header("dpop-nonce")
+        .expect("a DPoP-Nonce header")
+        .to_string();
     assert!(nonce.len() >= 32, "{nonce}");
     // With it: 200.
     let mut c = Client::claims("GET", &url, Some(&token));
     c["nonce"] = json!(nonce);
     let proof = client.key.sign(&client.header(), &c);
-    echoed(&f.dpop("GET", "/api/items", &token, &proof).await, "with the nonce");
+    echoed(
+        &f.dpop("GET", "/api/items", &token, &proof).await,
+        "with the nonce",
+    );
     // A nonce of our own making is refused.
     let mut c = Client::claims("GET", &url, Some(&token));
     c["nonce"] = json!(forge::b64(&[1u8; 40]));
@@ -387,7 +424,8 @@ async fn require_sender_constraint_routes_refuse_plain_bearer_tokens() {
     let plain = f.idp.machine_jwt().await;
     // The same token passes on a route without the requirement.
     echoed(
-        &f.send("GET", "/api/items", &format!("Bearer {plain}"), &[]).await,
+        &f.send("GET", "/api/items", &format!("Bearer {plain}"), &[])
+            .await,
         "plain bearer on /api/",
     );
     let n = f.echo.count();
@@ -404,7 +442,10 @@ async fn require_sender_constraint_routes_refuse_plain_bearer_tokens() {
     let client = Client::new("client");
     let token = client.token(&f.idp, Some(API)).await;
     let proof = client.proof("GET", &f.url("/strict/items"), Some(&token));
-    echoed(&f.dpop("GET", "/strict/items", &token, &proof).await, "DPoP on /strict/");
+    echoed(
+        &f.dpop("GET", "/strict/items", &token, &proof).await,
+        "DPoP on /strict/",
+    );
 }
 
 #[tokio::test]

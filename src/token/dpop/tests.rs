@@ -39,7 +39,11 @@ fn check(proof: &str) -> Result<VerifiedProof, ProofError> {
     check_with(proof, "GET", None)
 }
 
-fn check_with(proof: &str, method: &str, nonces: Option<&Nonces>) -> Result<VerifiedProof, ProofError> {
+fn check_with(
+    proof: &str,
+    method: &str,
+    nonces: Option<&Nonces>,
+) -> Result<VerifiedProof, ProofError> {
     let u = url();
     verify_proof(
         proof,
@@ -74,7 +78,10 @@ fn rfc7638_thumbprint_example() {
         thumbprint(jwk.as_object().unwrap()).as_deref(),
         Some("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs")
     );
-    assert_eq!(thumbprint(json!({"kty": "oct", "k": "x"}).as_object().unwrap()), None);
+    assert_eq!(
+        thumbprint(json!({"kty": "oct", "k": "x"}).as_object().unwrap()),
+        None
+    );
 }
 
 #[test]
@@ -102,11 +109,23 @@ fn a_good_proof_passes_and_names_its_key() {
         "https://api.example.com:443/api/items",
         "https://api.example.com/api/items?x=1#f",
     ] {
-        assert!(check(&proof(&with(|c| { c.insert("htu".into(), json!(htu)); }))).is_ok(), "{htu}");
+        assert!(
+            check(&proof(&with(|c| {
+                c.insert("htu".into(), json!(htu));
+            })))
+            .is_ok(),
+            "{htu}"
+        );
     }
     // iat within the leeway in the future, and MAX_AGE in the past.
     for iat in [NOW + 5, NOW - MAX_AGE.as_secs() - 5] {
-        assert!(check(&proof(&with(|c| { c.insert("iat".into(), json!(iat)); }))).is_ok(), "{iat}");
+        assert!(
+            check(&proof(&with(|c| {
+                c.insert("iat".into(), json!(iat));
+            })))
+            .is_ok(),
+            "{iat}"
+        );
     }
 }
 
@@ -118,18 +137,42 @@ fn header_problems_are_refused() {
     private["d"] = json!("c2VjcmV0");
     let cases = [
         (json!({"alg": "ES256", "jwk": jwk}), ProofError::WrongType),
-        (json!({"typ": "JWT", "alg": "ES256", "jwk": jwk}), ProofError::WrongType),
-        (json!({"typ": "dpop+jwt", "alg": "none", "jwk": jwk}), ProofError::Algorithm),
-        (json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": jwk}), ProofError::Algorithm),
-        (json!({"typ": "dpop+jwt", "alg": "ES512", "jwk": jwk}), ProofError::Algorithm),
-        (json!({"typ": "dpop+jwt", "alg": "ES256"}), ProofError::BadKey),
-        (json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": "x"}), ProofError::BadKey),
-        (json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": private}), ProofError::PrivateKey),
+        (
+            json!({"typ": "JWT", "alg": "ES256", "jwk": jwk}),
+            ProofError::WrongType,
+        ),
+        (
+            json!({"typ": "dpop+jwt", "alg": "none", "jwk": jwk}),
+            ProofError::Algorithm,
+        ),
+        (
+            json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": jwk}),
+            ProofError::Algorithm,
+        ),
+        (
+            json!({"typ": "dpop+jwt", "alg": "ES512", "jwk": jwk}),
+            ProofError::Algorithm,
+        ),
+        (
+            json!({"typ": "dpop+jwt", "alg": "ES256"}),
+            ProofError::BadKey,
+        ),
+        (
+            json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": "x"}),
+            ProofError::BadKey,
+        ),
+        (
+            json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": private}),
+            ProofError::PrivateKey,
+        ),
         (
             json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": {"kty": "oct", "k": "c2VjcmV0"}}),
             ProofError::PrivateKey,
         ),
-        (json!({"typ": "dpop+jwt", "alg": "ES384", "jwk": jwk}), ProofError::BadKey),
+        (
+            json!({"typ": "dpop+jwt", "alg": "ES384", "jwk": jwk}),
+            ProofError::BadKey,
+        ),
         (
             json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk, "crit": ["x"]}),
             ProofError::Critical,
@@ -141,7 +184,9 @@ fn header_problems_are_refused() {
     }
     // HS256 under a "key" of our own making: refused by name, whatever the signature.
     let h = json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": jwk});
-    let p = forge(&h, &claims(), |m| hs256(b"0123456789abcdef0123456789abcdef", m));
+    let p = forge(&h, &claims(), |m| {
+        hs256(b"0123456789abcdef0123456789abcdef", m)
+    });
     assert_eq!(check(&p), Err(ProofError::Algorithm));
     // An unsigned proof.
     let h = json!({"typ": "dpop+jwt", "alg": "none", "jwk": jwk});
@@ -160,36 +205,153 @@ fn header_problems_are_refused() {
     assert_eq!(check(&dup), Err(ProofError::Malformed));
     assert_eq!(check("a.b"), Err(ProofError::Malformed));
     assert_eq!(check("!!.e30.c2ln"), Err(ProofError::Malformed));
-    assert_eq!(check(&"a".repeat(MAX_PROOF_LEN + 1)), Err(ProofError::TooLong));
+    assert_eq!(
+        check(&"a".repeat(MAX_PROOF_LEN + 1)),
+        Err(ProofError::TooLong)
+    );
 }
 
 #[test]
 fn claim_problems_are_refused() {
     let other_token_ath = sha256_b64(b"another token");
     let cases: Vec<(&str, Value, ProofError)> = vec![
-        ("no jti", with(|c| { c.remove("jti"); }), ProofError::MissingClaim),
-        ("empty jti", with(|c| { c.insert("jti".into(), json!("")); }), ProofError::MissingClaim),
-        ("no htm", with(|c| { c.remove("htm"); }), ProofError::MissingClaim),
-        ("no htu", with(|c| { c.remove("htu"); }), ProofError::MissingClaim),
-        ("no iat", with(|c| { c.remove("iat"); }), ProofError::MissingClaim),
-        ("htm POST", with(|c| { c.insert("htm".into(), json!("POST")); }), ProofError::Method),
-        ("htm get", with(|c| { c.insert("htm".into(), json!("get")); }), ProofError::Method),
-        ("htu other path", with(|c| { c.insert("htu".into(), json!("https://api.example.com/api/other")); }), ProofError::Url),
-        ("htu http", with(|c| { c.insert("htu".into(), json!("http://api.example.com/api/items")); }), ProofError::Url),
-        ("htu other host", with(|c| { c.insert("htu".into(), json!("https://evil.example.com/api/items")); }), ProofError::Url),
-        ("htu other port", with(|c| { c.insert("htu".into(), json!("https://api.example.com:8443/api/items")); }), ProofError::Url),
-        ("htu userinfo", with(|c| { c.insert("htu".into(), json!("https://u@api.example.com/api/items")); }), ProofError::Url),
-        ("htu relative", with(|c| { c.insert("htu".into(), json!("/api/items")); }), ProofError::Url),
-        ("iat stale", with(|c| { c.insert("iat".into(), json!(NOW - MAX_AGE.as_secs() - 6)); }), ProofError::Stale),
-        ("iat future", with(|c| { c.insert("iat".into(), json!(NOW + 6)); }), ProofError::Stale),
-        ("iat string", with(|c| { c.insert("iat".into(), json!("now")); }), ProofError::MissingClaim),
-        ("no ath", with(|c| { c.remove("ath"); }), ProofError::TokenHash),
-        ("ath of another token", with(|c| { c.insert("ath".into(), json!(other_token_ath)); }), ProofError::TokenHash),
+        (
+            "no jti",
+            with(|c| {
+                c.remove("jti");
+            }),
+            ProofError::MissingClaim,
+        ),
+        (
+            "empty jti",
+            with(|c| {
+                c.insert("jti".into(), json!(""));
+            }),
+            ProofError::MissingClaim,
+        ),
+        (
+            "no htm",
+            with(|c| {
+                c.remove("htm");
+            }),
+            ProofError::MissingClaim,
+        ),
+        (
+            "no htu",
+            with(|c| {
+                c.remove("htu");
+            }),
+            ProofError::MissingClaim,
+        ),
+        (
+            "no iat",
+            with(|c| {
+                c.remove("iat");
+            }),
+            ProofError::MissingClaim,
+        ),
+        (
+            "htm POST",
+            with(|c| {
+                c.insert("htm".into(), json!("POST"));
+            }),
+            ProofError::Method,
+        ),
+        (
+            "htm get",
+            with(|c| {
+                c.insert("htm".into(), json!("get"));
+            }),
+            ProofError::Method,
+        ),
+        (
+            "htu other path",
+            with(|c| {
+                c.insert("htu".into(), json!("https://api.example.com/api/other"));
+            }),
+            ProofError::Url,
+        ),
+        (
+            "htu http",
+            with(|c| {
+                c.insert("htu".into(), json!("http://api.example.com/api/items"));
+            }),
+            ProofError::Url,
+        ),
+        (
+            "htu other host",
+            with(|c| {
+                c.insert("htu".into(), json!("https://evil.example.com/api/items"));
+            }),
+            ProofError::Url,
+        ),
+        (
+            "htu other port",
+            with(|c| {
+                c.insert(
+                    "htu".into(),
+                    json!("https://api.example.com:8443/api/items"),
+                );
+            }),
+            ProofError::Url,
+        ),
+        (
+            "htu userinfo",
+            with(|c| {
+                c.insert("htu".into(), json!("https://u@api.example.com/api/items"));
+            }),
+            ProofError::Url,
+        ),
+        (
+            "htu relative",
+            with(|c| {
+                c.insert("htu".into(), json!("/api/items"));
+            }),
+            ProofError::Url,
+        ),
+        (
+            "iat stale",
+            with(|c| {
+                c.insert("iat".into(), json!(NOW - MAX_AGE.as_secs() - 6));
+            }),
+            ProofError::Stale,
+        ),
+        (
+            "iat future",
+            with(|c| {
+                c.insert("iat".into(), json!(NOW + 6));
+            }),
+            ProofError::Stale,
+        ),
+        (
+            "iat string",
+            with(|c| {
+                c.insert("iat".into(), json!("now"));
+            }),
+            ProofError::MissingClaim,
+        ),
+        (
+            "no ath",
+            with(|c| {
+                c.remove("ath");
+            }),
+            ProofError::TokenHash,
+        ),
+        (
+            "ath of another token",
+            with(|c| {
+                c.insert("ath".into(), json!(other_token_ath));
+            }),
+            ProofError::TokenHash,
+        ),
     ];
     for (name, c, want) in cases {
         assert_eq!(check(&proof(&c)), Err(want), "{name}");
     }
-    assert_eq!(check_with(&proof(&claims()), "POST", None), Err(ProofError::Method));
+    assert_eq!(
+        check_with(&proof(&claims()), "POST", None),
+        Err(ProofError::Method)
+    );
 }
 
 #[test]
