@@ -9,6 +9,12 @@
 #             valid RS256 token on every request (a token-cache hit)
 #   session   portcullis, route /app, auth = "login", with the cookie of a real browser
 #             login made before measuring
+#   bearer-assert  portcullis, route /asserted: as bearer (same token, scopes), with
+#             assertion = true (keys derived from the session secret): the signed identity
+#             assertion added upstream, from its cache after the first request. Only when
+#             this target is asked for does the config get this route (last) and
+#             [assertion] on: the other targets of such a run then share a config with one
+#             more route and the JWKS path check (a comparison a request).
 #
 # Method: for each target and each tool, the proxy is started fresh twice, once for a run
 # of SMALL and once for a run of LARGE keep-alive requests over C connections (each
@@ -28,7 +34,8 @@
 # runs except the number of /readyz polls, which is printed per run.
 #
 #   benches/cost.sh [--requests-small 400] [--requests-large 4400] [--connections 8]
-#                   [--targets nginx,public,bearer,session] [--keep DIR] [--log warn]
+#                   [--targets nginx,public,bearer,session[,bearer-assert]] [--keep DIR]
+#                   [--log warn]
 #
 # --keep DIR: where the callgrind and strace outputs are kept (default: a new directory
 # under ${TMPDIR:-/tmp}, printed at the end), e.g. for
@@ -37,8 +44,8 @@
 # Prints a table of instructions and system calls per request, the totals of both runs
 # (the SMALL run's total shows any startup or first-request pause), and the targets:
 # public <= 33k instructions/request and <= 1.5x nginx, bearer <= public + 3k,
-# session <= public + 8k, system calls per request <= nginx's. Exit status 1 if a run
-# failed (a goal missed is reported, not a failure).
+# session <= public + 8k, bearer-assert <= bearer + 5k, system calls per request <= nginx's.
+# Exit status 1 if a run failed (a goal missed is reported, not a failure).
 #
 # Before measuring, a plain portcullis (not under valgrind) with the same config checks
 # that /pub answers 200, /api and /app 401 without credentials and 200 with them, and
@@ -91,13 +98,14 @@ if [ $((SMALL % CONNS)) != 0 ] || [ $((LARGE % CONNS)) != 0 ]; then
   echo "request counts must be multiples of --connections" >&2; exit 2
 fi
 IFS=, read -r -a TARGET_LIST <<< "$TARGETS"
-NEED_PC="" NEED_LOGIN=""
+NEED_PC="" NEED_LOGIN="" NEED_ASSERT=""
 for t in "${TARGET_LIST[@]}"; do
   case "$t" in
     nginx) ;;
     public|bearer) NEED_PC=1 ;;
     session) NEED_PC=1 NEED_LOGIN=1 ;;
-    *) echo "unknown target $t (nginx, public, bearer, session)" >&2; exit 2 ;;
+    bearer-assert) NEED_PC=1 NEED_ASSERT=1 ;;
+    *) echo "unknown target $t (nginx, public, bearer, session, bearer-assert)" >&2; exit 2 ;;
   esac
 done
 
@@ -228,6 +236,17 @@ path = "/app"
 upstream = "app"
 auth = "login"
 CONF
+  if [ -n "$NEED_ASSERT" ]; then
+    cat >> "$DIR/portcullis.toml" <<CONF
+[[route]]
+name = "asserted"
+path = "/asserted"
+upstream = "app"
+auth = "bearer"
+scopes = ["read:items"]
+assertion = true
+CONF
+  fi
   "$BIN" check --config "$DIR/portcullis.toml" >/dev/null || die "portcullis check refused the generated config"
 fi
 
@@ -256,6 +275,12 @@ if [ -n "$NEED_PC" ]; then
   [ "$(cat "$DIR/body")" = "${BODY%$'\n'}" ] || die "public: not the upstream's body"
   expect "bearer without a token" 401 "http://127.0.0.1:$PC/api/x"
   expect "bearer with the token" 200 "http://127.0.0.1:$PC/api/x" -H "Authorization: $(cat "$DIR/authorization")"
+  if [ -n "$NEED_ASSERT" ]; then
+    expect "asserted bearer without a token" 401 "http://127.0.0.1:$PC/asserted/x"
+    expect "asserted bearer with the token" 200 "http://127.0.0.1:$PC/asserted/x" -H "Authorization: $(cat "$DIR/authorization")"
+    expect "the assertion keys" 200 "http://127.0.0.1:$PC/.well-known/portcullis/jwks.json"
+    grep -q '"kid"' "$DIR/body" || die "the JWKS has no kid: $(head -c 300 "$DIR/body")"
+  fi
   if [ -n "$NEED_LOGIN" ]; then
     env_cmd login "http://127.0.0.1:$PC" /app/x "$DIR/cookie"
     expect "session without a cookie" 401 "http://127.0.0.1:$PC/app/x"
@@ -285,6 +310,7 @@ run() {
   case "$target" in
     public) path=/pub/x ;;
     bearer) path=/api/x hdr=(Authorization "$DIR/authorization") ;;
+    bearer-assert) path=/asserted/x hdr=(Authorization "$DIR/authorization") ;;
     session) path=/app/x hdr=(Cookie "$DIR/cookie") ;;
   esac
   case "$tool" in
@@ -326,7 +352,7 @@ run() {
     local bad hits
     bad=$(awk '/^portcullis_requests_total/ && !/status="2xx"/ {s += $2} END {print s + 0}' "$rd/metrics")
     [ "$bad" = 0 ] || die "$target under $tool: portcullis counted $bad non-2xx answers"
-    if [ "$target" = bearer ]; then
+    if [ "$target" = bearer ] || [ "$target" = bearer-assert ]; then
       hits=$(awk '$1 == "portcullis_token_cache_hits_total" {print $2}' "$rd/metrics")
       [ "${hits:-0}" -ge $((n - 1)) ] || die "bearer under $tool: ${hits:-0} token-cache hits for $n requests"
     fi
@@ -374,11 +400,11 @@ targets = list(dict.fromkeys(r[0] for r in rows))
 per = {t: {tool: (tot[(t, tool, large)] - tot[(t, tool, small)]) / d for tool in ("callgrind", "strace")}
        for t in targets}
 print()
-print(f"{'target':<9}{'instr/request':>15}{'syscalls/request':>18}{f'instr, {small} run':>17}"
+print(f"{'target':<14}{'instr/request':>15}{'syscalls/request':>18}{f'instr, {small} run':>17}"
       f"{f'instr, {large} run':>17}{'fixed instr':>15}{f'syscalls {small}/{large}':>19}")
 for t in targets:
     fixed = tot[(t, "callgrind", small)] - small * per[t]["callgrind"]
-    print(f"{t:<9}{per[t]['callgrind']:>15,.0f}{per[t]['strace']:>18.2f}"
+    print(f"{t:<14}{per[t]['callgrind']:>15,.0f}{per[t]['strace']:>18.2f}"
           f"{tot[(t, 'callgrind', small)]:>17,}{tot[(t, 'callgrind', large)]:>17,}{fixed:>15,.0f}"
           f"{str(tot[(t, 'strace', small)]) + '/' + str(tot[(t, 'strace', large)]):>19}")
 print(f"per request = (run of {large} - run of {small}) / {d}; instructions: user space, all threads")
@@ -398,7 +424,7 @@ for t in targets:
     a, b = calls(t, small), calls(t, large)
     by = sorted(((b.get(k, 0) - a.get(k, 0)) / d, k) for k in set(a) | set(b))
     rest = sum(v for v, k in by if k != "epoll_wait")
-    print(f"  {t:<9}" + "  ".join(f"{k} {v:.2f}" for v, k in reversed(by) if abs(v) >= 0.01)
+    print(f"  {t:<14}" + "  ".join(f"{k} {v:.2f}" for v, k in reversed(by) if abs(v) >= 0.01)
           + f"   (all but epoll_wait: {rest:.2f})")
 print()
 def goal(label, value, op, target, fmt):
@@ -414,8 +440,10 @@ if "bearer" in per and "public" in per:
     goal("bearer - public instructions/request", ins("bearer") - ins("public"), "<=", 3000, "{:,.0f}")
 if "session" in per and "public" in per:
     goal("session - public instructions/request", ins("session") - ins("public"), "<=", 8000, "{:,.0f}")
+if "bearer-assert" in per and "bearer" in per:
+    goal("bearer-assert - bearer instructions/req", ins("bearer-assert") - ins("bearer"), "<=", 5000, "{:,.0f}")
 if "nginx" in per:
-    for t in ("public", "bearer", "session"):
+    for t in ("public", "bearer", "session", "bearer-assert"):
         if t in per:
             goal(f"{t} syscalls/request (nginx's {sysc('nginx'):.2f})", sysc(t), "<=", sysc("nginx"), "{:.2f}")
 PY

@@ -32,6 +32,10 @@ fi
 echo "==> deployment files (scripts/check-deploy.sh)"
 scripts/check-deploy.sh
 
+echo "==> the example assertion verifier's venv (scripts/verifier-venv.sh)"
+PORTCULLIS_VERIFIER_PYTHON="$(scripts/verifier-venv.sh)"
+export PORTCULLIS_VERIFIER_PYTHON
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
   cargo install --locked cargo-nextest

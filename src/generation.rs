@@ -47,6 +47,8 @@ pub enum BuildError {
     Routes(#[from] CompileError),
     #[error("bearer.dpop_nonce: the system random number generator failed")]
     DpopNonces,
+    #[error("{0}")]
+    Assertion(#[from] crate::assertion::AssertionBuildError),
 }
 
 /// What is handed from one generation to the next when its settings did not change.
@@ -187,6 +189,9 @@ impl Generation {
         let headers = Arc::new(HeaderSettings::new(config.headers.clone()));
         let prefix: Arc<str> = config.server.proxy_prefix.as_str().into();
         let limits = head_limits(&config.server.limits);
+        // Derived or read anew each generation (cheap): the keys follow the secrets.
+        let asserter = crate::assertion::Asserter::build(&config)?;
+        let assertions = crate::assertion::for_routes(&config, asserter.as_ref());
         let mut stacks = Vec::with_capacity(workers);
         for upstreams in &per_worker {
             let table = RouteTable::compile(
@@ -199,6 +204,8 @@ impl Generation {
                     dpop: dpop.as_ref(),
                     public_url: config.server.public_url.as_ref(),
                     tls: config.server.tls.is_some(),
+                    asserter: asserter.as_ref(),
+                    assertions: &assertions,
                 },
             )?;
             stacks.push(stack::build(&stack::Parts {

@@ -39,7 +39,8 @@ pub struct Identity {
     /// accepted only with a proof of that key (RFC 9449), never as a plain bearer token.
     pub binding: Option<Binding>,
     /// Its identity headers as last rendered (by `auth::identity_headers`), so that an
-    /// identity served from a cache is rendered once per header configuration.
+    /// identity served from a cache is rendered once per header configuration; with them
+    /// its signed assertions, signed once per route audience and generation.
     pub rendered: RenderCache,
 }
 
@@ -67,10 +68,21 @@ impl Binding {
 }
 
 /// Identity header values rendered for one header configuration (`config`): the headers,
-/// or the name of the header whose value could not be sent.
+/// or the name of the header whose value could not be sent; and the signed identity
+/// assertions of this generation (`assertion::RouteAssertion`), once made.
 pub struct Rendered {
     pub config: u64,
     pub headers: Result<Box<[(http::HeaderName, http::HeaderValue)]>, http::HeaderName>,
+    pub assertions: arc_swap::ArcSwapOption<Vec<SignedAssertion>>,
+}
+
+/// A signed identity assertion kept for reuse: for the route assertion numbered `key`,
+/// until `renew_after` (unix seconds).
+#[derive(Clone)]
+pub struct SignedAssertion {
+    pub key: u64,
+    pub value: http::HeaderValue,
+    pub renew_after: u64,
 }
 
 /// An identity's last rendering. Identities are shared read-only (in an `Arc`) once

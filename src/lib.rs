@@ -26,6 +26,8 @@
 //!   and the replay sets), built once and kept across reloads; `oidc` is discovery, the
 //!   login flow (back-channel logout included) and the provider transport; [`identity`]
 //!   is the one identity type they make; `policy` judges it.
+//! - `assertion` signs the identity assertion that routes with `assertion = true` add
+//!   upstream, and holds the keys published at `/.well-known/portcullis/jwks.json`.
 //! - `error` renders every refusal; `exchange` is what travels with a request.
 //! - `admin` serves `/healthz`, `/readyz`, `/metrics` and `POST /sessions/revoke`;
 //!   `dev_idp` is the development provider and sample app of `portcullis demo` (cargo
@@ -41,6 +43,7 @@ pub mod telemetry;
 pub mod token;
 
 pub(crate) mod admin;
+pub(crate) mod assertion;
 pub(crate) mod auth;
 pub(crate) mod body;
 pub(crate) mod error;

@@ -141,19 +141,21 @@ fn render(
 /// access token where configured: `headers.access_token`, and `Authorization` when
 /// `pass_authorization` (else the client's `Authorization` is removed). On an unsafe
 /// value nothing is half-written that matters: the caller denies the request.
+/// Returns the identity's rendering (where its signed assertions are kept too).
 pub fn apply(
     h: &mut HeaderMap,
     settings: &HeaderSettings,
     id: &Identity,
     access_token: Option<&str>,
     pass_authorization: bool,
-) -> Result<(), UnsafeValue> {
+) -> Result<Arc<Rendered>, UnsafeValue> {
     let rendered = match id.rendered.get(settings.id) {
         Some(r) => r,
         None => {
             let r = Arc::new(Rendered {
                 config: settings.id,
                 headers: render(&settings.cfg, id),
+                assertions: Default::default(),
             });
             id.rendered.set(r.clone());
             r
@@ -190,7 +192,7 @@ pub fn apply(
             }
         }
     }
-    Ok(())
+    Ok(rendered)
 }
 
 #[cfg(test)]
@@ -251,7 +253,9 @@ mod tests {
         let s = settings("x-user");
         for _ in 0..2 {
             let mut h = HeaderMap::new();
-            let e = apply(&mut h, &s, &id, None, false).unwrap_err();
+            let Err(e) = apply(&mut h, &s, &id, None, false) else {
+                panic!("an unsafe value was sent");
+            };
             assert_eq!(e.header, "x-user");
             assert!(!h.contains_key("x-user"));
         }

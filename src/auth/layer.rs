@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use http::header::{HeaderValue, SET_COOKIE};
 use pin_project_lite::pin_project;
@@ -145,22 +146,48 @@ where
                 return inner.call(r).await;
             };
             let token = passed.token_for(r.req.headers(), &headers.cfg);
-            if let Err(e) = identity_headers::apply(
+            let applied = identity_headers::apply(
                 r.req.headers_mut(),
                 &headers,
                 &identity,
                 token.as_deref(),
                 headers.cfg.pass_authorization,
-            ) {
-                return Ok(refuse(
-                    Denied {
-                        refusal: Refusal::UnsafeIdentity(e),
-                        set_cookies: Vec::new(),
-                        user: Some(identity),
-                        page: None,
-                    },
-                    &r,
-                ));
+            );
+            let rendered = match applied {
+                Ok(rendered) => rendered,
+                Err(e) => {
+                    return Ok(refuse(
+                        Denied {
+                            refusal: Refusal::UnsafeIdentity(e),
+                            set_cookies: Vec::new(),
+                            user: Some(identity),
+                            page: None,
+                        },
+                        &r,
+                    ))
+                }
+            };
+            // The signed assertion (hygiene removed any client-sent copy), cached on the
+            // identity's rendering.
+            if let Some(assertion) = &r.route.assertion {
+                match assertion.value(&identity, &rendered, SystemTime::now()) {
+                    Some(v) => {
+                        r.req.headers_mut().insert(assertion.header().clone(), v);
+                    }
+                    None => {
+                        return Ok(refuse(
+                            Denied {
+                                refusal: Refusal::Internal(
+                                    "the identity assertion could not be signed",
+                                ),
+                                set_cookies: Vec::new(),
+                                user: Some(identity),
+                                page: None,
+                            },
+                            &r,
+                        ))
+                    }
+                }
             }
             let mut answer = inner.call(r).await?;
             append_cookies(&mut answer, passed.set_cookies);

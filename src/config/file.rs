@@ -17,6 +17,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub headers: HeadersFile,
     #[serde(default)]
+    pub assertion: AssertionFile,
+    #[serde(default)]
     pub upstream: Vec<UpstreamFile>,
     #[serde(default)]
     pub route: Vec<RouteFile>,
@@ -175,6 +177,17 @@ pub struct HeadersFile {
     pub keep_from_trusted: Vec<String>,
 }
 
+/// `[assertion]`: the signed identity assertion of routes with `assertion = true`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionFile {
+    pub header: Option<String>,
+    pub audience: Option<String>,
+    /// PEM private keys; the first signs, all are published. Default: derived from the
+    /// session secrets.
+    pub key_file: Option<Vec<String>>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
@@ -214,6 +227,9 @@ pub struct RouteFile {
     /// Only DPoP-bound tokens (RFC 9449) on this route; plain bearer tokens are refused.
     #[serde(default)]
     pub require_sender_constraint: bool,
+    /// Add the signed identity assertion to the upstream request.
+    #[serde(default)]
+    pub assertion: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -20,6 +20,7 @@ pub struct Config {
     pub session: Option<SessionConfig>,
     pub login: LoginConfig,
     pub headers: HeadersConfig,
+    pub assertion: AssertionConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -272,6 +273,18 @@ impl HeadersConfig {
     }
 }
 
+/// `[assertion]`: how routes with `assertion = true` assert identity to their upstream.
+#[derive(Debug, Clone)]
+pub struct AssertionConfig {
+    /// Default `X-Portcullis-Assertion`; stripped from every client request whether or not
+    /// a route uses assertions.
+    pub header: HeaderName,
+    /// `aud` of every assertion; `None`: the route's name.
+    pub audience: Option<String>,
+    /// PEM private keys, the first signs; empty: derived from `session.secrets`.
+    pub key_files: Vec<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
@@ -363,4 +376,6 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// `require_sender_constraint`: plain bearer tokens refused (DPoP-bound ones only).
     pub require_sender_constraint: bool,
+    /// Add the signed identity assertion (`[assertion]`) to the upstream request.
+    pub assertion: bool,
 }

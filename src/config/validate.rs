@@ -244,7 +244,8 @@ fn validate(f: FileConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
             })
             .unwrap_or_default(),
     };
-    let headers = headers(&mut cx, &f.headers);
+    let assertion = assertion(&mut cx, &f.assertion);
+    let headers = headers(&mut cx, &f.headers, &assertion.header);
     let upstreams = upstreams(&mut cx, &f.upstream);
     let declared: Vec<&str> = f
         .upstream
@@ -326,6 +327,36 @@ fn validate(f: FileConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
         }
     }
 
+    // Cross-field: what the identity assertion needs.
+    if let Some(i) = routes.iter().position(|r| r.assertion) {
+        if server.public_url.is_none() {
+            cx.err(
+                "server.public_url",
+                format!(
+                    "is required when a route sets assertion = true (route[{i}]): it is the \
+                     assertion's iss"
+                ),
+            );
+        }
+        if assertion.key_files.is_empty() && session.is_none() {
+            cx.err(
+                "assertion.key_file",
+                format!(
+                    "route[{i}] sets assertion = true: give [assertion] key_file, or \
+                     [session] secrets to derive the keys from"
+                ),
+            );
+        }
+    }
+    for (i, r) in routes.iter().enumerate() {
+        if r.assertion && r.auth == AuthMode::Public {
+            cx.err(
+                format!("route[{i}].assertion"),
+                "a public route has no identity to assert",
+            );
+        }
+    }
+
     if cx.errors.is_empty() {
         Ok(Config {
             server,
@@ -334,6 +365,7 @@ fn validate(f: FileConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
             session,
             login,
             headers,
+            assertion,
             upstreams,
             routes,
         })
@@ -1061,7 +1093,61 @@ const RESERVED_HEADERS: [&str; 14] = [
     "proxy-authorization",
 ];
 
-fn headers(cx: &mut Ctx<'_>, h: &HeadersFile) -> HeadersConfig {
+/// The default `[assertion] header`.
+pub const ASSERTION_HEADER: &str = "X-Portcullis-Assertion";
+
+fn assertion(cx: &mut Ctx<'_>, a: &AssertionFile) -> AssertionConfig {
+    let raw = a.header.as_deref().unwrap_or(ASSERTION_HEADER);
+    let header = match HeaderName::from_bytes(raw.as_bytes()) {
+        Ok(n) => {
+            let norm = normalize_header_name(n.as_str());
+            if RESERVED_HEADERS.contains(&norm.as_str())
+                || norm == "authorization"
+                || SET_BY_PROXY.contains(&norm.as_str())
+            {
+                cx.err(
+                    "assertion.header",
+                    format!("{raw:?} is reserved and cannot carry the assertion"),
+                );
+            }
+            n
+        }
+        Err(_) => {
+            cx.err(
+                "assertion.header",
+                format!("{raw:?} is not a valid header name"),
+            );
+            HeaderName::from_static("x-portcullis-assertion")
+        }
+    };
+    if a.audience.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        cx.err("assertion.audience", "must not be empty");
+    }
+    let mut key_files = Vec::new();
+    if let Some(list) = &a.key_file {
+        if list.is_empty() {
+            cx.err(
+                "assertion.key_file",
+                "is empty: list PEM files, or leave it out to derive the keys from the session secrets",
+            );
+        }
+        for (i, f) in list.iter().enumerate() {
+            if let Some(p) = cx.existing_file(&format!("assertion.key_file[{i}]"), &Some(f.clone()))
+            {
+                key_files.push(p);
+            }
+        }
+    }
+    AssertionConfig {
+        header,
+        audience: a.audience.clone(),
+        key_files,
+    }
+}
+
+/// `assertion`: the assertion header, stripped from client requests like the identity
+/// headers.
+fn headers(cx: &mut Ctx<'_>, h: &HeadersFile, assertion: &HeaderName) -> HeadersConfig {
     let preset: &[&str] = match h.preset.as_deref() {
         None | Some("auth-request") => &[
             "X-Auth-Request-User",
@@ -1149,6 +1235,16 @@ fn headers(cx: &mut Ctx<'_>, h: &HeadersFile) -> HeadersConfig {
             claims.push((Arc::<str>::from(claim.as_str()), n));
         }
     }
+    let assertion_norm = normalize_header_name(assertion.as_str());
+    if strip.contains(&assertion_norm) {
+        cx.err(
+            "assertion.header",
+            format!("{:?} is already an identity header", assertion.as_str()),
+        );
+    }
+    strip.push(assertion_norm);
+    // The default name too, whatever is configured: it is the proxy's own.
+    strip.push(ASSERTION_HEADER.to_ascii_lowercase());
     strip.sort();
     strip.dedup();
     let mut patterns = |key: &str, list: &[String]| -> Vec<NamePattern> {
@@ -1530,6 +1626,7 @@ fn routes(
             method_scopes,
             allow,
             strip_prefix: r.strip_prefix,
+            assertion: r.assertion,
             timeout: cx.duration(
                 &format!("{key}.timeout"),
                 r.timeout.as_deref(),
@@ -1619,6 +1716,110 @@ mod tests {
         assert!(keys(&wrong)
             .iter()
             .any(|e| e.starts_with("upstream[0].path_readings")));
+    }
+
+    /// A bearer route `/api` with `assertion = true`, with `extra` lines appended.
+    fn asserting(server_extra: &str, extra: &str) -> String {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n\
+             [provider]\nissuer = \"https://idp.example\"\n\
+             [bearer]\naudiences = [\"api\"]\n\
+             [[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n\
+             [[route]]\npath = \"/api\"\nupstream = \"a\"\nauth = \"bearer\"\nassertion = true\n{extra}"
+        )
+    }
+
+    #[test]
+    fn assertion_keys() {
+        const URL: &str = "public_url = \"https://app.example.com\"";
+        const SECRETS: &str =
+            "[session]\nsecrets = [\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n";
+        assert_eq!(keys(&asserting(URL, SECRETS)), Vec::<String>::new());
+        // iss needs public_url: named.
+        let errs = keys(&asserting("", SECRETS));
+        assert!(
+            errs.iter().any(|e| e.starts_with(
+                "server.public_url: is required when a route sets assertion = true (route[0])"
+            )),
+            "{errs:?}"
+        );
+        // Keys: neither files nor secrets.
+        let errs = keys(&asserting(URL, ""));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("assertion.key_file: route[0] sets assertion = true")),
+            "{errs:?}"
+        );
+        let errs = keys(&asserting(
+            URL,
+            "[assertion]\nkey_file = [\"/nonexistent/a.pem\"]\n",
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("assertion.key_file[0]: file")),
+            "{errs:?}"
+        );
+        let errs = keys(&asserting(
+            URL,
+            &format!("{SECRETS}[assertion]\nheader = \"bad header\"\naudience = \" \"\n"),
+        ));
+        assert!(
+            errs.iter().any(|e| e.starts_with("assertion.header")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("assertion.audience")),
+            "{errs:?}"
+        );
+        for reserved in [
+            "Authorization",
+            "X-Forwarded-For",
+            "Cookie",
+            "X-Auth-Request-User",
+        ] {
+            let errs = keys(&asserting(
+                URL,
+                &format!("{SECRETS}[assertion]\nheader = \"{reserved}\"\n"),
+            ));
+            assert!(
+                errs.iter().any(|e| e.starts_with("assertion.header")),
+                "{reserved}: {errs:?}"
+            );
+        }
+        // A public route has nothing to assert.
+        let public = format!(
+            "{BASE}assertion = true\n[session]\nsecrets = [\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n"
+        )
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:0\"\n{URL}"));
+        let errs = keys(&public);
+        assert!(
+            errs.iter().any(|e| e.starts_with("route[0].assertion")),
+            "{errs:?}"
+        );
+        assert!(keys(&format!("{BASE}[assertion]\nbogus = 1\n"))
+            .iter()
+            .any(|e| e.contains("bogus")));
+    }
+
+    #[test]
+    fn assertion_header_is_stripped_like_identity_headers() {
+        let strip = |text: &str| from_toml(text, Path::new("."), &env).unwrap().headers.strip;
+        // The default, even with no route asking for assertions.
+        assert!(strip(BASE).contains(&"x-portcullis-assertion".to_string()));
+        let custom = strip(&format!(
+            "{BASE}[assertion]\nheader = \"X-App_Assertion\"\n"
+        ));
+        assert!(custom.contains(&"x-app-assertion".to_string()));
+        assert!(custom.contains(&"x-portcullis-assertion".to_string()));
+        // ...and never a trusted proxy's to keep.
+        let errs = keys(&format!(
+            "{BASE}[headers]\nkeep_from_trusted = [\"X-Portcullis-*\"]\n"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("headers.keep_from_trusted[0]: covers")),
+            "{errs:?}"
+        );
     }
 
     const SECRET32: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";

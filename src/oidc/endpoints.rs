@@ -2,7 +2,9 @@
 //! before header hygiene (forward-auth reads `X-Forwarded-*` from trusted proxies):
 //! `/ping`, `/auth` (forward auth), and with logins configured `/start`, `/callback`,
 //! `/sign_out`, `/userinfo` and `POST /backchannel_logout` (OIDC Back-Channel Logout 1.0,
-//! the only one that reads a body: a form of at most [`BACKCHANNEL_BODY_LIMIT`] bytes).
+//! the only one that reads a body: a form of at most [`BACKCHANNEL_BODY_LIMIT`] bytes);
+//! outside the prefix, `/.well-known/portcullis/jwks.json` (the identity assertion's keys)
+//! when a route uses assertions.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderValue, CACHE_CONTROL, SET_COOKIE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
 use http::{Method, Response, StatusCode};
 use tower_service::Service;
 
@@ -104,6 +106,24 @@ impl Endpoints {
                 return self
                     .forward_auth(&parts, Some(suffix), e.conn.peer_ip(), rid)
                     .await;
+            }
+            (crate::routing::layer::JWKS_ENDPOINT, _) if get => {
+                match self.table.asserter() {
+                    Some(a) => {
+                        let mut r = Response::new(RespBody::full(a.jwks().clone()));
+                        r.headers_mut().insert(
+                            CONTENT_TYPE,
+                            HeaderValue::from_static("application/jwk-set+json"),
+                        );
+                        // Short: verifiers also refetch on an unknown kid (rotation).
+                        r.headers_mut().insert(
+                            CACHE_CONTROL,
+                            HeaderValue::from_static("public, max-age=300"),
+                        );
+                        r
+                    }
+                    None => Refusal::NotFound.respond(rid, method, headers),
+                }
             }
             ("/start", Some(l)) if get => {
                 counted(&self.metrics, Flow::Start, l.start(query, headers, rid))
@@ -240,6 +260,10 @@ impl Endpoints {
             r.headers_mut()
                 .insert(name.clone(), HeaderValue::from_static(""));
         }
+        if let Some(a) = &selected.route.assertion {
+            r.headers_mut()
+                .insert(a.header().clone(), HeaderValue::from_static(""));
+        }
         if let Some(id) = &passed.identity {
             // The front proxy copies these onto the upstream request; never the
             // Authorization header itself.
@@ -247,13 +271,36 @@ impl Endpoints {
                 Some(_) => passed.token_for(h, &self.headers.cfg),
                 None => None,
             };
-            if let Err(err) =
-                identity_headers::apply(r.headers_mut(), &self.headers, id, token.as_deref(), false)
-            {
-                let mut a = refuse(Refusal::UnsafeIdentity(err));
-                a.user = passed.identity;
-                a.route = Some(selected.route.metrics.clone());
-                return a;
+            let rendered = match identity_headers::apply(
+                r.headers_mut(),
+                &self.headers,
+                id,
+                token.as_deref(),
+                false,
+            ) {
+                Ok(rendered) => rendered,
+                Err(err) => {
+                    let mut a = refuse(Refusal::UnsafeIdentity(err));
+                    a.user = passed.identity;
+                    a.route = Some(selected.route.metrics.clone());
+                    return a;
+                }
+            };
+            // The route's signed assertion, for the front proxy to copy upstream.
+            if let Some(assertion) = &selected.route.assertion {
+                match assertion.value(id, &rendered, std::time::SystemTime::now()) {
+                    Some(v) => {
+                        r.headers_mut().insert(assertion.header().clone(), v);
+                    }
+                    None => {
+                        let mut a = refuse(Refusal::Internal(
+                            "the identity assertion could not be signed",
+                        ));
+                        a.user = passed.identity;
+                        a.route = Some(selected.route.metrics.clone());
+                        return a;
+                    }
+                }
             }
         }
         for c in passed.set_cookies {

@@ -24,6 +24,10 @@ use crate::path::{normalize_host, normalize_path};
 pub const AMBIGUOUS_READINGS: &str =
     "ambiguous path: upstreams may read it as a path of another route";
 
+/// The [`OwnEndpoint::rest`](super::OwnEndpoint) of `GET /.well-known/portcullis/jwks.json`:
+/// without a leading `/`, so that no path under the prefix can name it.
+pub const JWKS_ENDPOINT: &str = ".well-known/portcullis/jwks.json";
+
 /// The limits the routing layer checks (hyper enforces its own, looser ones first).
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
@@ -160,6 +164,11 @@ impl<S, E> Routing<S, E> {
             tracing::debug!(reason = %e, "refused ambiguous path");
             Refusal::BadRequest("ambiguous or malformed path")
         })?;
+        // The assertion keys, when any route signs assertions (else the path is the
+        // routes' like any other).
+        if self.table.asserter().is_some() && path == crate::assertion::JWKS_PATH {
+            return Ok(Decision::Endpoint(JWKS_ENDPOINT.into()));
+        }
         // The proxy's own endpoints, before header hygiene and auth.
         if let Some(rest) = path.strip_prefix(&*self.prefix) {
             if rest.is_empty() || rest.starts_with('/') {

@@ -70,7 +70,8 @@ impl<B> Routed<B> {
 }
 
 /// A request for one of the proxy's own endpoints: `rest` is the canonical path after
-/// `server.proxy_prefix` (`/start`, `/callback`, ...).
+/// `server.proxy_prefix` (`/start`, `/callback`, ...), or [`layer::JWKS_ENDPOINT`] for the
+/// assertion keys.
 pub struct OwnEndpoint<B> {
     pub req: Request<B>,
     pub conn: Arc<ConnInfo>,

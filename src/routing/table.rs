@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::admin::metrics::{Metrics, RouteMetrics};
 use crate::auth::dpop::{DpopVerifier, HtuBase};
+use crate::assertion::{Asserter, RouteAssertion};
 use crate::config::{AuthMode, RouteConfig};
 use crate::oidc::login::Login;
 use crate::path::{
@@ -70,6 +71,8 @@ pub struct Route {
     pub htu_base: Option<HtuBase>,
     /// Checks DPoP proofs (with the replay set), on routes that take tokens.
     pub dpop: Option<Arc<DpopVerifier>>,
+    /// `assertion = true`: the signed identity assertion added upstream.
+    pub assertion: Option<Arc<RouteAssertion>>,
 }
 
 impl Route {
@@ -101,6 +104,8 @@ pub struct RouteTable {
     /// Some prefix has an upper-case letter: a case-folded reading of any path may then
     /// select another route.
     upper_prefixes: bool,
+    /// The assertion signer, when any route asks for assertions (its keys are published).
+    asserter: Option<Arc<Asserter>>,
 }
 
 /// The routes a request is subject to: the one its canonical path selects (it decides
@@ -154,6 +159,10 @@ pub struct Parts<'a> {
     pub public_url: Option<&'a url::Url>,
     /// The listener speaks TLS (the scheme of a route's `host` for DPoP).
     pub tls: bool,
+    /// The assertion signer, when any route asks for assertions.
+    pub asserter: Option<&'a Arc<Asserter>>,
+    /// Per route index, its assertion (`assertion::for_routes`); shorter: none.
+    pub assertions: &'a [Option<Arc<RouteAssertion>>],
 }
 
 impl RouteTable {
@@ -202,6 +211,7 @@ impl RouteTable {
                 require_sender_constraint: r.require_sender_constraint,
                 htu_base: HtuBase::for_route(parts.public_url, r.host.as_deref(), parts.tls),
                 dpop: parts.dpop.cloned(),
+                assertion: parts.assertions.get(index).cloned().flatten(),
             }));
         }
         Ok(RouteTable {
@@ -209,7 +219,14 @@ impl RouteTable {
                 .iter()
                 .any(|r| r.path.bytes().any(|b| b.is_ascii_uppercase())),
             routes: out.into_boxed_slice(),
+            asserter: parts.asserter.cloned(),
         })
+    }
+
+    /// The assertion signer (its JWKS is served at `assertion::JWKS_PATH`), when any route
+    /// asks for assertions.
+    pub fn asserter(&self) -> Option<&Arc<Asserter>> {
+        self.asserter.as_ref()
     }
 
     /// The first route whose host (if set) and path prefix match. `host` is lowercase

@@ -218,6 +218,8 @@ fn harness_with(routes: &str) -> Harness {
             .unwrap()
             .unwrap(),
     );
+    let asserter = crate::assertion::Asserter::build(&config).unwrap();
+    let assertions = crate::assertion::for_routes(&config, asserter.as_ref());
     let table = RouteTable::compile(
         &config.routes,
         &RouteParts {
@@ -230,6 +232,8 @@ fn harness_with(routes: &str) -> Harness {
             )),
             public_url: config.server.public_url.as_ref(),
             tls: false,
+            asserter: asserter.as_ref(),
+            assertions: &assertions,
         },
     )
     .unwrap();
@@ -1299,4 +1303,160 @@ async fn access_lines_name_the_request_the_client_and_why_it_was_refused() {
     assert_eq!(lines[3]["status"], 400);
     assert_eq!(lines[3]["route"], "-");
     assert_eq!(lines[3]["reason"], "bad_request");
+}
+
+// ---- identity assertion ---------------------------------------------------------------
+
+const ASSERTING: &str = r#"
+[[route]]
+name = "api"
+path = "/api"
+upstream = "app"
+auth = "bearer"
+assertion = true
+
+[[route]]
+name = "admin"
+path = "/admin"
+upstream = "app"
+auth = "login"
+assertion = true
+
+[[route]]
+name = "mixed"
+path = "/mixed"
+upstream = "app"
+auth = "either"
+assertion = true
+
+[[route]]
+name = "plain"
+path = "/plain"
+upstream = "app"
+auth = "bearer"
+
+[[route]]
+name = "pub"
+path = "/"
+upstream = "app"
+auth = "public"
+"#;
+
+/// The claims of a JWT (not verified: the unit tests of `assertion` verify).
+fn jwt_claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The claims of the assertion on the one request forwarded since the last look.
+fn forwarded_assertion(h: &Harness) -> serde_json::Value {
+    jwt_claims(
+        h.one_seen().headers["x-portcullis-assertion"]
+            .to_str()
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn asserting_routes_replace_client_assertions_with_their_own() {
+    let h = harness_with(ASSERTING);
+    let bearer = format!("Bearer {}", token(claims("alice", "read")));
+    let forged = [
+        ("x-portcullis-assertion", "forged"),
+        ("X_Portcullis_Assertion", "forged"),
+    ];
+
+    // Bearer route: the client's copies are gone, the proxy's assertion is there.
+    let mut hs = vec![("authorization", bearer.as_str())];
+    hs.extend_from_slice(&forged);
+    let r = h.get("/api/x", &hs).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let seen = h.one_seen();
+    let all: Vec<_> = seen
+        .headers
+        .get_all("x-portcullis-assertion")
+        .iter()
+        .collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(!seen.headers.contains_key("x_portcullis_assertion"));
+    let jwt = all[0].to_str().unwrap().to_string();
+    let c = jwt_claims(&jwt);
+    assert_eq!(c["iss"], "https://app.test");
+    assert_eq!(c["aud"], "api");
+    assert_eq!(c["sub"], "alice");
+    // The same identity again: the cached assertion (a new ECDSA signature would differ).
+    h.get("/api/y", &[("authorization", bearer.as_str())]).await;
+    assert_eq!(h.one_seen().headers["x-portcullis-assertion"], jwt.as_str());
+
+    // Login route: the session's identity, aud = the route's name.
+    let cookie = h.session_cookie("bob", &["staff"]).await;
+    let r = h.get("/admin/x", &[("cookie", &cookie), forged[0]]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let c = forwarded_assertion(&h);
+    assert_eq!(
+        (c["sub"].as_str(), c["aud"].as_str()),
+        (Some("bob"), Some("admin"))
+    );
+    assert_eq!(c["groups"], json!(["staff"]));
+
+    // Either route: by token, and by session, each its own identity, aud = "mixed".
+    for (hs, sub) in [
+        (vec![("authorization", bearer.as_str()), forged[0]], "alice"),
+        (vec![("cookie", cookie.as_str()), forged[0]], "bob"),
+    ] {
+        let r = h.get("/mixed/x", &hs).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let c = forwarded_assertion(&h);
+        assert_eq!(
+            (c["sub"].as_str(), c["aud"].as_str()),
+            (Some(sub), Some("mixed"))
+        );
+    }
+
+    // Routes without assertion, public or not: the client's copy is stripped, none added.
+    let mut hs = vec![("authorization", bearer.as_str())];
+    hs.extend_from_slice(&forged);
+    h.get("/plain/x", &hs).await;
+    h.get("/pub/x", &forged).await;
+    for seen in h.seen.take() {
+        assert!(
+            !seen.headers.contains_key("x-portcullis-assertion"),
+            "{}",
+            seen.route
+        );
+        assert!(
+            !seen.headers.contains_key("x_portcullis_assertion"),
+            "{}",
+            seen.route
+        );
+    }
+
+    // The keys: a JWKS with the signing key's kid, answered before any route.
+    let r = h.get("/.well-known/portcullis/jwks.json", &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-type"), "application/jwk-set+json");
+    h.nothing_seen();
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let jwks: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let kid = {
+        use base64::Engine as _;
+        let head = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwt.split('.').next().unwrap())
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&head).unwrap()["kid"].clone()
+    };
+    assert_eq!(jwks["keys"][0]["kid"], kid);
+    // Not under the prefix, and only where assertions are on.
+    let r = h.get("/oauth2/.well-known/portcullis/jwks.json", &[]).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let plain = harness();
+    plain.get("/.well-known/portcullis/jwks.json", &[]).await;
+    assert_eq!(plain.one_seen().route, "pub");
 }

@@ -400,6 +400,7 @@ async fn spoofed_request_reaches_the_app_as_alice(a: &mut Agent, front: &FrontPr
                 ("remote-user", "mallory"),
                 ("authorization", "Basic bWFsbG9yeTpwdw=="),
                 ("x-original-url", "http://127.0.0.1/pub/x"),
+                ("x-portcullis-assertion", "forged.assertion.jwt"),
             ],
         )
         .await;
@@ -412,6 +413,7 @@ async fn spoofed_request_reaches_the_app_as_alice(a: &mut Agent, front: &FrontPr
         "remote-user",
         "authorization",
         "x-original-url",
+        "x-portcullis-assertion",
     ] {
         assert_eq!(echo_header(&e, h), None, "{h} reached the app: {e}");
     }

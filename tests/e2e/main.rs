@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod ambiguity;
+mod assertion;
 mod bearer;
 mod check;
 mod demo;

@@ -1,5 +1,6 @@
 //! The harness: an echo upstream, the real proxy binary, HTTP clients (hyper-util and raw),
-//! the one scripted browser ([`agent::Agent`]) and the login fixtures ([`login`]).
+//! the one scripted browser ([`agent::Agent`]), the login fixtures ([`login`]) and the
+//! example assertion verifier ([`verifier`]).
 
 #![allow(dead_code)]
 
@@ -12,6 +13,7 @@ pub mod idp;
 pub mod login;
 pub mod proxy;
 pub mod raw;
+pub mod verifier;
 
 pub use client::{echo_header, echo_headers, Http};
 pub use echo::EchoUpstream;
