@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::metrics::{Metrics, RouteMetrics};
-use crate::auth::dpop::{DpopVerifier, HtuBase};
 use crate::assertion::{Asserter, RouteAssertion};
+use crate::auth::dpop::{DpopVerifier, HtuBase};
 use crate::config::{AuthMode, RouteConfig};
 use crate::oidc::login::Login;
 use crate::path::{
