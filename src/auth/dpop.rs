@@ -172,8 +172,8 @@ pub async fn authenticate(
         }
     })?;
     // §7.1 / §6.1: cnf.jkt is the thumbprint of the proof's key.
-    match &identity.binding {
-        Some(Binding::Dpop(jkt)) if **jkt == *proof.jkt => {}
+    match identity.binding() {
+        Some(Binding::Dpop(jkt)) if jkt == proof.jkt => {}
         Some(_) => return Err(refused(DpopRefusal::KeyMismatch, nonce())),
         None => return Err(refused(DpopRefusal::NotBound, nonce())),
     }

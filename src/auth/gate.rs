@@ -267,7 +267,7 @@ async fn by_token(
     })?;
     // RFC 9449 §7.1 / RFC 8705 §3: a token bound to a key (`cnf`) is no bearer token; the
     // binding is part of the (cached) identity, so this holds on cache hits too.
-    if identity.binding.is_some() {
+    if identity.binding().is_some() {
         return Err(Refusal::TokenRefused(TokenError::SenderConstrained).into());
     }
     Ok(identity)

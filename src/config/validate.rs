@@ -1718,6 +1718,34 @@ mod tests {
             .any(|e| e.starts_with("upstream[0].path_readings")));
     }
 
+    #[test]
+    fn dpop_keys() {
+        // Public routes take no tokens: require_sender_constraint is named as an error.
+        let public = BASE.replace(
+            "auth = \"public\"",
+            "auth = \"public\"\nrequire_sender_constraint = true",
+        );
+        let errs = keys(&public);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("route[0].require_sender_constraint:")),
+            "{errs:?}"
+        );
+        let bearer = "[server]\nlisten = \"127.0.0.1:0\"\n\
+             [provider]\nissuer = \"https://idp.example\"\n\
+             [bearer]\naudiences = [\"api\"]\ndpop_nonce = true\n\
+             [[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n\
+             [[route]]\npath = \"/api\"\nupstream = \"a\"\nauth = \"bearer\"\n\
+             require_sender_constraint = true\n";
+        assert_eq!(keys(bearer), Vec::<String>::new());
+        let c = from_toml(bearer, Path::new("."), &env).unwrap();
+        assert!(c.routes[0].require_sender_constraint);
+        assert!(c.bearer.as_ref().unwrap().dpop_nonce);
+        // A typo is an unknown key, as any.
+        let typo = bearer.replace("dpop_nonce", "dpop_nonces");
+        assert!(!keys(&typo).is_empty());
+    }
+
     /// A bearer route `/api` with `assertion = true`, with `extra` lines appended.
     fn asserting(server_extra: &str, extra: &str) -> String {
         format!(

@@ -183,7 +183,7 @@ impl IssuerState {
 }
 
 /// RFC 7800 §3.1: the key a token's `cnf` claim binds it to (RFC 9449 §6: `jkt`).
-fn binding_of(claims: &Map<String, Value>) -> Option<Binding> {
+fn binding_of(claims: &Map<String, Value>) -> Option<Binding<'_>> {
     claims.get("cnf").map(Binding::from_cnf)
 }
 
@@ -675,7 +675,7 @@ impl Inner {
             .await?;
         let mut id =
             identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, None)?;
-        id.binding = binding_of(&claims);
+        id.set_binding(binding_of(&claims));
         Ok(id)
     }
 
@@ -767,15 +767,15 @@ impl Inner {
             let fallback = claims.get("client_id").and_then(Value::as_str);
             let mut id =
                 identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, fallback)?;
-            id.binding = binding_of(&claims);
+            id.set_binding(binding_of(&claims));
             // RFC 9449 §6.2: a token introspected as DPoP with no `cnf.jkt` cannot be
             // checked against a proof; it is no bearer token either.
             let dpop_typed = claims
                 .get("token_type")
                 .and_then(Value::as_str)
                 .is_some_and(|t| t.eq_ignore_ascii_case("dpop"));
-            if dpop_typed && id.binding.is_none() {
-                id.binding = Some(Binding::Unsupported);
+            if dpop_typed && id.binding().is_none() {
+                id.set_binding(Some(Binding::Unsupported));
             }
             Ok(id)
         }

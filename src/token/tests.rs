@@ -393,7 +393,7 @@ async fn registered_claims_are_enforced() {
         );
     });
     assert_eq!(
-        v.validate(&sign(&bound)).await.unwrap().binding,
+        v.validate(&sign(&bound)).await.unwrap().binding(),
         Some(crate::identity::Binding::Dpop(
             "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into()
         ))
@@ -402,7 +402,7 @@ async fn registered_claims_are_enforced() {
         c.insert("cnf".into(), json!({"x5t#S256": "abc"}));
     });
     assert_eq!(
-        v.validate(&sign(&x5t)).await.unwrap().binding,
+        v.validate(&sign(&x5t)).await.unwrap().binding(),
         Some(crate::identity::Binding::Unsupported)
     );
     // Positive controls: aud array containing ours; nbf within leeway.

@@ -165,7 +165,7 @@ impl Login {
             .await
             .map_err(IdTokenError::from_validator)?;
         // An ID token bound to a key (`cnf`) is not one a browser login can use.
-        if identity.binding.is_some() {
+        if identity.binding().is_some() {
             return Err(IdTokenError::from_validator(
                 crate::token::TokenError::SenderConstrained,
             ));
