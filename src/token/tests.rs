@@ -395,7 +395,7 @@ async fn registered_claims_are_enforced() {
     assert_eq!(
         v.validate(&sign(&bound)).await.unwrap().binding(),
         Some(crate::identity::Binding::Dpop(
-            "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into()
+            "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
         ))
     );
     let x5t = with(claims(&iss), |c| {
