@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::generation::{BuildError, Fresh, Generation};
 use crate::revocation::{RevocationError, Revocations};
 use crate::server::Current;
+use crate::telemetry::Telemetry;
 use crate::token::TokenValidator;
 
 /// The revocation store in use: built once at start and handed to every generation, so
@@ -100,6 +101,7 @@ pub struct Running {
     pub admin_addr: Option<std::net::SocketAddr>,
     pub(crate) current: Current,
     revocations: Arc<RevocationHub>,
+    telemetry: Arc<Telemetry>,
     shutdown: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     control: Option<tokio::runtime::Runtime>,
@@ -139,13 +141,18 @@ impl Running {
     /// Reloads the config file; on any error the running config stays.
     pub fn reload(&self, path: &Path) -> Result<(), StartError> {
         let _g = self.control.as_ref().map(|rt| rt.enter());
-        reload(&self.current, &self.revocations, path)
+        reload(&self.current, &self.revocations, &self.telemetry, path)
     }
 }
 
 /// Reloads the config file into a new generation; on any error the running one stays.
 /// Must run inside the control runtime (validators start there).
-pub fn reload(current: &Current, hub: &RevocationHub, path: &Path) -> Result<(), StartError> {
+pub fn reload(
+    current: &Current,
+    hub: &RevocationHub,
+    telemetry: &Arc<Telemetry>,
+    path: &Path,
+) -> Result<(), StartError> {
     let running = current.load_full();
     let metrics = running.metrics.clone();
     let result = Config::load(path)
@@ -173,6 +180,7 @@ pub fn reload(current: &Current, hub: &RevocationHub, path: &Path) -> Result<(),
             let built = Generation::build(
                 c,
                 metrics.clone(),
+                telemetry,
                 running.workers(),
                 Some(&running),
                 &store,
@@ -183,6 +191,9 @@ pub fn reload(current: &Current, hub: &RevocationHub, path: &Path) -> Result<(),
         Ok(((generation, fresh), store, new)) => {
             hub.commit(&generation.config, &store, new);
             log_warnings(&generation.config);
+            // Before the new validators start: their first provider calls are traced (or
+            // not) by the new config.
+            telemetry.apply(&generation.config.telemetry);
             start_validators(fresh);
             current.store(Arc::new(generation));
             metrics.reloads_ok.fetch_add(1, Relaxed);
@@ -233,18 +244,20 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
         tracing::warn!("the system random generator failed a first draw");
     }
     log_warnings(&config);
+    let telemetry = Telemetry::new(&metrics);
     let (generation, fresh, hub) = {
         let _g = control.enter();
         let store = Revocations::new(&config.revocation_settings())?;
         store.spawn_sweeper();
         let (generation, fresh) =
-            Generation::build(config, metrics.clone(), workers, None, &store)?;
+            Generation::build(config, metrics.clone(), &telemetry, workers, None, &store)?;
         (
             generation,
             fresh,
             Arc::new(RevocationHub(Mutex::new(store))),
         )
     };
+    telemetry.apply(&generation.config.telemetry);
     let current: Current = Arc::new(ArcSwap::from_pointee(generation));
     let listeners = crate::server::bind(listen, workers).map_err(|source| StartError::Bind {
         addr: listen,
@@ -321,6 +334,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
     if let Some(path) = config_path {
         let current = current.clone();
         let hub = hub.clone();
+        let telemetry = telemetry.clone();
         let mut stop = shutdown_rx.clone();
         control.spawn(async move {
             let Ok(mut hup) =
@@ -333,7 +347,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
                 tokio::select! {
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading configuration");
-                        let _ = reload(&current, &hub, &path);
+                        let _ = reload(&current, &hub, &telemetry, &path);
                     }
                     _ = stop.changed() => return,
                 }
@@ -367,6 +381,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
         admin_addr,
         current,
         revocations: hub,
+        telemetry,
         shutdown: shutdown_tx,
         threads,
         control: Some(control),

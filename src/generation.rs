@@ -26,6 +26,7 @@ use crate::routing::layer::HeadLimits;
 use crate::routing::table::{CompileError, Parts as RouteParts};
 use crate::routing::RouteTable;
 use crate::stack::{self, Stack};
+use crate::telemetry::Telemetry;
 use crate::token::TokenValidator;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ pub enum BuildError {
     Routes(#[from] CompileError),
     #[error("bearer.dpop_nonce: the system random number generator failed")]
     DpopNonces,
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] crate::telemetry::otlp::StartError),
     #[error("{0}")]
     Assertion(#[from] crate::assertion::AssertionBuildError),
 }
@@ -83,6 +86,7 @@ impl Generation {
     pub fn build(
         config: Config,
         metrics: Arc<Metrics>,
+        telemetry: &Arc<Telemetry>,
         workers: usize,
         previous: Option<&Generation>,
         revocations: &Revocations,
@@ -107,7 +111,8 @@ impl Generation {
                     // Same bearer settings: keep the loaded keys and the token cache.
                     Some((_, v)) => Some((key, v.clone())),
                     None => {
-                        let transport = crate::oidc::transport::HttpTransport::new(transport)?;
+                        let transport = crate::oidc::transport::HttpTransport::new(transport)?
+                            .with_telemetry(telemetry.clone());
                         let v = TokenValidator::new(bearer, transport);
                         fresh.validators.push(v.clone());
                         Some((key, v))
@@ -125,7 +130,12 @@ impl Generation {
                 };
                 match running.filter(same) {
                     Some((_, l)) => Some((key, l.clone())),
-                    None => match Login::build(&config, running.map(|(_, l)| &**l), revocations)? {
+                    None => match Login::build_traced(
+                        &config,
+                        running.map(|(_, l)| &**l),
+                        revocations,
+                        telemetry,
+                    )? {
                         Some(l) => {
                             if !running.is_some_and(|(_, r)| l.shares_provider_with(r)) {
                                 fresh.validators.push(l.id_validator.clone());
@@ -184,6 +194,7 @@ impl Generation {
             )),
             None => None,
         };
+        let tracer = telemetry.tracer_for(&config.telemetry)?;
         let strip = Arc::new(HeaderPolicy::new(&config.headers));
         let trusted = TrustedProxies::new(&config.server.trusted_proxies);
         let headers = Arc::new(HeaderSettings::new(config.headers.clone()));
@@ -218,6 +229,7 @@ impl Generation {
                 login: login.as_ref().map(|(_, l)| l.clone()),
                 metrics: metrics.clone(),
                 body_read_timeout: config.server.limits.body_read_timeout,
+                tracer: tracer.clone(),
             }));
         }
         Ok((

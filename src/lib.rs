@@ -29,6 +29,8 @@
 //! - `assertion` signs the identity assertion that routes with `assertion = true` add
 //!   upstream, and holds the keys published at `/.well-known/portcullis/jwks.json`.
 //! - `error` renders every refusal; `exchange` is what travels with a request.
+//! - `fuzz_api` (cargo feature `fuzzing`, hidden) is what the fuzz targets in `fuzz/` call;
+//!   nothing else enables it.
 //! - `admin` serves `/healthz`, `/readyz`, `/metrics` and `POST /sessions/revoke`;
 //!   `dev_idp` is the development provider and sample app of `portcullis demo` (cargo
 //!   feature `demo`, on by default).
@@ -37,6 +39,9 @@ pub mod app;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod dev_idp;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod identity;
 pub mod oidc;
 pub mod telemetry;

@@ -32,6 +32,9 @@ pub enum PathError {
     DotSegmentParams,
     /// A raw control character or space.
     ControlChar,
+    /// A raw `?` or `#`: every other parser ends the path there (a fragment or query), so
+    /// the rest of it would be judged by us and ignored by the upstream.
+    Delimiter,
 }
 
 impl fmt::Display for PathError {
@@ -46,6 +49,7 @@ impl fmt::Display for PathError {
             PathError::AboveRoot => "path climbs above the root",
             PathError::DotSegmentParams => "dot segment with parameters in path",
             PathError::ControlChar => "control character in path",
+            PathError::Delimiter => "'?' or '#' in path",
         })
     }
 }
@@ -70,8 +74,10 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 /// Canonical form of a raw request path (without the query):
 /// - percent-encodings of unreserved characters decoded, all others kept with upper-case hex
 ///   (RFC 3986 §6.2.2.1-2), so `%2e` is `.` and `%41` is `A`, but `%3B` stays `%3B`;
-/// - refused: `%2F` `%5C` `%23` `%00`, a raw `\`, bad escapes, invalid/overlong UTF-8 once
-///   decoded, control characters, `..` above the root, dot segments with `;` parameters;
+/// - refused: `%2F` `%5C` `%23` `%00`, the same encoded twice (`%252F`, also when the
+///   second encoding is itself spelled with escapes, `%25%32%46`), a raw `\`, `?` or `#`,
+///   bad escapes, invalid/overlong UTF-8 once decoded, control characters, `..` above the
+///   root, dot segments with `;` parameters;
 /// - empty segments merged (`//x` is `/x`), dot segments removed (RFC 3986 §5.2.4);
 /// - raw non-ASCII bytes percent-encoded.
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
@@ -95,11 +101,15 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         match b {
             b'/' => {
                 push_segment(&mut segments, &mut current)?;
+                // The separator takes part in the UTF-8 check: an escaped character cut in
+                // two by it (`%C3/%A9`) is no character at all.
+                decoded_all.push(b'/');
                 trailing_slash = true;
                 i += 1;
                 continue;
             }
             b'\\' => return Err(PathError::Backslash),
+            b'?' | b'#' => return Err(PathError::Delimiter),
             b'%' => {
                 let (Some(h), Some(l)) = (
                     bytes.get(i + 1).copied().and_then(hex),
@@ -108,21 +118,11 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                     return Err(PathError::BadEscape);
                 };
                 let v = h << 4 | l;
-                match v {
-                    b'/' | b'\\' | b'#' | 0 => return Err(PathError::EncodedSeparator),
-                    b'%' => {
-                        let next = (
-                            bytes.get(i + 3).copied().and_then(hex),
-                            bytes.get(i + 4).copied().and_then(hex),
-                        );
-                        if let (Some(h2), Some(l2)) = next {
-                            if matches!(h2 << 4 | l2, b'/' | b'\\' | b'#' | 0) {
-                                return Err(PathError::DoubleEncodedSeparator);
-                            }
-                        }
-                    }
-                    _ => {}
+                if matches!(v, b'/' | b'\\' | b'#' | 0) {
+                    return Err(PathError::EncodedSeparator);
                 }
+                // `%25` followed by an escape of a separator is checked on the output, once
+                // the digits after it are decoded too (`%25%32%46` is `%252F`).
                 if is_unreserved(v) {
                     current.push(v as char);
                 } else {
@@ -169,15 +169,31 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if out.is_empty() || trailing_slash {
         out.push('/');
     }
+    if has_double_encoded_separator(out.as_bytes()) {
+        return Err(PathError::DoubleEncodedSeparator);
+    }
     Ok(Cow::Owned(out))
 }
 
-/// Already canonical: printable ASCII without `%` or `\`, no empty, `.` or `..` segment.
+/// `%25` followed by two hex digits that spell `/`, `\`, `#` or NUL (any case): one more
+/// decoding makes it a separator.
+fn has_double_encoded_separator(out: &[u8]) -> bool {
+    out.windows(5).any(|w| {
+        w[..3].eq_ignore_ascii_case(b"%25")
+            && matches!(
+                (hex(w[3]), hex(w[4])),
+                (Some(h), Some(l)) if matches!(h << 4 | l, b'/' | b'\\' | b'#' | 0)
+            )
+    })
+}
+
+/// Already canonical: printable ASCII without `%`, `\`, `?` or `#`, no empty, `.` or `..`
+/// segment.
 fn is_plain_canonical(b: &[u8]) -> bool {
     let mut prev_slash = false;
     let mut seg_start = 0;
     for (i, &c) in b.iter().enumerate() {
-        if c <= 0x20 || c >= 0x7f || c == b'%' || c == b'\\' {
+        if c <= 0x20 || c >= 0x7f || matches!(c, b'%' | b'\\' | b'?' | b'#') {
             return false;
         }
         if c == b'/' {
@@ -408,31 +424,53 @@ fn decoded_once(p: &str) -> Option<String> {
     canonical_again(&p.replace("%25", "%"))
 }
 
-/// Request host for routing: lowercase, without port or trailing dot.
+/// Request host for routing: lowercase, without port or trailing dot. A registered name
+/// (letters, digits, `-`, `_` in non-empty labels between `.`s) or a bracketed IP literal
+/// (hex digits, `:`, `.`), then nothing or `:port` (digits); anything else is refused
+/// rather than cut short.
 pub fn normalize_host(h: &str) -> Option<Cow<'_, str>> {
     let h = h.trim();
-    let host = if let Some(rest) = h.strip_prefix('[') {
-        // [v6]:port
-        let end = rest.find(']')?;
-        &h[..end + 2]
+    let is_port = |p: &str| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+    };
+    let (host, literal) = if h.starts_with('[') {
+        // RFC 3986 §3.2.2 IP-literal, then nothing or `:port`.
+        let end = h.find(']')?;
+        let (lit, rest) = h.split_at(end + 1);
+        if !(rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        let inner = &lit[1..lit.len() - 1];
+        if inner.is_empty()
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        (lit, true)
     } else {
-        match h.rfind(':') {
-            Some(ix) if h[ix + 1..].parse::<u16>().is_ok() => &h[..ix],
+        let host = match h.rfind(':') {
+            Some(ix) if is_port(&h[ix + 1..]) => &h[..ix],
             Some(_) => return None,
             None => h,
-        }
+        };
+        (host.strip_suffix('.').unwrap_or(host), false)
     };
-    let host = host.strip_suffix('.').unwrap_or(host);
     // One pass: every byte allowed, and whether any needs lowering.
     let mut upper = false;
     for b in host.bytes() {
         match b {
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'[' | b']' | b':' => {}
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {}
+            b'[' | b']' | b':' if literal => {}
             b'A'..=b'Z' => upper = true,
             _ => return None,
         }
     }
-    if host.is_empty() {
+    // A name's labels are non-empty (`.a`, `a..b`, `a..` are refused: with one trailing
+    // dot dropped, `a..` would read as `a.`, which reads as `a`, another host).
+    let empty_label = !literal && host.split('.').any(str::is_empty);
+    if host.is_empty() || empty_label || (!literal && host.contains(':')) {
         None
     } else if upper {
         Some(Cow::Owned(host.to_ascii_lowercase()))
@@ -488,6 +526,30 @@ mod tests {
             ("/a%255cb", PathError::DoubleEncodedSeparator),
             ("/a%2500b", PathError::DoubleEncodedSeparator),
             ("/a%2523b", PathError::DoubleEncodedSeparator),
+            // Found by the `path` fuzz target: the second encoding spelled with escapes
+            // decoded to `%252F`, which the old check (on the raw text) did not see and
+            // which was then not canonical again.
+            ("/a%25%32%46b", PathError::DoubleEncodedSeparator),
+            ("/a%25%32fb", PathError::DoubleEncodedSeparator),
+            ("/a%25%35%43b", PathError::DoubleEncodedSeparator),
+            ("/a%25%30%30b", PathError::DoubleEncodedSeparator),
+            ("/a%25%32%33b", PathError::DoubleEncodedSeparator),
+            (
+                "/public%25%32%46..%25%32%46admin",
+                PathError::DoubleEncodedSeparator,
+            ),
+            // Found by the `path` fuzz target: a raw `#` or `?` (forward auth's original
+            // URIs and config paths can carry them) ended the path for every other parser.
+            ("/admin#/../public", PathError::Delimiter),
+            ("/a#b", PathError::Delimiter),
+            ("/a?b", PathError::Delimiter),
+            ("/a/%2e%2e#/x", PathError::Delimiter),
+            // Found by the `path` fuzz target: the UTF-8 check left out the `/`s, so `é`
+            // cut in two by one (`%C3/%A9`) passed; stripping a route prefix then left
+            // `/%A9..`, which is not canonical.
+            ("/2%c3/%a9../", PathError::InvalidUtf8),
+            ("/%C3/%A9", PathError::InvalidUtf8),
+            ("/a%E2%82/%AC", PathError::InvalidUtf8),
             ("/a\\b", PathError::Backslash),
             ("/%2e%2e/x", PathError::AboveRoot),
             ("/../x", PathError::AboveRoot),
@@ -556,6 +618,35 @@ mod tests {
         assert_eq!(normalize_host("evil.com/x"), None);
         assert_eq!(normalize_host("t:99999"), None);
         assert_eq!(normalize_host("t:"), None);
+        // Found by the `host` fuzz target: bytes after an IP literal, a `:` inside a
+        // name, brackets in a name and an empty literal were accepted (and cut short).
+        for bad in [
+            "[::1]x",
+            "[::1]:80x",
+            "a:1:2",
+            "x]--bample",
+            "a[b]",
+            "[]",
+            "[::1]:",
+            "a.com:+80",
+            "[g::1]",
+        ] {
+            assert_eq!(normalize_host(bad), None, "{bad}");
+        }
+        // Found by the `forward_auth` fuzz target: `...:8443` read as `..`, which read again
+        // as `.`: not idempotent. Empty labels are refused.
+        for bad in ["..", "...:8443", ".", "a..", "a..b", ".a", "a.example..:80"] {
+            assert_eq!(normalize_host(bad), None, "{bad}");
+        }
+        assert_eq!(normalize_host("[::1]").as_deref(), Some("[::1]"));
+        assert_eq!(
+            normalize_host("[FE80::1]:8443").as_deref(),
+            Some("[fe80::1]")
+        );
+        assert_eq!(
+            normalize_host("a_b.example:443").as_deref(),
+            Some("a_b.example")
+        );
     }
 }
 

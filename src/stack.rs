@@ -19,6 +19,7 @@ use crate::proxy::header_policy::HeaderPolicy;
 use crate::proxy::hygiene::{Hygiene, HygieneLayer, TrustedProxies};
 use crate::routing::layer::HeadLimits;
 use crate::routing::{RouteTable, Routing, RoutingLayer};
+use crate::telemetry::span::Tracer;
 use crate::telemetry::{Trace, TraceLayer};
 
 /// The assembled request path of one worker, around the service that forwards upstream.
@@ -39,6 +40,8 @@ pub struct Parts {
     pub login: Option<Arc<Login>>,
     pub metrics: Arc<Metrics>,
     pub body_read_timeout: Duration,
+    /// `Some` while OpenTelemetry traces are exported (`[telemetry] otlp_endpoint`).
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// The production stack: forwards upstream.
@@ -62,8 +65,13 @@ pub fn build_around<S>(p: &Parts, inner: S) -> Stack<S> {
     ServiceBuilder::new()
         // Request id, span, in-flight gauge, route counters and the access log: outermost,
         // so that every answer, including refusals by the layers below, is counted and
-        // logged.
-        .layer(TraceLayer::new(p.metrics.clone(), p.trusted.clone()))
+        // logged. With tracing on, the request's span and trace scope start here, so that
+        // the auth decision, provider calls and the upstream call below are its children.
+        .layer(TraceLayer::new(
+            p.metrics.clone(),
+            p.trusted.clone(),
+            p.tracer.clone(),
+        ))
         // Limits, host and path canonicalization, the proxy's own endpoints, route match:
         // everything below sees only the canonical path, and ambiguous requests stop here
         // (400).

@@ -23,7 +23,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Mode::Public => "public",
             Mode::Bearer => "bearer",

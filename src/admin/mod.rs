@@ -12,6 +12,7 @@
 pub mod exposition;
 pub mod metrics;
 mod process;
+pub mod provider;
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};

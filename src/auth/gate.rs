@@ -16,6 +16,7 @@ use crate::oidc::login::{Login, SessionCheck};
 use crate::policy::{decide, preflight_passes, Decision};
 use crate::routing::{Route, RouteAuth};
 use crate::session::Session;
+use crate::telemetry::span::{self, Child, Kind, Scope, Value};
 use crate::token::dpop::DpopRefusal;
 use crate::token::{TokenError, TokenValidator};
 
@@ -102,14 +103,34 @@ pub async fn authenticate(
     also: &[Arc<Route>],
     j: &Judged<'_>,
 ) -> Result<Passed, Denied> {
-    let judged = judge(route, also, j).await;
+    // Traced: the decision is a span of its own, and the provider calls it makes (keys,
+    // introspection, refresh) are its children.
+    let traced = Child::of_current();
+    let scope = traced.as_ref().and_then(|c| {
+        let outer = span::current()?;
+        Some(Arc::new(Scope {
+            tracer: outer.tracer.clone(),
+            request: outer.request,
+            parent: c.started.context,
+            trace_state: outer.trace_state.clone(),
+        }))
+    });
+    let judged = match scope {
+        // Off: the decision's future as it is (no wrapper to move it into).
+        None => judge(route, also, j).await,
+        Some(s) => span::scoped(Some(s), judge(route, also, j)).await,
+    };
     // Counted here, once per decision, for proxied requests and `/oauth2/auth` alike.
-    match &judged {
-        Ok(p) => route.metrics.allowed(match p.token {
-            AccessToken::None => Mode::Public,
-            AccessToken::Bearer => Mode::Bearer,
-            AccessToken::Session(_) => Mode::Session,
-        }),
+    let (mode, result, reason) = match &judged {
+        Ok(p) => {
+            let mode = match p.token {
+                AccessToken::None => Mode::Public,
+                AccessToken::Bearer => Mode::Bearer,
+                AccessToken::Session(_) => Mode::Session,
+            };
+            route.metrics.allowed(mode);
+            (mode, "allow", None)
+        }
         Err(d) => {
             // The mode the request was judged in: a refusal before any identity (no
             // token, no session) says which one was missing.
@@ -121,10 +142,25 @@ pub async fn authenticate(
                 (RouteAuth::Either { .. }, _) => Mode::Bearer,
             };
             let client_fault = d.refusal.fault() == Fault::Client;
-            route
-                .metrics
-                .refused(mode, client_fault, d.refusal.reason());
+            let reason = d.refusal.reason();
+            route.metrics.refused(mode, client_fault, reason);
+            (
+                mode,
+                if client_fault { "deny" } else { "error" },
+                Some(reason),
+            )
         }
+    };
+    if let Some(c) = traced {
+        let mut attributes = vec![
+            ("http.route", Value::from(route.name.to_string())),
+            ("portcullis.auth.mode", Value::from(mode.as_str())),
+            ("portcullis.auth.result", Value::from(result)),
+        ];
+        if let Some(r) = reason {
+            attributes.push(("portcullis.reason", Value::from(r.to_string())));
+        }
+        c.end("auth", Kind::Internal, attributes, result == "error");
     }
     judged
 }

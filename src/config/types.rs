@@ -23,6 +23,27 @@ pub struct Config {
     pub assertion: AssertionConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: where spans go and how many traces are kept. Off (no endpoint) by
+/// default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP traces URL (`otlp_endpoint` with `/v1/traces` added, as the
+    /// OpenTelemetry exporters do with a base endpoint); `None`: tracing is off.
+    pub otlp_traces_url: Option<http::Uri>,
+    /// The share of new traces (not continued from a trusted proxy) that are recorded.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_traces_url: None,
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

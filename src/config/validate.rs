@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use super::file::*;
 use super::types::*;
 use super::{ConfigError, ConfigErrors, Secret};
-use crate::path::{normalize_path, prefix_matches};
+use crate::path::{normalize_host, normalize_path, prefix_matches};
 
 /// Header names of every preset; all of them are stripped from client requests whatever
 /// the preset in use, so that switching presets never opens a spoofing hole.
@@ -253,6 +253,7 @@ fn validate(f: FileConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
         .filter_map(|u| u.name.as_deref())
         .collect();
     let mut routes = routes(&mut cx, &f.route, &upstreams, &declared);
+    let telemetry = telemetry(&mut cx, &f.telemetry);
     for r in &mut routes {
         if r.timeout.is_zero() {
             r.timeout = server.limits.request_timeout;
@@ -368,6 +369,7 @@ fn validate(f: FileConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
             assertion,
             upstreams,
             routes,
+            telemetry,
         })
     } else {
         Err(ConfigErrors(cx.errors))
@@ -710,6 +712,50 @@ fn provider(cx: &mut Ctx<'_>, p: &ProviderFile) -> ProviderConfig {
             Duration::from_secs(300),
         ),
     }
+}
+
+/// `[telemetry]`. The endpoint is a base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` is for the
+/// OpenTelemetry exporters: traces are sent to its path + `/v1/traces` (unless the path
+/// already ends so). Plain http is allowed (a collector beside the proxy usually is).
+fn telemetry(cx: &mut Ctx<'_>, t: &TelemetryFile) -> TelemetryConfig {
+    let mut out = TelemetryConfig::default();
+    if let Some(e) = t.otlp_endpoint.as_deref() {
+        let key = "telemetry.otlp_endpoint";
+        match url::Url::parse(e.trim()) {
+            Ok(u) if !matches!(u.scheme(), "http" | "https") || u.host().is_none() => {
+                cx.err(key, "must be an http:// or https:// URL with a host")
+            }
+            Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+                cx.err(key, "must not have a query or fragment")
+            }
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => cx.err(
+                key,
+                "must not carry credentials (they would show wherever the URL is logged)",
+            ),
+            Ok(mut u) => {
+                if !u.path().ends_with("/v1/traces") {
+                    let path = format!("{}/v1/traces", u.path().trim_end_matches('/'));
+                    u.set_path(&path);
+                }
+                match u.as_str().parse::<http::Uri>() {
+                    Ok(uri) => out.otlp_traces_url = Some(uri),
+                    Err(e) => cx.err(key, format!("not a valid URL: {e}")),
+                }
+            }
+            Err(e) => cx.err(key, format!("not a valid URL: {e}")),
+        }
+    }
+    if let Some(r) = t.sample_ratio {
+        if (0.0..=1.0).contains(&r) {
+            out.sample_ratio = r;
+        } else {
+            cx.err(
+                "telemetry.sample_ratio",
+                format!("{r} is not between 0.0 and 1.0"),
+            );
+        }
+    }
+    out
 }
 
 fn is_loopback_http(u: &url::Url) -> bool {
@@ -1481,15 +1527,23 @@ fn routes(
                 format!("{path:?} is not in canonical form (did you mean {prefix:?}?)"),
             );
         }
-        let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
-        if let Some(h) = &host {
-            if h.is_empty() || h.contains('/') || h.contains(':') && !h.starts_with('[') {
-                cx.err(
-                    format!("{key}.host"),
-                    "must be a host name without scheme, port or path",
-                );
+        // Stored as a request's host is read (`normalize_host`: lower case, no trailing
+        // dot), and only when that reading keeps all of it: a host no request can carry
+        // (`a b`, `a.example:443`) would leave the route's requests to later routes.
+        let host = r.host.as_ref().map(|h| {
+            let lower = h.to_ascii_lowercase();
+            let bare = lower.strip_suffix('.').unwrap_or(&lower);
+            match normalize_host(&lower) {
+                Some(n) if n == bare => n.into_owned(),
+                _ => {
+                    cx.err(
+                        format!("{key}.host"),
+                        format!("{h:?} must be a host name without scheme, port or path"),
+                    );
+                    lower
+                }
             }
-        }
+        });
         let upstream = match r.upstream.as_deref() {
             None => {
                 cx.err(format!("{key}.upstream"), "is required");
@@ -1746,6 +1800,65 @@ mod tests {
         assert!(!keys(&typo).is_empty());
     }
 
+    #[test]
+    fn telemetry_keys() {
+        let load = |t: &str| from_toml(&format!("{BASE}[telemetry]\n{t}\n"), Path::new("."), &env);
+        let off = from_toml(BASE, Path::new("."), &env).unwrap().telemetry;
+        assert_eq!(off, TelemetryConfig::default());
+        assert_eq!(off.sample_ratio, 1.0);
+        let url = |t: &str| {
+            load(t)
+                .unwrap()
+                .telemetry
+                .otlp_traces_url
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            url("otlp_endpoint = \"http://127.0.0.1:4318\""),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(
+            url("otlp_endpoint = \"https://collector.example/otlp/\""),
+            "https://collector.example/otlp/v1/traces"
+        );
+        assert_eq!(
+            url("otlp_endpoint = \"http://c:4318/v1/traces\""),
+            "http://c:4318/v1/traces"
+        );
+        let c = load("otlp_endpoint = \"http://c:4318\"\nsample_ratio = 0.25").unwrap();
+        assert_eq!(c.telemetry.sample_ratio, 0.25);
+        assert_eq!(
+            load("sample_ratio = 0").unwrap().telemetry.sample_ratio,
+            0.0
+        );
+        for (text, key) in [
+            (
+                "otlp_endpoint = \"grpc://c:4317\"",
+                "telemetry.otlp_endpoint",
+            ),
+            ("otlp_endpoint = \"not a url\"", "telemetry.otlp_endpoint"),
+            (
+                "otlp_endpoint = \"http://u:p@c:4318\"",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "otlp_endpoint = \"http://c:4318/?x=1\"",
+                "telemetry.otlp_endpoint",
+            ),
+            ("sample_ratio = 1.5", "telemetry.sample_ratio"),
+            ("sample_ratio = -0.1", "telemetry.sample_ratio"),
+            ("sample_ratio = nan", "telemetry.sample_ratio"),
+        ] {
+            let errs = keys(&format!("{BASE}[telemetry]\n{text}\n"));
+            assert!(
+                errs.iter().any(|e| e.starts_with(&format!("{key}: "))),
+                "{text}: {errs:?}"
+            );
+        }
+        assert!(!keys(&format!("{BASE}[telemetry]\nendpoint = \"x\"\n")).is_empty());
+    }
+
     /// A bearer route `/api` with `assertion = true`, with `extra` lines appended.
     fn asserting(server_extra: &str, extra: &str) -> String {
         format!(
@@ -1970,5 +2083,42 @@ mod tests {
         // No login route: nothing to revoke, nothing to say.
         let public = from_toml(&with_session(""), Path::new("."), &env).unwrap();
         assert!(public.warnings().is_empty());
+    }
+
+    /// Found by the `config` fuzz target: a route host no request host can equal (a space,
+    /// a port, a bracket in a name) was accepted, so the route could never be selected
+    /// and its requests went to later routes; a trailing dot or upper case was kept as
+    /// written although requests' hosts are read without them.
+    #[test]
+    fn route_hosts_are_ones_a_request_can_carry() {
+        let with_host =
+            |h: &str| BASE.replace("path = \"/\"", &format!("path = \"/\"\nhost = {h:?}"));
+        for bad in [
+            "a b",
+            "a.example:443",
+            "a.example/x",
+            "",
+            "[::1]x",
+            "a[b]",
+            " a.example",
+            "https://a.example",
+            "a..",
+            ".a.example",
+        ] {
+            let errs = keys(&with_host(bad));
+            assert!(
+                errs.iter().any(|e| e.starts_with("route[0].host")),
+                "{bad:?}: {errs:?}"
+            );
+        }
+        for (good, stored) in [
+            ("a.example", "a.example"),
+            ("A.Example.", "a.example"),
+            ("[::1]", "[::1]"),
+            ("a_b.example", "a_b.example"),
+        ] {
+            let c = from_toml(&with_host(good), Path::new("."), &env).unwrap();
+            assert_eq!(c.routes[0].host.as_deref(), Some(stored), "{good:?}");
+        }
     }
 }

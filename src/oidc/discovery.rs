@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::credential::IssuerCredential;
-use super::transport::{HttpTransport, TransportError};
+use super::transport::{Call, Endpoint, HttpTransport, TransportError};
 
 /// The provider metadata portcullis uses (OIDC Discovery 1.0 §3, RFC 8414 §2).
 /// Only `issuer` and `jwks_uri` are required; unknown fields are ignored, and an optional
@@ -120,14 +120,25 @@ pub async fn discover_as(
         None => None,
     };
     let resp = transport
-        .get_with_bearer(&url, bearer.as_deref())
+        .get_with_bearer(
+            Call::new(issuer, Endpoint::Discovery),
+            &url,
+            bearer.as_deref(),
+        )
         .await
         .map_err(DiscoveryError::Transport)?;
     if !resp.status.is_success() {
         return Err(DiscoveryError::Status(resp.status));
     }
-    let meta: ProviderMetadata =
-        serde_json::from_slice(&resp.body).map_err(DiscoveryError::Json)?;
+    parse_metadata(&resp.body, issuer)
+}
+
+/// A discovery document's body, checked to name `issuer`.
+pub(crate) fn parse_metadata(
+    body: &[u8],
+    issuer: &str,
+) -> Result<ProviderMetadata, DiscoveryError> {
+    let meta: ProviderMetadata = serde_json::from_slice(body).map_err(DiscoveryError::Json)?;
     // OIDC Discovery 1.0 §4.3: exact string comparison, trailing slash included.
     if meta.issuer != issuer {
         return Err(DiscoveryError::IssuerMismatch {

@@ -328,12 +328,12 @@ fn counted(metrics: &Metrics, flow: Flow, resp: Resp) -> Resp {
 
 /// The original request, as the front proxy named it.
 #[derive(Debug, PartialEq, Eq)]
-struct Original {
+pub(crate) struct Original {
     /// Canonical, like any request path.
-    path: String,
-    query: Option<String>,
+    pub path: String,
+    pub query: Option<String>,
     /// Lowercase, without port.
-    host: Option<String>,
+    pub host: Option<String>,
 }
 
 /// Headers that name the original URI, in the order they are read. `X-Original-URL` is
@@ -346,7 +346,7 @@ const ORIGINAL_URI_HEADERS: [&str; 3] = ["x-forwarded-uri", "x-original-uri", "x
 /// its host from there or `X-Forwarded-Host`. `None` when nothing names a URI. When more
 /// than one source is present they must agree (after canonicalization): a client must
 /// not pick the route by adding a header that its ingress passes through.
-fn original_request(
+pub(crate) fn original_request(
     h: &http::HeaderMap,
     suffix: Option<&str>,
     query: Option<&str>,
@@ -361,21 +361,39 @@ fn original_request(
     for name in ORIGINAL_URI_HEADERS {
         for v in h.get_all(name) {
             let v = v.to_str().map_err(|_| "malformed original URI header")?;
-            if name == "x-original-url" && !v.starts_with('/') {
-                let u = url::Url::parse(v).map_err(|_| "malformed X-Original-URL")?;
-                if !matches!(u.scheme(), "http" | "https") {
+            // A request target never carries a fragment: a raw `#` (in the path or the
+            // query) is refused, as every other parser would end the URI there.
+            if v.contains('#') {
+                return Err("fragment in original URI header");
+            }
+            // An absolute X-Original-URL is split by hand, not by a URL library: WHATWG
+            // parsing reads `\` as `/`, drops tabs and newlines and resolves `%2e`
+            // segments, so it would name another path (or host) than the raw bytes the
+            // application receives. Its path is then judged like any path-form value.
+            let v = if name == "x-original-url" && !v.starts_with('/') {
+                let (scheme, rest) = v.split_once("://").ok_or("malformed X-Original-URL")?;
+                if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
                     return Err("malformed X-Original-URL");
                 }
-                let host = u.host_str().ok_or("malformed X-Original-URL")?;
-                hosts.push(host_of(host)?);
-                uris.push((u.path().to_string(), u.query().map(str::to_string)));
+                let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                let (authority, target) = rest.split_at(end);
+                if authority.contains('@') {
+                    return Err("malformed X-Original-URL");
+                }
+                hosts.push(host_of(authority)?);
+                if target.starts_with('/') {
+                    target.to_string()
+                } else {
+                    format!("/{target}")
+                }
             } else {
-                let (p, q) = match v.split_once('?') {
-                    Some((p, q)) => (p, Some(q.to_string())),
-                    None => (v, None),
-                };
-                uris.push((p.to_string(), q));
-            }
+                v.to_string()
+            };
+            let (p, q) = match v.split_once('?') {
+                Some((p, q)) => (p, Some(q.to_string())),
+                None => (v.as_str(), None),
+            };
+            uris.push((p.to_string(), q));
         }
     }
     if let Some(s) = suffix {
@@ -545,6 +563,46 @@ mod tests {
         assert!(read(&[("x-forwarded-uri", "relative")], None, None).is_err());
         assert!(read(&[("x-original-url", "ftp://h/x")], None, None).is_err());
         assert!(read(&[("x-original-url", "not a url")], None, None).is_err());
+        // Found by the `forward_auth` fuzz target: a URL library reinterpreted the raw
+        // bytes (backslashes as slashes, tabs dropped, `%2e` segments resolved), so the
+        // path judged was not the one the application receives; judged raw, they are 400.
+        for url in [
+            "https://h.example/admin\\..\\public",
+            "https://h.example/pub\tlic",
+            "https://h.example/%2e%2e/x",
+            "https://h.example/admin#/../public",
+            "https://a.example\\@b.example/x",
+            "https://user@h.example/x",
+            "https://h.example:99999/x",
+        ] {
+            assert!(
+                read(&[("x-original-url", url)], None, None).is_err(),
+                "{url}"
+            );
+        }
+        assert_eq!(
+            read(&[("x-original-url", "https://h.example?q=1")], None, None),
+            Ok(orig("/", Some("q=1"), Some("h.example")))
+        );
+        assert_eq!(
+            read(
+                &[("x-original-url", "http://[::1]:8080/a/../b")],
+                None,
+                None
+            ),
+            Ok(orig("/b", None, Some("[::1]")))
+        );
+        // A raw `#` in any source is refused too (the application's parser ends the path
+        // there).
+        assert!(read(&[("x-forwarded-uri", "/admin#/../public")], None, None).is_err());
+        // Found by the `forward_auth` fuzz target: after the `?`, a `#` went into the query.
+        assert!(read(
+            &[("x-original-url", "https://h.example?q.com#x")],
+            None,
+            None
+        )
+        .is_err());
+        assert!(read(&[("x-forwarded-uri", "/a?q=1#x")], None, None).is_err());
         assert!(read(
             &[
                 ("x-forwarded-uri", "/x"),

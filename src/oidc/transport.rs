@@ -1,6 +1,9 @@
-//! The one transport seam for calls to the provider (discovery, JWKS, introspection,
-//! userinfo): our own hyper-util client over rustls (aws-lc-rs), a timeout on the whole
-//! call, a cap on the response size, and no redirects followed.
+//! The one transport seam for calls to the provider (discovery, JWKS, token,
+//! introspection, userinfo): our own hyper-util client over rustls (aws-lc-rs), a timeout
+//! on the whole call, a cap on the response size, and no redirects followed. Each call
+//! names its issuer and endpoint ([`Call`]): with [`Telemetry`] attached it is timed into
+//! the provider histograms and, while tracing, gets a client span whose id the provider
+//! is sent in `traceparent`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -16,6 +19,24 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+
+pub use crate::admin::provider::Endpoint;
+use crate::telemetry::provider::ProviderCall;
+use crate::telemetry::Telemetry;
+
+/// What a provider call is, for its histogram and span: the issuer it belongs to and the
+/// endpoint it goes to.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub issuer: &'a str,
+    pub endpoint: Endpoint,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(issuer: &'a str, endpoint: Endpoint) -> Call<'a> {
+        Call { issuer, endpoint }
+    }
+}
 
 /// Default cap on a provider response body.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -86,6 +107,8 @@ pub struct HttpTransport {
     timeout: Duration,
     max_body: usize,
     user_agent: HeaderValue,
+    /// Histograms and spans of the calls (none for the OTLP exporter's own client).
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl fmt::Debug for HttpTransport {
@@ -147,7 +170,14 @@ impl HttpTransport {
             timeout: config.timeout,
             max_body: DEFAULT_MAX_RESPONSE_BYTES,
             user_agent: HeaderValue::from_static(concat!("portcullis/", env!("CARGO_PKG_VERSION"))),
+            telemetry: None,
         })
+    }
+
+    /// Times (and while tracing, traces) every call into `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// Changes the response size cap (default 1 MiB).
@@ -161,13 +191,14 @@ impl HttpTransport {
     }
 
     /// `GET url` with `Accept: application/json`.
-    pub async fn get(&self, url: &str) -> Result<Response, TransportError> {
-        self.get_with_bearer(url, None).await
+    pub async fn get(&self, call: Call<'_>, url: &str) -> Result<Response, TransportError> {
+        self.get_with_bearer(call, url, None).await
     }
 
     /// `GET url`, optionally with `Authorization: Bearer <token>` (userinfo).
     pub async fn get_with_bearer(
         &self,
+        call: Call<'_>,
         url: &str,
         bearer: Option<&str>,
     ) -> Result<Response, TransportError> {
@@ -186,13 +217,14 @@ impl HttpTransport {
         let req = builder
             .body(Full::new(Bytes::new()))
             .map_err(TransportError::Request)?;
-        self.send(req).await
+        self.send(req, Some(call)).await
     }
 
     /// `POST url` with an `application/x-www-form-urlencoded` body and optional HTTP Basic
     /// client authentication (RFC 6749 §2.3.1: id and secret form-urlencoded first).
     pub async fn post_form(
         &self,
+        call: Call<'_>,
         url: &str,
         form: &[(&str, &str)],
         basic_auth: Option<(&str, &str)>,
@@ -215,10 +247,60 @@ impl HttpTransport {
         let req = builder
             .body(Full::new(Bytes::from(body)))
             .map_err(TransportError::Request)?;
-        self.send(req).await
+        self.send(req, Some(call)).await
     }
 
-    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response, TransportError> {
+    /// `POST url` of an OTLP/HTTP protobuf export (the exporter's own client). Plain http
+    /// is allowed to any host: spans carry no secrets, and a collector is often reached
+    /// that way on a node's or pod's network.
+    pub async fn post_otlp(&self, url: &Uri, body: Bytes) -> Result<Response, TransportError> {
+        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+            return Err(TransportError::InvalidUrl);
+        }
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(url.clone())
+            .header(CONTENT_TYPE, "application/x-protobuf")
+            .header(CONTENT_LENGTH, body.len())
+            .header(http::header::USER_AGENT, self.user_agent.clone())
+            .body(Full::new(body))
+            .map_err(TransportError::Request)?;
+        self.send(req, None).await
+    }
+
+    async fn send(
+        &self,
+        mut req: Request<Full<Bytes>>,
+        call: Option<Call<'_>>,
+    ) -> Result<Response, TransportError> {
+        let watched = match (&self.telemetry, call) {
+            (Some(t), Some(c)) => Some(ProviderCall::start(
+                t,
+                c.issuer,
+                c.endpoint,
+                req.method(),
+                req.uri(),
+            )),
+            _ => None,
+        };
+        // W3C Trace Context §3: the provider is told the call's own span as its parent.
+        if let Some((parent, state)) = watched.as_ref().and_then(ProviderCall::propagation) {
+            req.headers_mut().insert(TRACEPARENT, parent);
+            if let Some(s) = state {
+                req.headers_mut().insert(TRACESTATE, s);
+            }
+        }
+        let result = self.exchange(req).await;
+        if let Some(w) = watched {
+            match &result {
+                Ok(r) => w.finish(Some(r.status.as_u16()), None),
+                Err(e) => w.finish(None, Some(e.to_string())),
+            }
+        }
+        result
+    }
+
+    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Response, TransportError> {
         let max = self.max_body;
         let call = async {
             let resp = self
@@ -259,8 +341,11 @@ impl HttpTransport {
     }
 }
 
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
 /// Parses `url` and refuses plain http except to a loopback host (tests, sidecars).
-fn checked_uri(url: &str) -> Result<Uri, TransportError> {
+pub(crate) fn checked_uri(url: &str) -> Result<Uri, TransportError> {
     let uri: Uri = url.parse().map_err(|_| TransportError::InvalidUrl)?;
     let host = uri.host().ok_or(TransportError::InvalidUrl)?;
     match uri.scheme_str() {

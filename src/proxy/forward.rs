@@ -1,5 +1,11 @@
 //! The innermost service: sends the cleaned request to its route's upstream over this
 //! worker's pooled client and streams the answer back. WebSocket upgrades are tunnelled.
+//!
+//! With tracing on, the exchange is a client span (a child of the request's span, ended
+//! at the upstream's response head) whose id the upstream is sent as its parent in
+//! `traceparent`; `tracestate` goes on only with a trace continued from a trusted proxy.
+//! Attributes: `http.request.method`, `server.address` (the upstream's authority),
+//! `portcullis.upstream` (its name), `http.response.status_code` or `error.type`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +28,62 @@ use crate::body::{ReqBody, Resp, RespBody};
 use crate::error::Refusal;
 use crate::exchange::Answer;
 use crate::routing::Routed;
+use crate::telemetry::span::{self, Child, Started, Value};
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+/// The upstream exchange's span (tracing on): a child of the request's span, whoever
+/// (the auth decision) is the current parent.
+fn upstream_span(headers: &mut http::HeaderMap) -> Option<Child> {
+    let scope = span::current()?;
+    let child = Child {
+        tracer: scope.tracer.clone(),
+        started: Started::child_of(&scope.request),
+        trace_state: scope.trace_state.clone(),
+    };
+    // W3C Trace Context §3: the upstream is told this span as its parent; whatever a
+    // client sent was dropped by the hygiene layer, a trusted proxy's is replaced.
+    headers.insert(TRACEPARENT, child.traceparent());
+    match &child.trace_state {
+        Some(s) => {
+            headers.insert(TRACESTATE, s.clone());
+        }
+        None => {
+            headers.remove(TRACESTATE);
+        }
+    }
+    Some(child)
+}
+
+fn end_upstream_span(
+    child: Child,
+    method: &http::Method,
+    upstream: &crate::proxy::upstream::Upstream,
+    status: Option<u16>,
+    error: Option<&'static str>,
+) {
+    let attributes = vec![
+        (
+            "http.request.method",
+            Value::from(method.as_str().to_owned()),
+        ),
+        (
+            "server.address",
+            Value::from(upstream.authority.to_string()),
+        ),
+        (
+            "portcullis.upstream",
+            Value::from(upstream.name.to_string()),
+        ),
+    ];
+    child.end_call(
+        format!("upstream {}", upstream.name),
+        attributes,
+        status,
+        error.map(Value::from),
+    );
+}
 
 #[derive(Clone)]
 pub struct ProxyService {
@@ -155,12 +217,23 @@ impl ProxyService {
         } else {
             Version::HTTP_11
         };
+        let traced = upstream_span(req.headers_mut());
+        let method = traced.as_ref().map(|_| req.method().clone());
         let body_read_timeout = self.body_read_timeout;
         let up_req = req.map(|body| ReqBody::new(body, body_read_timeout).counted(bytes_in));
 
         let started = Instant::now();
         let result = tokio::time::timeout(route.timeout, upstream.client.send(up_req)).await;
         let latency = started.elapsed();
+        if let (Some(child), Some(method)) = (traced, method) {
+            let (status, error) = match &result {
+                Ok(Ok(r)) => (Some(r.status().as_u16()), None),
+                Ok(Err(e)) if e.is_connect() => (None, Some("connect")),
+                Ok(Err(_)) => (None, Some("exchange")),
+                Err(_) => (None, Some("timeout")),
+            };
+            end_upstream_span(child, &method, upstream, status, error);
+        }
         let failed = |refusal: Refusal, kind: Option<UpstreamError>| {
             if let Some(kind) = kind {
                 self.metrics.upstream_error(kind);

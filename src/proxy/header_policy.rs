@@ -8,6 +8,7 @@
 //! | path and method rewrites (`X-Original-URL`, `X-Envoy-Original-Path`, method overrides) | dropped | dropped |
 //! | identity headers of other proxies (built-in list) and `[headers] strip` | dropped | dropped, unless named in `[headers] keep_from_trusted` |
 //! | client-IP headers (`True-Client-IP`, `CF-Connecting-IP`, `X-Client-IP`, ...) | dropped | kept |
+//! | W3C trace context (`traceparent`, `tracestate`) | dropped | kept (with tracing on, the proxy's own `traceparent` is sent) |
 //! | forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) | dropped, rebuilt | kept (`X-Forwarded-For` extended) |
 //!
 //! Underscore spellings of client-IP and forwarding headers are dropped even from trusted
@@ -122,6 +123,11 @@ const CLIENT_IP: &[&str] = &[
     "x-envoy-external-address",
 ];
 
+/// W3C Trace Context: a client that is not a trusted proxy must not choose the trace (or
+/// its sampling) the upstream joins (W3C Trace Context, "Security considerations":
+/// denial of service by callers that set the sampled flag, information exposure).
+const TRACE_CONTEXT: &[&str] = &["traceparent", "tracestate"];
+
 /// What a header name is to the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -180,7 +186,7 @@ impl HeaderPolicy {
         };
         let keep = |n: &str| cfg.keep_from_trusted.iter().any(|k| k.matches(n));
         // Later inserts win: own names and rewrites are never kept, whatever else.
-        for n in CLIENT_IP {
+        for n in CLIENT_IP.iter().chain(TRACE_CONTEXT) {
             p.exact_name(n, Class::Peer);
         }
         for n in FOREIGN {

@@ -362,4 +362,34 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert!(!h.contains_key("x_forwarded_proto"));
     }
+
+    #[test]
+    fn trace_context_only_from_trusted_proxies() {
+        let s = policy(&[]);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let given = || {
+            let mut h = HeaderMap::new();
+            h.insert("traceparent", HeaderValue::from_static(tp));
+            h.insert("tracestate", HeaderValue::from_static("rojo=1"));
+            h
+        };
+        let peer = HeaderValue::from_static("10.0.0.9");
+        // A client cannot choose the upstream's trace (or force it to be sampled).
+        let mut h = given();
+        clean_request(&mut h, &s, &untrusted(&peer, None));
+        for gone in ["traceparent", "tracestate"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        // A trusted proxy's pass (the proxy's own replaces it when tracing is on).
+        let mut h = given();
+        let f = Forwarded {
+            peer: &peer,
+            trusted: true,
+            proto: "http",
+            host: None,
+        };
+        clean_request(&mut h, &s, &f);
+        assert_eq!(h["traceparent"], tp);
+        assert_eq!(h["tracestate"], "rojo=1");
+    }
 }

@@ -87,7 +87,7 @@ pub struct Routing<S, E> {
 /// `Err` when it is missing (HTTP/1.1), repeated, malformed, or when `Host` disagrees
 /// with the target's authority: such a request means different things to different
 /// servers, so it is refused rather than guessed.
-fn request_host<B>(
+pub(crate) fn request_host<B>(
     req: &Request<B>,
 ) -> Result<(Option<Cow<'_, str>>, Option<HeaderValue>), Refusal> {
     const BAD: Refusal = Refusal::BadRequest("invalid host");

@@ -48,7 +48,7 @@ pub mod redis;
 mod seal;
 pub mod strip;
 pub mod transaction;
-mod wire;
+pub(crate) mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

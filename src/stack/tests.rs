@@ -239,6 +239,7 @@ fn harness_with(routes: &str) -> Harness {
     .unwrap();
     let limits = &config.server.limits;
     let parts = Parts {
+        tracer: None,
         table: Arc::new(table),
         limits: HeadLimits {
             max_uri_length: limits.max_uri_length,

@@ -201,9 +201,12 @@ pub(crate) fn identity_from_claims(
         })
         .collect();
 
+    // An `exp` past what a `SystemTime` holds is a bad claim, not a panic.
     let expires_at = numeric_date(claims, "exp")
         .map_err(|_| TokenError::Invalid(InvalidReason::BadClaim))?
-        .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        .map(|secs| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+        .map(|t| t.ok_or(TokenError::Invalid(InvalidReason::BadClaim)))
+        .transpose()?;
 
     let mut id = Identity::new(
         issuer.clone(),
@@ -286,6 +289,28 @@ mod tests {
         assert_eq!(
             id.expires_at,
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+        );
+    }
+
+    /// Found by the `provider_json` fuzz target: an `exp` past what a `SystemTime` holds
+    /// (an introspection answer's, or a signed token's) panicked building the identity.
+    #[test]
+    fn exp_beyond_system_time_is_a_bad_claim_not_a_panic() {
+        let iss: Arc<str> = Arc::from("i");
+        let i = Interner::new(10);
+        for exp in [json!(u64::MAX), json!(18_000_000_000_000_000_000_f64)] {
+            let c = map(json!({"sub": "u", "exp": exp}));
+            let r = identity_from_claims(&c, &iss, &rules(&[], "groups", &[]), &i, None);
+            assert!(
+                matches!(r, Err(TokenError::Invalid(InvalidReason::BadClaim))),
+                "{exp}"
+            );
+        }
+        let c = map(json!({"sub": "u", "exp": 4_000_000_000_u64}));
+        let id = identity_from_claims(&c, &iss, &rules(&[], "groups", &[]), &i, None).unwrap();
+        assert_eq!(
+            id.expires_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000))
         );
     }
 

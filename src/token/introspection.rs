@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::config::{ClientAuth, Secret};
 use super::error::{InvalidReason, TokenError, Unavailable};
 use super::jwt::check_times;
-use crate::oidc::transport::{HttpTransport, Response};
+use crate::oidc::transport::{Call, Endpoint, HttpTransport, Response};
 
 /// The resource server's credentials at the introspection endpoint.
 pub(crate) struct IntrospectionClient<'a> {
@@ -29,6 +29,7 @@ fn parse_object(resp: &Response) -> Result<Map<String, Value>, TokenError> {
 /// configured. Returns the response members; the caller applies [`check_introspection`].
 pub(crate) async fn introspect(
     transport: &HttpTransport,
+    issuer: &str,
     endpoint: &str,
     token: &str,
     client: &IntrospectionClient<'_>,
@@ -47,7 +48,14 @@ pub(crate) async fn introspect(
         (Some(id), None, _) => form.push(("client_id", id)),
         (None, _, _) => {}
     }
-    let resp = transport.post_form(endpoint, &form, basic).await?;
+    let resp = transport
+        .post_form(
+            Call::new(issuer, Endpoint::Introspection),
+            endpoint,
+            &form,
+            basic,
+        )
+        .await?;
     match resp.status.as_u16() {
         200..=299 => {}
         // 401/403: our own credentials were refused, which says nothing about the token:
@@ -140,10 +148,13 @@ pub(crate) fn check_introspection(
 /// identity; 401/403 is a refused token (RFC 6750 §3.1); anything else is `Unavailable`.
 pub(crate) async fn userinfo(
     transport: &HttpTransport,
+    issuer: &str,
     endpoint: &str,
     token: &str,
 ) -> Result<Map<String, Value>, TokenError> {
-    let resp = transport.get_with_bearer(endpoint, Some(token)).await?;
+    let resp = transport
+        .get_with_bearer(Call::new(issuer, Endpoint::Userinfo), endpoint, Some(token))
+        .await?;
     match resp.status.as_u16() {
         200 => {}
         401 | 403 => return Err(TokenError::Invalid(InvalidReason::Inactive)),

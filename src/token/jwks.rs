@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::metrics::{bump, TokenMetrics};
 use crate::oidc::credential::IssuerCredential;
-use crate::oidc::transport::{HttpTransport, TransportError};
+use crate::oidc::transport::{Call, Endpoint, HttpTransport, TransportError};
 
 /// Refresh interval bounds when the JWKS response has `Cache-Control: max-age`.
 pub const MIN_REFRESH: Duration = Duration::from_secs(5 * 60);
@@ -292,6 +292,8 @@ pub struct KeySet {
     next_refresh: Mutex<Option<Instant>>,
     min_refetch: Duration,
     transport: HttpTransport,
+    /// Whose keys these are (the label of the fetches' histogram and spans).
+    issuer: Arc<str>,
     /// The issuer's `token_file`, sent with each fetch.
     credential: Option<IssuerCredential>,
     metrics: Arc<TokenMetrics>,
@@ -327,6 +329,7 @@ impl KeySet {
             next_refresh: Mutex::new(None),
             min_refetch,
             transport,
+            issuer: Arc::from(""),
             credential: None,
             metrics,
         }
@@ -335,6 +338,12 @@ impl KeySet {
     /// Sends the issuer's `token_file` token with each fetch (where it may go).
     pub fn with_credential(mut self, credential: Option<IssuerCredential>) -> Self {
         self.credential = credential;
+        self
+    }
+
+    /// Names the issuer whose keys these are (for the fetches' histogram and spans).
+    pub fn of_issuer(mut self, issuer: Arc<str>) -> Self {
+        self.issuer = issuer;
         self
     }
 
@@ -427,7 +436,11 @@ impl KeySet {
         };
         let resp = self
             .transport
-            .get_with_bearer(&uri, bearer.as_deref())
+            .get_with_bearer(
+                Call::new(&self.issuer, Endpoint::Jwks),
+                &uri,
+                bearer.as_deref(),
+            )
             .await
             .map_err(JwksError::Transport)?;
         if !resp.status.is_success() {
@@ -437,6 +450,16 @@ impl KeySet {
         tracing::debug!(keys = keys.keys.len(), "JWKS loaded");
         self.current.store(Some(Arc::new(keys)));
         Ok(refresh_interval(&resp.headers))
+    }
+
+    /// Fuzzing only: `keys` as if fetched just now, with no fetch due or allowed before
+    /// `min_refetch` (an unknown `kid` is then refused without a network call).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn install(&self, keys: Keys) {
+        let now = Instant::now();
+        self.current.store(Some(Arc::new(keys)));
+        *lock(&self.last_attempt) = Some(now);
+        *lock(&self.next_refresh) = Some(now + MAX_REFRESH);
     }
 
     /// A token named a `kid` we do not have. At most one fetch per `min_refetch` interval,

@@ -319,7 +319,8 @@ impl TokenValidator {
                         transport.clone(),
                         metrics.clone(),
                     )
-                    .with_credential(ic.credential()),
+                    .with_credential(ic.credential())
+                    .of_issuer(Arc::from(ic.issuer.as_str())),
                     hs_key,
                     validations,
                 }
@@ -584,6 +585,15 @@ impl TokenValidator {
     pub fn metadata(&self, index: usize) -> Option<Arc<ProviderMetadata>> {
         self.inner.issuers.get(index)?.metadata.load_full()
     }
+
+    /// Fuzzing only (`fuzz_api::install_keys`): a JWKS document as issuer `index`'s keys.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn install_keys_for_fuzzing(&self, index: usize, jwks: &[u8]) -> Result<(), String> {
+        let issuer = self.inner.issuers.get(index).ok_or("no such issuer")?;
+        let keys = jwks::parse_jwks(jwks).map_err(|e| e.to_string())?;
+        issuer.keys.install(keys);
+        Ok(())
+    }
 }
 
 impl Inner {
@@ -754,7 +764,8 @@ impl Inner {
         };
         let result = async {
             let claims =
-                introspection::introspect(&self.transport, endpoint, token, &client).await?;
+                introspection::introspect(&self.transport, &issuer.name, endpoint, token, &client)
+                    .await?;
             introspection::check_introspection(
                 &claims,
                 &issuer.name,
@@ -792,7 +803,7 @@ impl Inner {
     ) -> Result<Identity, TokenError> {
         let result = async {
             let claims: Map<String, Value> =
-                introspection::userinfo(&self.transport, endpoint, token).await?;
+                introspection::userinfo(&self.transport, &issuer.name, endpoint, token).await?;
             identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, None)
         }
         .await;

@@ -11,6 +11,19 @@ use crate::support::login::{fixture, Setup};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Fills the test provider's login form as `user` (password `<user>-pw`) and submits it.
+async fn submit_login_form(b: &mut Chromium, user: &str) {
+    b.eval(&format!(
+        "document.querySelector('#login').value = {u};\
+         document.querySelector('#password').value = {p};\
+         document.querySelector('#submit').click(); true",
+        u = js_str(user),
+        p = js_str(&format!("{user}-pw")),
+    ))
+    .await
+    .unwrap();
+}
+
 fn js_str(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
@@ -43,13 +56,7 @@ async fn chromium_logs_in_sees_its_identity_and_signs_out() {
     assert!(url.starts_with(&f.idp.url("/interaction/")), "{url}");
     b.screenshot("login-1-provider-form").await;
 
-    b.eval(
-        "document.querySelector('#login').value = 'alice';\
-         document.querySelector('#password').value = 'alice-pw';\
-         document.querySelector('#submit').click(); true",
-    )
-    .await
-    .unwrap();
+    submit_login_form(&mut b, "alice").await;
     // Back on the app, at the page first asked for, with the identity headers rendered
     // (the echo upstream answers with the request it received, as JSON).
     b.wait_for(
@@ -143,13 +150,7 @@ async fn chromium_sees_error_pages_that_name_the_user_offer_a_way_out_and_break_
     b.goto(&f.proxy.url("/app/")).await;
     b.wait_for("!!document.querySelector('#login-form')", WAIT)
         .await;
-    b.eval(
-        "document.querySelector('#login').value = 'bob';\
-         document.querySelector('#password').value = 'bob-pw';\
-         document.querySelector('#submit').click(); true",
-    )
-    .await
-    .unwrap();
+    submit_login_form(&mut b, "bob").await;
     b.wait_for(
         "document.body && document.body.innerText.includes('user-bob')",
         WAIT,
@@ -191,13 +192,7 @@ async fn chromium_sees_error_pages_that_name_the_user_offer_a_way_out_and_break_
         .unwrap();
     b.wait_for("!!document.querySelector('#login-form')", WAIT)
         .await;
-    b.eval(
-        "document.querySelector('#login').value = 'alice';\
-         document.querySelector('#password').value = 'alice-pw';\
-         document.querySelector('#submit').click(); true",
-    )
-    .await
-    .unwrap();
+    submit_login_form(&mut b, "alice").await;
     b.wait_for(
         &format!(
             "location.href === {} && document.body.innerText.includes('user-alice')",

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::support::agent::{Agent, API_CALL};
 use crate::support::idp::{Idp, Profile};
 use crate::support::login::{self, login, with_cookie, Setup};
+use crate::support::otlp::{Got, OtlpReceiver};
 use crate::support::raw;
 use crate::support::*;
 
@@ -17,6 +18,11 @@ use crate::support::*;
 /// with the bearer route `/api/` and a bearer route `/scoped/` needing a scope nobody has,
 /// in front of the echo upstream, against the real provider.
 async fn operated() -> (Idp, EchoUpstream, TestProxy) {
+    operated_with("").await
+}
+
+/// [`operated`], with `extra` appended to the config (e.g. `[telemetry]`).
+async fn operated_with(extra: &str) -> (Idp, EchoUpstream, TestProxy) {
     let s = Setup {
         trusted: true,
         bearer: true,
@@ -34,6 +40,7 @@ async fn operated() -> (Idp, EchoUpstream, TestProxy) {
         ),
     );
     assert!(config.contains("name = \"scoped\""));
+    let config = format!("{config}\n{extra}");
     let p = TestProxy::start(&config).await;
     proxy::wait_ready(&p).await;
     (idp, echo, p)
@@ -249,8 +256,13 @@ async fn readme_metric_table_lists_exactly_what_a_running_binary_exposes() {
 }
 
 #[tokio::test]
-async fn access_log_and_metrics_say_who_what_and_why_for_each_outcome() {
-    let (idp, _echo, p) = operated().await;
+async fn access_log_metrics_and_spans_say_who_what_and_why_for_each_outcome() {
+    let otlp = OtlpReceiver::start().await;
+    let (idp, _echo, p) = operated_with(&format!(
+        "[telemetry]\notlp_endpoint = \"{}\"\nsample_ratio = 1.0\n",
+        otlp.endpoint()
+    ))
+    .await;
     let http = Http::new();
     let id = |n: &str| format!("op-{n}");
 
@@ -442,6 +454,50 @@ async fn access_log_and_metrics_say_who_what_and_why_for_each_outcome() {
         }
         if *status == 200 && *route != "-" && !path.starts_with("/oauth2/") {
             assert!(line["upstream_ms"].as_f64().is_some(), "{line}");
+        }
+        // The request's span says the same: status, route and reason; an auth decision
+        // (forward-auth checks included) has its own child span with the same reason.
+        let spans = raw::eventually(Duration::from_secs(15), "the request's spans", || async {
+            let all = otlp.spans();
+            let request = all
+                .iter()
+                .find(|s| s.attr("portcullis.request_id").as_deref() == Some(rid.as_str()))?
+                .span_id();
+            let mine: Vec<Got> = all
+                .into_iter()
+                .filter(|s| s.span_id() == request || s.parent_id() == request)
+                .collect();
+            Some(mine)
+        })
+        .await;
+        let request = spans
+            .iter()
+            .find(|s| s.attr("portcullis.request_id").as_deref() == Some(rid.as_str()))
+            .unwrap();
+        assert_eq!(
+            request.attr("http.response.status_code"),
+            Some(status.to_string()),
+            "{name}"
+        );
+        assert_eq!(
+            request.attr("portcullis.reason").as_deref(),
+            *reason,
+            "{name}"
+        );
+        if *route != "-" {
+            assert_eq!(
+                request.attr("http.route").as_deref(),
+                Some(*route),
+                "{name}"
+            );
+            let auth = spans.iter().find(|s| s.name() == "auth");
+            let auth = auth.unwrap_or_else(|| panic!("{name}: no auth span"));
+            let result = if reason.is_some() { "deny" } else { "allow" };
+            assert_eq!(
+                auth.attr("portcullis.auth.result").as_deref(),
+                Some(result),
+                "{name}"
+            );
         }
     }
     // Neither tokens nor cookies reach the log.

@@ -21,7 +21,7 @@ use http::HeaderMap;
 use super::id_token::{self, IdTokenClaims, IdTokenError};
 use super::pages::LoginError;
 use super::params::Params;
-use super::token_endpoint::{TokenCallError, TokenResponse};
+use super::token_endpoint::{access_expiry, TokenCallError, TokenResponse};
 use super::Login;
 use crate::body::Resp;
 use crate::config::Secret;
@@ -213,9 +213,7 @@ impl Login {
             .collect();
         s.refresh_token = tokens.refresh_token.clone().map(Secret::new);
         s.id_token = tokens.id_token.clone().map(Secret::new);
-        s.access_expires_at = tokens
-            .expires_in
-            .map(|e| now + std::time::Duration::from_secs(e));
+        s.access_expires_at = tokens.expires_in.map(|e| access_expiry(now, e));
         s
     }
 

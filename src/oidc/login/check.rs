@@ -34,7 +34,7 @@ use http::header::{HeaderValue, SET_COOKIE};
 use http::{HeaderMap, StatusCode};
 
 use super::id_token::{self, IdTokenError};
-use super::token_endpoint::TokenCallError;
+use super::token_endpoint::{access_expiry, TokenCallError};
 use super::{Login, REFRESH_MARGIN};
 use crate::admin::metrics::Flow;
 use crate::body::Resp;
@@ -305,7 +305,7 @@ impl Login {
         if let Some(new_rt) = &r.refresh_token {
             session.refresh_token = Some(Secret::new(new_rt.clone()));
         }
-        session.access_expires_at = r.expires_in.map(|s| r.fetched_at + Duration::from_secs(s));
+        session.access_expires_at = r.expires_in.map(|s| access_expiry(r.fetched_at, s));
         if let Some(scope) = &r.scope {
             session.scopes = scope
                 .split(' ')

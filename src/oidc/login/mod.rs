@@ -46,6 +46,7 @@ use crate::oidc::transport::{form_urlencode, HttpTransport, TransportConfig};
 use crate::revocation::Revocations;
 use crate::session::transaction::TransactionCookies;
 use crate::session::{SessionError, SessionStore};
+use crate::telemetry::Telemetry;
 use crate::token::{
     BearerConfig, Clock, IntrospectionMode, IssuerConfig, SystemClock, TokenValidator,
 };
@@ -190,6 +191,23 @@ impl Login {
         Self::build_with_clock(c, previous, revocations, Arc::new(SystemClock))
     }
 
+    /// [`Login::build`] whose provider calls (when not carried from `previous`) are timed
+    /// and traced into `telemetry`.
+    pub fn build_traced(
+        c: &Config,
+        previous: Option<&Login>,
+        revocations: &Revocations,
+        telemetry: &Arc<Telemetry>,
+    ) -> Result<Option<Login>, LoginBuildError> {
+        Self::build_inner(
+            c,
+            previous,
+            revocations,
+            Arc::new(SystemClock),
+            Some(telemetry),
+        )
+    }
+
     /// [`Login::build`] with an injected clock (tests move time instead of sleeping). A
     /// provider link carried from `previous` keeps the clock it was built with.
     pub fn build_with_clock(
@@ -197,6 +215,16 @@ impl Login {
         previous: Option<&Login>,
         revocations: &Revocations,
         clock: Arc<dyn Clock>,
+    ) -> Result<Option<Login>, LoginBuildError> {
+        Self::build_inner(c, previous, revocations, clock, None)
+    }
+
+    fn build_inner(
+        c: &Config,
+        previous: Option<&Login>,
+        revocations: &Revocations,
+        clock: Arc<dyn Clock>,
+        telemetry: Option<&Arc<Telemetry>>,
     ) -> Result<Option<Login>, LoginBuildError> {
         let Some((provider_key, _)) = Login::fingerprints(c) else {
             return Ok(None);
@@ -213,7 +241,7 @@ impl Login {
             .ok_or(LoginBuildError::Config("provider.client_id is required"))?;
         let link = match previous.filter(|l| l.provider_key == provider_key) {
             Some(l) => l.link(),
-            None => Self::provider_link(c, p, &client_id, clock)?,
+            None => Self::provider_link(c, p, &client_id, clock, telemetry)?,
         };
         Ok(Some(Login {
             provider_key,
@@ -262,11 +290,15 @@ impl Login {
         p: &ProviderConfig,
         client_id: &str,
         clock: Arc<dyn Clock>,
+        telemetry: Option<&Arc<Telemetry>>,
     ) -> Result<ProviderLink, LoginBuildError> {
-        let transport = HttpTransport::new(TransportConfig {
+        let mut transport = HttpTransport::new(TransportConfig {
             timeout: p.timeout,
             ca_file: p.ca_file.clone(),
         })?;
+        if let Some(t) = telemetry {
+            transport = transport.with_telemetry(t.clone());
+        }
         // OIDC Core 3.1.3.7 step 3: the client id must be among the audiences (the
         // validator); what else may be is `id_token::Rules`' business.
         let mut issuer = IssuerConfig::new(p.issuer.clone(), vec![client_id.to_string()]);

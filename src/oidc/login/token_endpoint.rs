@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 
 use crate::config::{ClientAuth, ProviderConfig, Secret};
-use crate::oidc::transport::{HttpTransport, TransportError};
+use crate::oidc::transport::{Call, Endpoint, HttpTransport, TransportError};
 use crate::token::Clock;
 
 /// The token endpoint's answer (RFC 6749 §5.1). A member given twice makes it unreadable
@@ -27,6 +27,15 @@ pub(super) struct TokenResponse {
     pub id_token: Option<String>,
     #[serde(default)]
     pub scope: Option<String>,
+}
+
+/// When an access token of `expires_in` seconds, answered at `answered_at`, expires. A
+/// value past what a `SystemTime` holds means "expired now" (fail closed: the session
+/// refreshes), never a panic.
+pub(super) fn access_expiry(answered_at: SystemTime, expires_in: u64) -> SystemTime {
+    answered_at
+        .checked_add(std::time::Duration::from_secs(expires_in))
+        .unwrap_or(answered_at)
 }
 
 #[derive(Deserialize)]
@@ -74,6 +83,8 @@ pub enum KeyError {
 
 /// This client at the token endpoint: its id and credentials, over the provider transport.
 pub(super) struct TokenEndpoint {
+    /// The provider's issuer (the label of its call histograms and spans).
+    issuer: String,
     client_id: String,
     client_secret: Option<Secret<String>>,
     auth: ClientAuth,
@@ -106,6 +117,7 @@ impl TokenEndpoint {
             _ => None,
         };
         Ok(TokenEndpoint {
+            issuer: p.issuer.clone(),
             client_id: client_id.to_string(),
             client_secret: p.client_secret.clone(),
             auth: p.client_auth,
@@ -185,7 +197,12 @@ impl TokenEndpoint {
         };
         let resp = self
             .transport
-            .post_form(endpoint, &fields, basic)
+            .post_form(
+                Call::new(&self.issuer, Endpoint::Token),
+                endpoint,
+                &fields,
+                basic,
+            )
             .await
             .map_err(TokenCallError::Transport)?;
         let status = resp.status.as_u16();
@@ -244,6 +261,21 @@ mod tests {
     use crate::oidc::transport::TransportConfig;
     use crate::testutil::{StubResponse, StubServer};
     use crate::token::SystemClock;
+
+    /// Found reading the code after the `provider_json` fuzz target's `exp` panic: a
+    /// provider's `expires_in` of 2^64-1 panicked adding it to the answer's time.
+    #[test]
+    fn access_expiry_never_panics() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        assert_eq!(
+            access_expiry(t, 60),
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_060)
+        );
+        assert_eq!(access_expiry(t, u64::MAX), t);
+        let r: TokenResponse =
+            serde_json::from_value(json!({"access_token": "a", "expires_in": u64::MAX})).unwrap();
+        assert_eq!(access_expiry(t, r.expires_in.unwrap()), t);
+    }
 
     fn provider(client_auth: &str) -> ProviderConfig {
         let text = format!(

@@ -11,6 +11,7 @@ pub mod cookies;
 pub mod echo;
 pub mod idp;
 pub mod login;
+pub mod otlp;
 pub mod proxy;
 pub mod raw;
 pub mod verifier;

@@ -240,3 +240,255 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// One request as a [`RawUpstream`] framed it from the bytes it received.
+#[derive(Debug, Clone)]
+pub struct UpRequest {
+    /// The request line.
+    pub line: String,
+    /// Header lines as received (name, value), in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Every line of the head ended with CRLF (no bare CR or LF anywhere in it).
+    pub crlf_only: bool,
+    /// Its place among all the requests this upstream framed, over all connections.
+    pub seq: usize,
+}
+
+impl UpRequest {
+    /// Every value of header `name` (compared case-insensitively).
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The framing headers: `Content-Length` and `Transfer-Encoding` lines.
+    pub fn framing(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| {
+                n.eq_ignore_ascii_case("content-length")
+                    || n.eq_ignore_ascii_case("transfer-encoding")
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// What a [`RawUpstream`] connection received: every byte, the requests it framed, and
+/// what it could not frame (a half-sent body, or bytes that are no request).
+#[derive(Debug, Default, Clone)]
+pub struct UpConn {
+    pub bytes: Vec<u8>,
+    pub requests: Vec<UpRequest>,
+    /// Bytes after the last framed request (an aborted body, or garbage).
+    pub rest: Vec<u8>,
+    /// The bytes after the last request could never become a request (not a request
+    /// line, a malformed head or chunk).
+    pub garbage: bool,
+}
+
+/// An HTTP/1.1 upstream on a raw socket: records every byte each connection sends, frames
+/// requests strictly itself (RFC 9112: `Transfer-Encoding: chunked` or `Content-Length`,
+/// CRLF lines) and answers each with `200 OK` and the body `ok`. What the proxy sends is
+/// seen as it is on the wire, not as a lenient HTTP library would read it.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<UpConn>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Frames one request from the front of `buf`: `Ok(None)` while incomplete, `Err` when
+/// the bytes cannot be a request.
+fn frame(buf: &[u8]) -> Result<Option<(UpRequest, usize)>, ()> {
+    let Some(head_end) = find(buf, b"\r\n\r\n") else {
+        // A request line must come first: anything else is no request.
+        let first = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
+        let first =
+            String::from_utf8_lossy(first.strip_suffix(b"\r").unwrap_or(first)).into_owned();
+        let request_line = first.split(' ').count() == 3 && first.ends_with(" HTTP/1.1");
+        if buf.len() > 64 * 1024 || (buf.contains(&b'\n') && !request_line) {
+            return Err(());
+        }
+        return Ok(None);
+    };
+    let head = &buf[..head_end];
+    let crlf_only = head.iter().enumerate().all(|(i, b)| match b {
+        b'\r' => head.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && head[i - 1] == b'\r',
+        _ => true,
+    });
+    let text = String::from_utf8_lossy(head).into_owned();
+    let mut lines = text.split("\r\n");
+    let line = lines.next().unwrap_or("").to_string();
+    if line.split(' ').count() != 3 || !line.ends_with(" HTTP/1.1") {
+        return Err(());
+    }
+    let mut headers = Vec::new();
+    for l in lines {
+        let (n, v) = l.split_once(':').ok_or(())?;
+        headers.push((n.to_string(), v.trim().to_string()));
+    }
+    let mut req = UpRequest {
+        line,
+        headers,
+        body: Vec::new(),
+        crlf_only,
+        seq: 0,
+    };
+    let te = req.all("transfer-encoding").join(",");
+    let cl = req.all("content-length");
+    let mut pos = head_end + 4;
+    if !te.is_empty() {
+        if !te.trim().eq_ignore_ascii_case("chunked") {
+            return Err(());
+        }
+        loop {
+            let Some(end) = find(&buf[pos..], b"\r\n") else {
+                return Ok(None);
+            };
+            let size_text = String::from_utf8_lossy(&buf[pos..pos + end]).into_owned();
+            let hex = size_text.split(';').next().unwrap_or("");
+            if hex.is_empty() || hex.len() > 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(());
+            }
+            let size = usize::from_str_radix(hex, 16).map_err(|_| ())?;
+            pos += end + 2;
+            if size == 0 {
+                // Trailers, then the empty line.
+                loop {
+                    let Some(end) = find(&buf[pos..], b"\r\n") else {
+                        return Ok(None);
+                    };
+                    pos += end + 2;
+                    if end == 0 {
+                        return Ok(Some((req, pos)));
+                    }
+                }
+            }
+            if buf.len() < pos + size + 2 {
+                return Ok(None);
+            }
+            req.body.extend_from_slice(&buf[pos..pos + size]);
+            if &buf[pos + size..pos + size + 2] != b"\r\n" {
+                return Err(());
+            }
+            pos += size + 2;
+        }
+    }
+    if let Some(v) = cl.first() {
+        let n: usize = v.parse().map_err(|_| ())?;
+        if buf.len() < pos + n {
+            return Ok(None);
+        }
+        req.body = buf[pos..pos + n].to_vec();
+        pos += n;
+    }
+    Ok(Some((req, pos)))
+}
+
+impl RawUpstream {
+    pub async fn start() -> RawUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<UpConn>>> = Default::default();
+        let seq = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let conns = conns.clone();
+            async move {
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let ix = {
+                        let mut c = conns.lock().unwrap();
+                        c.push(UpConn::default());
+                        c.len() - 1
+                    };
+                    let conns = conns.clone();
+                    let seq = seq.clone();
+                    tokio::spawn(async move {
+                        let mut chunk = [0u8; 16 * 1024];
+                        loop {
+                            let n = match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let answers = {
+                                let mut all = conns.lock().unwrap();
+                                let c = &mut all[ix];
+                                c.bytes.extend_from_slice(&chunk[..n]);
+                                if c.garbage {
+                                    c.rest.extend_from_slice(&chunk[..n]);
+                                    continue;
+                                }
+                                c.rest.extend_from_slice(&chunk[..n]);
+                                let mut answers = 0;
+                                loop {
+                                    match frame(&c.rest) {
+                                        Ok(Some((mut req, used))) => {
+                                            req.seq = seq
+                                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                            c.requests.push(req);
+                                            c.rest.drain(..used);
+                                            answers += 1;
+                                        }
+                                        Ok(None) => break,
+                                        Err(()) => {
+                                            c.garbage = true;
+                                            break;
+                                        }
+                                    }
+                                }
+                                answers
+                            };
+                            for _ in 0..answers {
+                                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                if stream.write_all(ok).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        RawUpstream { addr, conns, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every connection so far, in order of arrival.
+    pub fn conns(&self) -> Vec<UpConn> {
+        self.conns.lock().unwrap().clone()
+    }
+
+    /// Every request framed so far, over all connections, in the order they were framed
+    /// (a pooled connection may carry a later request than a newer connection did).
+    pub fn requests(&self) -> Vec<UpRequest> {
+        let mut all: Vec<UpRequest> = self.conns().into_iter().flat_map(|c| c.requests).collect();
+        all.sort_by_key(|r| r.seq);
+        all
+    }
+
+    /// Every byte received so far, over all connections.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.conns().into_iter().flat_map(|c| c.bytes).collect()
+    }
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    find(hay, needle).is_some()
+}
