@@ -78,6 +78,13 @@ pub enum Refusal {
     /// The bearer token is not valid (RFC 6750 §3.1 `invalid_token`, 401).
     #[error("bearer token refused: {0}")]
     TokenRefused(#[source] crate::token::TokenError),
+    /// A DPoP request (RFC 9449) refused, 401 with a `DPoP` challenge naming
+    /// `kind.error()`; `nonce` goes out as `DPoP-Nonce` (§8) when server nonces are on.
+    #[error("DPoP refused: {kind}")]
+    Dpop {
+        kind: crate::token::dpop::DpopRefusal,
+        nonce: Option<String>,
+    },
     /// The token lacks scopes this request needs (RFC 6750 §3.1 `insufficient_scope`, 403);
     /// `required` is every scope the request needs, space separated.
     #[error("insufficient scope")]
@@ -186,7 +193,9 @@ impl Refusal {
             Refusal::Forbidden { .. }
             | Refusal::InsufficientScope { .. }
             | Refusal::UnsafeIdentity(_) => StatusCode::FORBIDDEN,
-            Refusal::SignInRequired { .. } | Refusal::TokenRefused(_) => StatusCode::UNAUTHORIZED,
+            Refusal::SignInRequired { .. } | Refusal::TokenRefused(_) | Refusal::Dpop { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             Refusal::TokenUnavailable(_) | Refusal::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -209,6 +218,7 @@ impl Refusal {
             | Refusal::TokenMalformed
             | Refusal::TokenTwice
             | Refusal::TokenRefused(_)
+            | Refusal::Dpop { .. }
             | Refusal::InsufficientScope { .. } => Fault::Client,
             Refusal::TokenUnavailable(_) | Refusal::Unavailable(_) | Refusal::UnsafeIdentity(_) => {
                 Fault::Provider
@@ -242,6 +252,7 @@ impl Refusal {
                 "a bearer token may be sent in one way only (RFC 6750 section 2)",
             ),
             Refusal::TokenRefused(e) => t("invalid_token", e.description()),
+            Refusal::Dpop { kind, .. } => t(kind.error(), kind.description()),
             Refusal::InsufficientScope { .. } => t(
                 "insufficient_scope",
                 "the token lacks a scope this request needs",
@@ -269,6 +280,13 @@ impl Refusal {
                 "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
                 e.description()
             )),
+            // RFC 9449 §7.1: the DPoP scheme, with the algorithms proofs may use.
+            Refusal::Dpop { kind, .. } => Some(format!(
+                "DPoP realm=\"{REALM}\", error=\"{}\", error_description=\"{}\", algs=\"{}\"",
+                kind.error(),
+                kind.description(),
+                crate::token::dpop::ALGS_PARAM
+            )),
             Refusal::InsufficientScope { required } => {
                 // Scope tokens cannot contain '"' or '\' (RFC 6749 §3.3), but be safe.
                 let scope: String = required
@@ -291,6 +309,7 @@ impl Refusal {
                 | Refusal::TokenMalformed
                 | Refusal::TokenTwice
                 | Refusal::TokenRefused(_)
+                | Refusal::Dpop { .. }
                 | Refusal::InsufficientScope { .. }
                 | Refusal::TokenUnavailable(_)
         )
@@ -406,6 +425,12 @@ impl Refusal {
         {
             h.insert(http::header::WWW_AUTHENTICATE, c);
         }
+        // RFC 9449 §8: the nonce the next proof must carry.
+        if let Refusal::Dpop { nonce: Some(n), .. } = self {
+            if let Ok(v) = HeaderValue::from_str(n) {
+                h.insert("dpop-nonce", v);
+            }
+        }
         if html {
             // Every page the proxy renders: not cached, no referrer, never framed, no
             // script.
@@ -430,6 +455,7 @@ impl Refusal {
             Refusal::TokenMalformed => r("malformed_token", None),
             Refusal::TokenTwice => r("token_twice", None),
             Refusal::TokenRefused(e) => r("invalid_token", Some(e.code())),
+            Refusal::Dpop { kind, .. } => r(kind.error(), Some(kind.code())),
             Refusal::InsufficientScope { .. } => r("insufficient_scope", None),
             Refusal::TokenUnavailable(_) => r("provider_unavailable", None),
             Refusal::Unavailable(_) => r("unavailable", None),

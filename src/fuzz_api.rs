@@ -110,6 +110,9 @@ impl Router {
                 metrics: &self.metrics,
                 asserter: None,
                 assertions: &[],
+                dpop: None,
+                public_url: None,
+                tls: false,
             },
         )
         .map_err(|e| e.to_string())?;

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::admin::metrics::Metrics;
+use crate::auth::dpop::DpopVerifier;
 use crate::auth::identity_headers::HeaderSettings;
 use crate::config::{Config, Limits, PathReadings, UpstreamConfig};
 use crate::oidc::login::{Login, LoginBuildError};
@@ -45,6 +46,8 @@ pub enum BuildError {
     Login(#[from] LoginBuildError),
     #[error("routes: {0}")]
     Routes(#[from] CompileError),
+    #[error("bearer.dpop_nonce: the system random number generator failed")]
+    DpopNonces,
     #[error("telemetry: {0}")]
     Telemetry(#[from] crate::telemetry::otlp::StartError),
     #[error("{0}")]
@@ -180,6 +183,17 @@ impl Generation {
             clients.insert(key, set);
         }
 
+        // DPoP proofs (RFC 9449): their `jti`s go to the shared replay set.
+        let dpop = match &tokens {
+            Some(_) => Some(Arc::new(
+                DpopVerifier::new(
+                    revocations.clone(),
+                    config.bearer.as_ref().is_some_and(|b| b.dpop_nonce),
+                )
+                .map_err(|_| BuildError::DpopNonces)?,
+            )),
+            None => None,
+        };
         let tracer = telemetry.tracer_for(&config.telemetry)?;
         let strip = Arc::new(HeaderPolicy::new(&config.headers));
         let trusted = TrustedProxies::new(&config.server.trusted_proxies);
@@ -198,6 +212,9 @@ impl Generation {
                     login: login.as_ref().map(|(_, l)| l),
                     upstreams,
                     metrics: &metrics,
+                    dpop: dpop.as_ref(),
+                    public_url: config.server.public_url.as_ref(),
+                    tls: config.server.tls.is_some(),
                     asserter: asserter.as_ref(),
                     assertions: &assertions,
                 },

@@ -35,10 +35,37 @@ pub struct Identity {
     pub claims: Box<[(Arc<str>, Box<str>)]>,
     /// When the identity stops being valid (`exp`).
     pub expires_at: Option<SystemTime>,
+    /// What the token's `cnf` claim (RFC 7800) binds it to: 0 nothing, 1 a DPoP key (its
+    /// 43-character `jkt` ends `text`), 2 something not verified here. In a byte of padding:
+    /// the identity stays as small as before (see [`Identity::binding`]).
+    binding: u8,
     /// Its identity headers as last rendered (by `auth::identity_headers`), so that an
     /// identity served from a cache is rendered once per header configuration; with them
     /// its signed assertions, signed once per route audience and generation.
     pub rendered: RenderCache,
+}
+
+/// What a token's `cnf` claim (RFC 7800 §3.1) binds it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding<'a> {
+    /// RFC 9449 §6.1 `cnf.jkt`: the base64url SHA-256 thumbprint (RFC 7638) of the DPoP key.
+    Dpop(&'a str),
+    /// Another confirmation method (`x5t#S256`, RFC 8705, is not verified here) or a
+    /// malformed `cnf`: never accepted.
+    Unsupported,
+}
+
+impl Binding<'_> {
+    /// The binding a `cnf` claim value states.
+    pub fn from_cnf(cnf: &serde_json::Value) -> Binding<'_> {
+        match cnf.get("jkt").and_then(serde_json::Value::as_str) {
+            // A SHA-256 thumbprint is 43 base64url characters.
+            Some(jkt) if cnf.as_object().is_some_and(|o| o.len() == 1) && jkt.len() == 43 => {
+                Binding::Dpop(jkt)
+            }
+            _ => Binding::Unsupported,
+        }
+    }
 }
 
 /// Identity header values rendered for one header configuration (`config`): the headers,
@@ -146,14 +173,51 @@ impl Identity {
             scopes: Arc::from(Vec::new()),
             claims: Box::new([]),
             expires_at: None,
+            binding: 0,
             rendered: RenderCache::default(),
         }
+    }
+
+    /// The `jkt` kept at the end of `text` (RFC 7638 SHA-256 thumbprint, base64url).
+    const JKT_LEN: usize = 43;
+
+    /// The key the token is bound to (its `cnf` claim), if any: such a token is accepted
+    /// only with a proof of that key (RFC 9449), never as a plain bearer token.
+    pub fn binding(&self) -> Option<Binding<'_>> {
+        match self.binding {
+            0 => None,
+            1 => Some(Binding::Dpop(
+                self.text
+                    .get(self.text.len().saturating_sub(Self::JKT_LEN)..)
+                    .unwrap_or(""),
+            )),
+            _ => Some(Binding::Unsupported),
+        }
+    }
+
+    /// Records the token's binding (once, when the identity is built).
+    pub fn set_binding(&mut self, b: Option<Binding<'_>>) {
+        if self.binding == 1 {
+            let keep = self.text.len() - Self::JKT_LEN;
+            self.text = self.text[..keep].into();
+        }
+        self.binding = match b {
+            None => 0,
+            Some(Binding::Dpop(jkt)) if jkt.len() == Self::JKT_LEN => {
+                let mut t = String::with_capacity(self.text.len() + jkt.len());
+                t.push_str(&self.text);
+                t.push_str(jkt);
+                self.text = t.into_boxed_str();
+                1
+            }
+            Some(_) => 2,
+        };
     }
 
     fn part(&self, i: usize) -> &str {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         let end = if i == 3 {
-            self.text.len()
+            self.text.len() - if self.binding == 1 { Self::JKT_LEN } else { 0 }
         } else {
             self.ends[i] as usize
         };
@@ -221,6 +285,7 @@ impl fmt::Debug for Identity {
             .field("scopes", &self.scopes)
             .field("claims", &self.claims)
             .field("expires_at", &self.expires_at)
+            .field("binding", &self.binding())
             .finish()
     }
 }
@@ -256,6 +321,29 @@ mod tests {
             assert_eq!(id.preferred_username(), Some("u"));
         }
         assert!(is_well_formed_email("a.b+c@example.com"));
+    }
+
+    #[test]
+    fn a_binding_leaves_the_other_parts_alone() {
+        let jkt = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
+        let mut id = Identity::new("i".into(), "sub", Some("a@b.c"), Some("u"), Some("Name"));
+        assert_eq!(id.binding(), None);
+        id.set_binding(Some(Binding::Dpop(jkt)));
+        assert_eq!(id.binding(), Some(Binding::Dpop(jkt)));
+        assert_eq!(
+            (id.subject(), id.email(), id.preferred_username(), id.name()),
+            ("sub", Some("a@b.c"), Some("u"), Some("Name"))
+        );
+        id.set_binding(Some(Binding::Unsupported));
+        assert_eq!(id.binding(), Some(Binding::Unsupported));
+        assert_eq!(id.name(), Some("Name"));
+        // A jkt of another length is no SHA-256 thumbprint: unsupported, never matched.
+        id.set_binding(Some(Binding::Dpop("short")));
+        assert_eq!(id.binding(), Some(Binding::Unsupported));
+        let mut none = Identity::new("i".into(), "sub", None, None, None);
+        none.set_binding(Some(Binding::Dpop(jkt)));
+        assert_eq!(none.name(), None);
+        assert_eq!(none.binding(), Some(Binding::Dpop(jkt)));
     }
 
     #[test]

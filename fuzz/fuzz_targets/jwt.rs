@@ -12,8 +12,9 @@
 //! - for tokens the issuer's keys really signed, with any header and claims: one that
 //!   validates has exactly one `alg`, the one of the key that signed it, an accepted `typ`
 //!   or none, no `crit`, `iss` (every copy) equal to the issuer, an `aud` naming the
-//!   audience, a numeric `exp` not past (leeway included), an `nbf` not ahead, no `cnf`,
-//!   a non-empty string `sub`, which is the identity's subject.
+//!   audience, a numeric `exp` not past (leeway included), an `nbf` not ahead, a `cnf`
+//!   only with the identity bound to a key (the gate's to check), a non-empty string `sub`,
+//!   which is the identity's subject.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -110,9 +111,10 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn validate(f: &Fixture, token: &[u8]) -> Result<String, String> {
+/// The subject of a validated token, and whether the identity is bound to a key (`cnf`).
+fn validate(f: &Fixture, token: &[u8]) -> Result<(String, bool), String> {
     f.rt.block_on(f.validator.validate_bytes(token))
-        .map(|id| id.subject().to_string())
+        .map(|id| (id.subject().to_string(), id.binding().is_some()))
         .map_err(|e| format!("{e:?}"))
 }
 
@@ -202,7 +204,7 @@ fn mutate(inp: &mut Input<'_>, f: &Fixture, t: &mut Vec<u8>) {
 }
 
 /// The rules a validated token's header and claims must meet (see the module doc).
-fn check_rules(signer: Signer, header: &[u8], claims: &[u8], subject: &str) {
+fn check_rules(signer: Signer, header: &[u8], claims: &[u8], subject: &str, bound: bool) {
     let h = members(header).expect("validated header is a JSON object");
     let c = members(claims).expect("validated claims are a JSON object");
     let all = |m: &[(String, Value)], k: &str| -> Vec<Value> {
@@ -263,7 +265,14 @@ fn check_rules(signer: Signer, header: &[u8], claims: &[u8], subject: &str) {
             ctx()
         );
     }
-    assert!(all(&c, "cnf").is_empty(), "cnf: {}", ctx());
+    // A `cnf` claim (RFC 7800) binds the identity to a key: the gate then refuses it as a
+    // bearer token and asks for a proof (RFC 9449).
+    assert_eq!(
+        !all(&c, "cnf").is_empty(),
+        bound,
+        "cnf / binding: {}",
+        ctx()
+    );
     let sub = all(&c, "sub");
     assert!(
         sub.len() == 1
@@ -307,8 +316,8 @@ fuzz_target!(|data: &[u8]| {
             let header = inp.field(300).to_vec();
             let claims = inp.rest().to_vec();
             let token = sign_jwt(signer, &header, &claims);
-            if let Ok(subject) = validate(f, token.as_bytes()) {
-                check_rules(signer, &header, &claims, &subject);
+            if let Ok((subject, bound)) = validate(f, token.as_bytes()) {
+                check_rules(signer, &header, &claims, &subject, bound);
             }
         }
     }

@@ -10,6 +10,9 @@ pub enum Extracted<'a> {
     /// The token's bytes as sent; their characters are the validator's to check (once,
     /// on a cache miss).
     Token(&'a [u8]),
+    /// `Authorization: DPoP <token>` (RFC 9449 §7.1): a token whose proof is in the
+    /// `DPoP` header.
+    Dpop(&'a [u8]),
     /// No Authorization header, or another scheme: a plain challenge.
     Missing,
     /// Several Authorization headers, or `Bearer` with nothing usable after it.
@@ -68,20 +71,26 @@ pub fn extract(headers: &HeaderMap) -> Extracted<'_> {
         }
     };
     let Some(space) = memchr::memchr(b' ', v) else {
-        return if v.eq_ignore_ascii_case(b"bearer") {
+        return if v.eq_ignore_ascii_case(b"bearer") || v.eq_ignore_ascii_case(b"dpop") {
             Extracted::Malformed
         } else {
             other(v)
         };
     };
-    if !v[..space].eq_ignore_ascii_case(b"bearer") {
+    let scheme = &v[..space];
+    let dpop = scheme.eq_ignore_ascii_case(b"dpop");
+    if !dpop && !scheme.eq_ignore_ascii_case(b"bearer") {
         return other(v);
     }
     let token = trim_spaces(&v[space + 1..]);
     if token.is_empty() {
         return Extracted::Malformed;
     }
-    Extracted::Token(token)
+    if dpop {
+        Extracted::Dpop(token)
+    } else {
+        Extracted::Token(token)
+    }
 }
 
 #[cfg(test)]
@@ -113,6 +122,17 @@ mod tests {
             Extracted::Missing
         ));
         assert!(matches!(extract(&h(&["Bearer"])), Extracted::Malformed));
+        // RFC 9449 §7.1: the DPoP scheme, case-insensitive like any scheme.
+        assert!(matches!(
+            extract(&h(&["DPoP abc.def"])),
+            Extracted::Dpop(b"abc.def")
+        ));
+        assert!(matches!(
+            extract(&h(&["dpop abc"])),
+            Extracted::Dpop(b"abc")
+        ));
+        assert!(matches!(extract(&h(&["DPoP"])), Extracted::Malformed));
+        assert!(matches!(extract(&h(&["DPoP  "])), Extracted::Malformed));
         assert!(matches!(extract(&h(&["Bearer   "])), Extracted::Malformed));
         assert!(matches!(
             extract(&h(&["Bearer a", "Bearer b"])),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::header::HeaderValue;
 use http::{HeaderMap, Method};
 
-use super::bearer;
+use super::{bearer, dpop};
 use crate::admin::metrics::Mode;
 use crate::config::HeadersConfig;
 use crate::error::{Fault, PageExtras, Refusal};
@@ -17,7 +17,8 @@ use crate::policy::{decide, preflight_passes, Decision};
 use crate::routing::{Route, RouteAuth};
 use crate::session::Session;
 use crate::telemetry::span::{self, Child, Kind, Scope, Value};
-use crate::token::TokenValidator;
+use crate::token::dpop::DpopRefusal;
+use crate::token::{TokenError, TokenValidator};
 
 /// Who passed the gate.
 pub struct Passed {
@@ -87,6 +88,9 @@ pub struct Judged<'a> {
     pub method: &'a Method,
     pub headers: &'a HeaderMap,
     pub path_and_query: &'a str,
+    /// `Host` (or `:authority`) as the client sent it: the port of a DPoP `htu` on a
+    /// route known by its `host` only.
+    pub authority: Option<&'a str>,
     pub request_id: &'a str,
     pub forward_auth: bool,
 }
@@ -171,7 +175,7 @@ async fn judge(route: &Route, also: &[Arc<Route>], j: &Judged<'_>) -> Result<Pas
     let (identity, token, set_cookies) = match &route.auth {
         RouteAuth::Public => return Ok(anonymous()),
         RouteAuth::Bearer(tokens) => {
-            let id = by_token(tokens, bearer::extract(j.headers)).await?;
+            let id = by_token(route, tokens, bearer::extract(j.headers), j).await?;
             (id, AccessToken::Bearer, Vec::new())
         }
         RouteAuth::Login(login) => by_session(login, j).await?,
@@ -179,7 +183,7 @@ async fn judge(route: &Route, also: &[Arc<Route>], j: &Judged<'_>) -> Result<Pas
         RouteAuth::Either { tokens, login } => match bearer::extract(j.headers) {
             bearer::Extracted::Missing => by_session(login, j).await?,
             extracted => (
-                by_token(tokens, extracted).await?,
+                by_token(route, tokens, extracted, j).await?,
                 AccessToken::Bearer,
                 Vec::new(),
             ),
@@ -244,10 +248,39 @@ fn anonymous() -> Passed {
 }
 
 async fn by_token(
+    route: &Route,
     tokens: &TokenValidator,
     extracted: bearer::Extracted<'_>,
+    j: &Judged<'_>,
 ) -> Result<Arc<Identity>, Denied> {
     let token = match extracted {
+        // RFC 9449 §7.1: a DPoP-bound token with its proof.
+        bearer::Extracted::Dpop(t) => {
+            let path = j.path_and_query.split('?').next().unwrap_or("/");
+            let req = dpop::DpopRequest {
+                method: j.method.as_str(),
+                headers: j.headers,
+                path,
+                authority: j.authority,
+            };
+            return dpop::authenticate(
+                route.dpop.as_deref(),
+                route.htu_base.as_ref(),
+                tokens,
+                t,
+                &req,
+            )
+            .await
+            .map_err(Denied::from);
+        }
+        // A route that takes sender-constrained tokens only.
+        bearer::Extracted::Token(_) if route.require_sender_constraint => {
+            return Err(Refusal::Dpop {
+                kind: DpopRefusal::Required,
+                nonce: None,
+            }
+            .into())
+        }
         bearer::Extracted::Token(t) => t,
         bearer::Extracted::Missing => {
             return Err(Refusal::SignInRequired {
@@ -258,16 +291,22 @@ async fn by_token(
         }
         bearer::Extracted::Malformed => return Err(Refusal::TokenMalformed.into()),
     };
-    tokens.validate_bytes(token).await.map_err(|e| {
+    let identity = tokens.validate_bytes(token).await.map_err(|e| {
         // Not a b64token (found on a cache miss): the header is malformed, as above.
         if e.is_syntax() {
-            Refusal::TokenMalformed.into()
+            Denied::from(Refusal::TokenMalformed)
         } else if e.is_unavailable() {
             Refusal::TokenUnavailable(e).into()
         } else {
             Refusal::TokenRefused(e).into()
         }
-    })
+    })?;
+    // RFC 9449 §7.1 / RFC 8705 §3: a token bound to a key (`cnf`) is no bearer token; the
+    // binding is part of the (cached) identity, so this holds on cache hits too.
+    if identity.binding().is_some() {
+        return Err(Refusal::TokenRefused(TokenError::SenderConstrained).into());
+    }
+    Ok(identity)
 }
 
 async fn by_session(

@@ -122,6 +122,12 @@ where
                 method: r.req.method(),
                 headers: r.req.headers(),
                 path_and_query: r.req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                authority: r.req.uri().authority().map(|a| a.as_str()).or_else(|| {
+                    r.req
+                        .headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                }),
                 request_id: r.id.as_str(),
                 forward_auth: false,
             };
@@ -131,6 +137,10 @@ where
             };
             // Authentication has read the session: the proxy's cookies go no further.
             strip_own_cookies(&own_cookie, r.req.headers_mut());
+            // A DPoP proof (RFC 9449) is for this hop only, like the token's header.
+            if !headers.cfg.pass_authorization {
+                r.req.headers_mut().remove("dpop");
+            }
             let Some(identity) = passed.identity.take() else {
                 // A CORS preflight let through by allow_preflight.
                 return inner.call(r).await;

@@ -116,6 +116,9 @@ pub struct BearerFile {
     pub cache_capacity: Option<u64>,
     pub shared_secret: Option<String>,
     pub shared_secret_file: Option<String>,
+    /// RFC 9449 §8 server nonces in DPoP proofs.
+    #[serde(default)]
+    pub dpop_nonce: bool,
     #[serde(default)]
     pub issuers: Vec<IssuerFile>,
 }
@@ -231,6 +234,9 @@ pub struct RouteFile {
     #[serde(default)]
     pub strip_prefix: bool,
     pub timeout: Option<String>,
+    /// Only DPoP-bound tokens (RFC 9449) on this route; plain bearer tokens are refused.
+    #[serde(default)]
+    pub require_sender_constraint: bool,
     /// Add the signed identity assertion to the upstream request.
     #[serde(default)]
     pub assertion: bool,

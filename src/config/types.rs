@@ -160,6 +160,8 @@ pub struct BearerSettings {
     pub cache_ttl: Duration,
     pub cache_capacity: u64,
     pub shared_secret: Option<Secret<Vec<u8>>>,
+    /// `bearer.dpop_nonce`: DPoP proofs must carry a nonce of ours (RFC 9449 §8).
+    pub dpop_nonce: bool,
     pub issuers: Vec<ExtraIssuer>,
 }
 
@@ -393,6 +395,8 @@ pub struct RouteConfig {
     pub allow: Option<AllowConfig>,
     pub strip_prefix: bool,
     pub timeout: Duration,
+    /// `require_sender_constraint`: plain bearer tokens refused (DPoP-bound ones only).
+    pub require_sender_constraint: bool,
     /// Add the signed identity assertion (`[assertion]`) to the upstream request.
     pub assertion: bool,
 }

@@ -958,6 +958,7 @@ fn bearer(cx: &mut Ctx<'_>, b: &BearerFile, provider: Option<&ProviderConfig>) -
         ),
         cache_capacity,
         shared_secret,
+        dpop_nonce: b.dpop_nonce,
         issuers,
     }
 }
@@ -1643,6 +1644,12 @@ fn routes(
                 "has no meaning on a public route",
             );
         }
+        if r.require_sender_constraint && !matches!(auth, AuthMode::Bearer | AuthMode::Either) {
+            cx.err(
+                format!("{key}.require_sender_constraint"),
+                "only routes with auth = \"bearer\" or \"either\" take tokens",
+            );
+        }
         let name: Arc<str> = match &r.name {
             Some(n) if !n.is_empty() => Arc::from(n.as_str()),
             _ => Arc::from(prefix.as_str()),
@@ -1679,6 +1686,7 @@ fn routes(
                 r.timeout.as_deref(),
                 Duration::ZERO,
             ),
+            require_sender_constraint: r.require_sender_constraint,
         });
     }
     out
@@ -1762,6 +1770,34 @@ mod tests {
         assert!(keys(&wrong)
             .iter()
             .any(|e| e.starts_with("upstream[0].path_readings")));
+    }
+
+    #[test]
+    fn dpop_keys() {
+        // Public routes take no tokens: require_sender_constraint is named as an error.
+        let public = BASE.replace(
+            "auth = \"public\"",
+            "auth = \"public\"\nrequire_sender_constraint = true",
+        );
+        let errs = keys(&public);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("route[0].require_sender_constraint:")),
+            "{errs:?}"
+        );
+        let bearer = "[server]\nlisten = \"127.0.0.1:0\"\n\
+             [provider]\nissuer = \"https://idp.example\"\n\
+             [bearer]\naudiences = [\"api\"]\ndpop_nonce = true\n\
+             [[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n\
+             [[route]]\npath = \"/api\"\nupstream = \"a\"\nauth = \"bearer\"\n\
+             require_sender_constraint = true\n";
+        assert_eq!(keys(bearer), Vec::<String>::new());
+        let c = from_toml(bearer, Path::new("."), &env).unwrap();
+        assert!(c.routes[0].require_sender_constraint);
+        assert!(c.bearer.as_ref().unwrap().dpop_nonce);
+        // A typo is an unknown key, as any.
+        let typo = bearer.replace("dpop_nonce", "dpop_nonces");
+        assert!(!keys(&typo).is_empty());
     }
 
     #[test]

@@ -232,6 +232,9 @@ impl Endpoints {
             method: &method,
             headers: h,
             path_and_query: &pq,
+            // The original request's host was read without its port: a DPoP `htu` is
+            // checked against `server.public_url` or the route host's default port.
+            authority: host.as_deref(),
             request_id: rid,
             forward_auth: true,
         };

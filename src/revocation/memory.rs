@@ -378,7 +378,7 @@ impl MemorySet {
         if until <= now {
             return FirstUse::Fresh;
         }
-        self.make_room(&mut j, now);
+        let raised = self.make_room(&mut j, now);
         self.put(Entry::Jti, key, 0, until);
         self.append(
             &mut j,
@@ -393,7 +393,11 @@ impl MemorySet {
                 },
             ),
         );
-        FirstUse::Fresh
+        if raised {
+            FirstUse::FreshAfterReset
+        } else {
+            FirstUse::Fresh
+        }
     }
 
     fn drop_expired(&self, now: u64) -> usize {

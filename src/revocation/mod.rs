@@ -213,8 +213,12 @@ pub enum Recorded {
 /// What [`Revocations::first_use`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FirstUse {
-    /// Not seen before: now recorded (the set may have been reset to make room).
+    /// Not seen before: now recorded.
     Fresh,
+    /// Not seen before, and recorded, but only after the set was full and was reset to
+    /// make room (the global not-before time raised to now). A caller that must refuse
+    /// rather than reset its checks (DPoP proofs) refuses this one too.
+    FreshAfterReset,
     /// Seen before: a replay.
     Replayed,
     /// Issued at or before the global not-before time: whether it was seen before is no

@@ -179,7 +179,8 @@ impl RedisSet {
         let until = until.max(now + 1);
         let args = (now, until, 0, "once", issued_at);
         Ok(match self.run(Entry::Jti, key, args).await? {
-            Answer::Stored | Answer::Raised => FirstUse::Fresh,
+            Answer::Stored => FirstUse::Fresh,
+            Answer::Raised => FirstUse::FreshAfterReset,
             Answer::Replayed => FirstUse::Replayed,
             Answer::BeforeReset => FirstUse::IssuedBeforeReset,
         })

@@ -255,6 +255,35 @@ async fn memory_set_fails_closed_when_full() {
     expect(&r, &facts(1, "x", None, T0 - 1), T0 + 20, Verdict::Live).await;
 }
 
+/// A replay set that must reset to record a token says so (DPoP refuses that proof).
+async fn replay_set_reports_a_reset(r: &Revocations) {
+    let now = T0;
+    let mut seen = Vec::new();
+    for jti in ["a", "b", "c"] {
+        seen.push(
+            r.first_use(ReplaySet::DpopProof, "k", jti, now, at(now + 300), at(now))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        seen,
+        [FirstUse::Fresh, FirstUse::Fresh, FirstUse::FreshAfterReset]
+    );
+    // The reset refuses what was issued until then: a replay of "a" is still refused.
+    assert_ne!(
+        r.first_use(ReplaySet::DpopProof, "k", "a", now, at(now + 300), at(now))
+            .await
+            .unwrap(),
+        FirstUse::Fresh
+    );
+}
+
+#[tokio::test]
+async fn memory_replay_set_reports_a_reset() {
+    replay_set_reports_a_reset(&Revocations::memory(2)).await;
+}
+
 #[tokio::test]
 async fn redis_set_fails_closed_when_full() {
     let redis = RedisServer::start();

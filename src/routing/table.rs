@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::admin::metrics::{Metrics, RouteMetrics};
 use crate::assertion::{Asserter, RouteAssertion};
+use crate::auth::dpop::{DpopVerifier, HtuBase};
 use crate::config::{AuthMode, RouteConfig};
 use crate::oidc::login::Login;
 use crate::path::{
@@ -63,6 +64,13 @@ pub struct Route {
     /// The whole proxied exchange up to the response head (504 after).
     pub timeout: Duration,
     pub metrics: Arc<RouteMetrics>,
+    /// `require_sender_constraint`: plain bearer tokens are refused here.
+    pub require_sender_constraint: bool,
+    /// Where this route's requests are as clients see them (DPoP `htu`); `None`: DPoP
+    /// tokens are refused here.
+    pub htu_base: Option<HtuBase>,
+    /// Checks DPoP proofs (with the replay set), on routes that take tokens.
+    pub dpop: Option<Arc<DpopVerifier>>,
     /// `assertion = true`: the signed identity assertion added upstream.
     pub assertion: Option<Arc<RouteAssertion>>,
 }
@@ -145,6 +153,12 @@ pub struct Parts<'a> {
     /// This worker's upstreams, in config order.
     pub upstreams: &'a [Arc<Upstream>],
     pub metrics: &'a Metrics,
+    /// Checks DPoP proofs, when any route takes tokens.
+    pub dpop: Option<&'a Arc<DpopVerifier>>,
+    /// `server.public_url`: the origin DPoP proofs name.
+    pub public_url: Option<&'a url::Url>,
+    /// The listener speaks TLS (the scheme of a route's `host` for DPoP).
+    pub tls: bool,
     /// The assertion signer, when any route asks for assertions.
     pub asserter: Option<&'a Arc<Asserter>>,
     /// Per route index, its assertion (`assertion::for_routes`); shorter: none.
@@ -194,6 +208,9 @@ impl RouteTable {
                 upstream,
                 timeout: r.timeout,
                 metrics: parts.metrics.route(&r.name),
+                require_sender_constraint: r.require_sender_constraint,
+                htu_base: HtuBase::for_route(parts.public_url, r.host.as_deref(), parts.tls),
+                dpop: parts.dpop.cloned(),
                 assertion: parts.assertions.get(index).cloned().flatten(),
             }));
         }

@@ -227,6 +227,11 @@ fn harness_with(routes: &str) -> Harness {
             login: Some(&login),
             upstreams: &upstreams,
             metrics: &metrics,
+            dpop: Some(&Arc::new(
+                crate::auth::dpop::DpopVerifier::new(Revocations::memory(100), false).unwrap(),
+            )),
+            public_url: config.server.public_url.as_ref(),
+            tls: false,
             asserter: asserter.as_ref(),
             assertions: &assertions,
         },
@@ -833,6 +838,65 @@ async fn either_route_judges_a_token_alone_and_else_the_session() {
     let r = h.get("/mixed", &[("cookie", &staff)]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(h.one_seen().headers["x-auth-request-user"], "alice");
+}
+
+#[tokio::test]
+async fn either_route_counts_a_dpop_authorization_as_a_token() {
+    use crate::testutil::TestKey;
+    use crate::token::dpop::{sha256_b64, thumbprint};
+    let h = harness();
+    let staff = h.session_cookie("alice", &["staff"]).await;
+    let key = TestKey::p256();
+    let mut jwk = key.jwk("k");
+    jwk.as_object_mut().unwrap().remove("kid");
+    let jkt = thumbprint(jwk.as_object().unwrap()).unwrap();
+    let mut c = claims("machine", "read");
+    c["cnf"] = json!({ "jkt": jkt });
+    let t = token(c);
+    let proof = |htu: &str, jti: &str| {
+        let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+        let claims = json!({"jti": jti, "htm": "GET", "htu": htu, "iat": now_secs(),
+            "ath": sha256_b64(t.as_bytes())});
+        forge(&header, &claims, |m| key.sign("ES256", m))
+    };
+    let auth = format!("DPoP {t}");
+    // A good proof: judged on the token (not the session), proof and token not forwarded.
+    let p = proof("https://app.test/mixed", "one");
+    let r = h
+        .get(
+            "/mixed",
+            &[("cookie", &staff), ("authorization", &auth), ("dpop", &p)],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let seen = h.one_seen();
+    assert_eq!(seen.headers["x-auth-request-user"], "machine");
+    assert!(!seen.headers.contains_key("dpop"));
+    assert!(!seen.headers.contains_key("authorization"));
+    // A bad proof is 401 even with a good session: no fallback.
+    let p = proof("https://app.test/other", "two");
+    let r = h
+        .get(
+            "/mixed",
+            &[("cookie", &staff), ("authorization", &auth), ("dpop", &p)],
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    assert!(header(&r, "www-authenticate")
+        .starts_with("DPoP realm=\"portcullis\", error=\"invalid_dpop_proof\""));
+    h.nothing_seen();
+    // The token with the Bearer scheme: refused, it is bound.
+    let r = h
+        .get(
+            "/mixed",
+            &[
+                ("cookie", &staff),
+                ("authorization", &format!("Bearer {t}")),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    h.nothing_seen();
 }
 
 // ---- error rendering -----------------------------------------------------------------------

@@ -101,7 +101,10 @@ pub(crate) fn check_introspection(
     // with neither, and a refresh token must never be a bearer credential.
     let bearer_type = |v: &Value| {
         v.as_str().is_some_and(|t| {
-            t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("access_token")
+            // RFC 9449 §6.2: a DPoP-bound token is introspected as `token_type` "DPoP".
+            t.eq_ignore_ascii_case("bearer")
+                || t.eq_ignore_ascii_case("access_token")
+                || t.eq_ignore_ascii_case("dpop")
         })
     };
     // Ory: `token_use`.
@@ -136,10 +139,8 @@ pub(crate) fn check_introspection(
     }
     // RFC 7662 §4: the protected resource checks the time window itself too.
     check_times(claims, now, leeway_secs, false)?;
-    // RFC 7662 §2.2 / RFC 8705 §3.2 / RFC 9449 §6.2: `cnf` means sender-constrained.
-    if claims.contains_key("cnf") {
-        return Err(TokenError::SenderConstrained);
-    }
+    // RFC 7662 §2.2 / RFC 8705 §3.2 / RFC 9449 §6.2: `cnf` means sender-constrained; it
+    // becomes the identity's binding (see `binding_of`), checked by the gate per request.
     Ok(())
 }
 
@@ -234,8 +235,12 @@ mod tests {
             Err(TokenError::Invalid(InvalidReason::NotAnAccessToken))
         ));
         assert!(matches!(
-            check(json!({"active": true, "token_type": "Bearer", "cnf": {"jkt": "x"}})),
-            Err(TokenError::SenderConstrained)
+            check(json!({"active": true, "token_type": "DPoP", "cnf": {"jkt": "x"}})),
+            Ok(())
+        ));
+        assert!(matches!(
+            check(json!({"active": true, "token_type": "N_A"})),
+            Err(TokenError::Invalid(InvalidReason::NotAnAccessToken))
         ));
     }
 }

@@ -157,7 +157,7 @@ fn b64(v: &Value, name: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(v.get(name)?.as_str()?).ok()
 }
 
-fn parse_jwk(v: &Value) -> Option<Jwk> {
+pub(crate) fn parse_jwk(v: &Value) -> Option<Jwk> {
     // RFC 7517 §4.2: a key meant for encryption is not a signature key.
     if let Some(usage) = v.get("use") {
         if usage.as_str() != Some("sig") {

@@ -165,20 +165,15 @@ pub(crate) fn validation_for(
 }
 
 /// Verifies signature and registered claims with jsonwebtoken, then `exp`/`nbf` again with
-/// our (injectable) clock, then refuses sender-constrained tokens.
+/// our (injectable) clock. A `cnf` claim is not judged here: it becomes the identity's
+/// binding, checked against each request's proof by the gate (RFC 9449 §7.1).
 pub(crate) fn decode_verified(
     token: &str,
     key: &DecodingKey,
     validation: &Validation,
     now: SystemTime,
 ) -> Result<Map<String, Value>, TokenError> {
-    let claims = decode_timed(token, key, validation, now, true)?;
-    // RFC 7800 §3.1 / RFC 9449 §7.1 / RFC 8705 §3: a `cnf` claim binds the token to a key
-    // the client must prove; we cannot check the proof, so it is no bearer token.
-    if claims.contains_key("cnf") {
-        return Err(TokenError::SenderConstrained);
-    }
-    Ok(claims)
+    decode_timed(token, key, validation, now, true)
 }
 
 /// The jsonwebtoken validation of a signed JWT that is not an access token (a logout

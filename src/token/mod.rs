@@ -11,7 +11,8 @@
 //!   └─ miss: one validation per token however many callers (single flight)
 //!        ├─ three parts: header read by us (alg none / allow-list / typ / crit),
 //!        │   issuer picked by the unverified iss, key by kid from *that* issuer's JWKS,
-//!        │   then jsonwebtoken + our clock; cnf refused
+//!        │   then jsonwebtoken + our clock; `cnf` kept as the identity's binding (the
+//!        │   gate checks it against each request's DPoP proof)
 //!        │   (introspection = "always": at the introspection endpoint instead)
 //!        └─ opaque: RFC 7662 introspection or userinfo at the primary issuer, or refused
 //! ```
@@ -44,6 +45,7 @@ pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod dpop;
 pub mod error;
 mod from_config;
 pub mod introspection;
@@ -71,7 +73,7 @@ use self::claims::{identity_from_claims, ClaimRules, Interner};
 use self::introspection::IntrospectionClient;
 use self::jwks::{JwksError, KeyLookup, KeySet, Refetch};
 use self::metrics::bump;
-use crate::identity::Identity;
+use crate::identity::{Binding, Identity};
 use crate::oidc::discovery::{self, Backoff, DiscoveryError, ProviderMetadata};
 use crate::oidc::transport::HttpTransport;
 
@@ -178,6 +180,11 @@ impl IssuerState {
         self.metadata.store(Some(Arc::new(meta)));
         *lock(&self.metadata_fetched) = Some(Instant::now());
     }
+}
+
+/// RFC 7800 §3.1: the key a token's `cnf` claim binds it to (RFC 9449 §6: `jkt`).
+fn binding_of(claims: &Map<String, Value>) -> Option<Binding<'_>> {
+    claims.get("cnf").map(Binding::from_cnf)
 }
 
 /// RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
@@ -676,7 +683,10 @@ impl Inner {
                 jwt::decode_verified(token, key, validation, now)
             })
             .await?;
-        identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, None)
+        let mut id =
+            identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, None)?;
+        id.set_binding(binding_of(&claims));
+        Ok(id)
     }
 
     /// Runs `decode` with the key that verifies a token of `issuer` with the header
@@ -766,7 +776,19 @@ impl Inner {
             // A machine token may carry no `sub`: its client is its subject
             // (RFC 7662 §2.2 `client_id`).
             let fallback = claims.get("client_id").and_then(Value::as_str);
-            identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, fallback)
+            let mut id =
+                identity_from_claims(&claims, &issuer.name, &self.rules, &self.interner, fallback)?;
+            id.set_binding(binding_of(&claims));
+            // RFC 9449 §6.2: a token introspected as DPoP with no `cnf.jkt` cannot be
+            // checked against a proof; it is no bearer token either.
+            let dpop_typed = claims
+                .get("token_type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.eq_ignore_ascii_case("dpop"));
+            if dpop_typed && id.binding().is_none() {
+                id.set_binding(Some(Binding::Unsupported));
+            }
+            Ok(id)
         }
         .await;
         self.count_provider_call(&result);

@@ -380,20 +380,31 @@ async fn registered_claims_are_enforced() {
             }),
             invalid(InvalidReason::MissingClaim),
         ),
-        (
-            "cnf (DPoP-bound)",
-            with(claims(&iss), |c| {
-                c.insert(
-                    "cnf".into(),
-                    json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
-                );
-            }),
-            format!("{:?}", TokenError::SenderConstrained),
-        ),
     ];
     for (name, c, want) in cases {
         assert_eq!(err_of(&v, &sign(&c)).await, want, "{name}");
     }
+    // A `cnf` claim is no refusal here: it is the identity's binding, which the gate
+    // checks against each request's proof (RFC 9449 §7.1).
+    let bound = with(claims(&iss), |c| {
+        c.insert(
+            "cnf".into(),
+            json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
+        );
+    });
+    assert_eq!(
+        v.validate(&sign(&bound)).await.unwrap().binding(),
+        Some(crate::identity::Binding::Dpop(
+            "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+        ))
+    );
+    let x5t = with(claims(&iss), |c| {
+        c.insert("cnf".into(), json!({"x5t#S256": "abc"}));
+    });
+    assert_eq!(
+        v.validate(&sign(&x5t)).await.unwrap().binding(),
+        Some(crate::identity::Binding::Unsupported)
+    );
     // Positive controls: aud array containing ours; nbf within leeway.
     let ok = with(claims(&iss), |c| {
         c.insert("aud".into(), json!(["https://x", API]));

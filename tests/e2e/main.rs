@@ -9,6 +9,7 @@ mod assertion;
 mod bearer;
 mod check;
 mod demo;
+mod dpop;
 mod errors;
 mod forward_auth;
 mod forwarding;

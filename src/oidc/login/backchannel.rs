@@ -230,7 +230,8 @@ impl Login {
             .await
             .map_err(LogoutError::Store)?
         {
-            FirstUse::Fresh => {}
+            // The set was reset to make room: every session until now is ended anyway.
+            FirstUse::Fresh | FirstUse::FreshAfterReset => {}
             FirstUse::Replayed => return Err(LogoutError::Replayed),
             FirstUse::IssuedBeforeReset => return Err(LogoutError::IssuedBeforeReset),
         }

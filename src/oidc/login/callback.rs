@@ -164,6 +164,12 @@ impl Login {
             .validate(id_token)
             .await
             .map_err(IdTokenError::from_validator)?;
+        // An ID token bound to a key (`cnf`) is not one a browser login can use.
+        if identity.binding().is_some() {
+            return Err(IdTokenError::from_validator(
+                crate::token::TokenError::SenderConstrained,
+            ));
+        }
         let claims = IdTokenClaims::read(id_token)?;
         // Steps 3-5 in full, and at_hash.
         self.id_token_rules().check(&claims, Some(access_token))?;
