@@ -1264,29 +1264,7 @@ async fn dpop_bound_tokens_from_the_provider_are_refused_as_bearer() {
             &json!({"jti": forge::b64(&forge::random_bytes(12)), "htm": "POST",
                 "htu": token_endpoint, "iat": forge::now()}),
         );
-        let mut pairs = vec![
-            ("grant_type", "client_credentials"),
-            ("scope", "read:items write:items"),
-        ];
-        if let Some(r) = resource {
-            pairs.push(("resource", r));
-        }
-        let req = Request::post(&token_endpoint)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header(
-                "authorization",
-                crate::support::idp::basic("machine", "machine-secret"),
-            )
-            .header("dpop", proof)
-            .body(crate::support::client::full(crate::support::idp::form(
-                &pairs,
-            )))
-            .unwrap();
-        let r = f.http.send(req).await.unwrap();
-        assert_eq!(r.status, 200, "DPoP token request: {}", r.text());
-        let t = r.json();
-        assert_eq!(t["token_type"], "DPoP", "{t}");
-        let token = t["access_token"].as_str().unwrap().to_string();
+        let token = f.idp.machine_dpop(&proof, resource).await;
         let label = format!("DPoP-bound token, resource {resource:?}");
         assert_all_refused(&f, &[(label, token)]).await;
     }

@@ -52,29 +52,8 @@ impl Client {
     /// opaque token (introspected by the proxy).
     async fn token(&self, idp: &Idp, resource: Option<&str>) -> String {
         let token_endpoint = idp.endpoint("token_endpoint");
-        let mut pairs = vec![
-            ("grant_type", "client_credentials"),
-            ("scope", "read:items write:items"),
-        ];
-        if let Some(r) = resource {
-            pairs.push(("resource", r));
-        }
-        let req = Request::post(&token_endpoint)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header(
-                "authorization",
-                crate::support::idp::basic("machine", "machine-secret"),
-            )
-            .header("dpop", self.proof("POST", &token_endpoint, None))
-            .body(crate::support::client::full(crate::support::idp::form(
-                &pairs,
-            )))
-            .unwrap();
-        let r = Http::new().send(req).await.unwrap();
-        assert_eq!(r.status, 200, "DPoP token request: {}", r.text());
-        let t = r.json();
-        assert_eq!(t["token_type"], "DPoP", "{t}");
-        t["access_token"].as_str().unwrap().to_string()
+        idp.machine_dpop(&self.proof("POST", &token_endpoint, None), resource)
+            .await
     }
 }
 

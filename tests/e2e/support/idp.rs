@@ -317,6 +317,30 @@ impl Idp {
         r.json()["access_token"].as_str().unwrap().to_string()
     }
 
+    /// `machine` (read:items write:items) with the DPoP `proof` (for POST to the token
+    /// endpoint): a DPoP-bound JWT for the API with `resource`, else an opaque token.
+    /// Panics unless the provider answers 200 with `token_type` DPoP.
+    pub async fn machine_dpop(&self, proof: &str, resource: Option<&str>) -> String {
+        let mut pairs = vec![
+            ("grant_type", "client_credentials"),
+            ("scope", "read:items write:items"),
+        ];
+        if let Some(r) = resource {
+            pairs.push(("resource", r));
+        }
+        let req = Request::post(self.endpoint("token_endpoint"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("authorization", basic("machine", "machine-secret"))
+            .header("dpop", proof)
+            .body(full(form(&pairs)))
+            .unwrap();
+        let r = self.http.send(req).await.unwrap();
+        assert_eq!(r.status, 200, "DPoP token request: {}", r.text());
+        let t = r.json();
+        assert_eq!(t["token_type"], "DPoP", "{t}");
+        t["access_token"].as_str().unwrap().to_string()
+    }
+
     /// `machine` (read:items write:items): a JWT for the API.
     pub async fn machine_jwt(&self) -> String {
         self.client_credentials(
