@@ -11,7 +11,6 @@ use std::io::{self, Write};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use tracing::Metadata;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Buffered access lines are written out when they reach this size.
@@ -50,7 +49,9 @@ pub fn flush() {
     write_out(&mut pending());
 }
 
-/// The `MakeWriter` of the subscriber: buffered for access lines, direct for the rest.
+/// The `MakeWriter` of the `fmt` layer (every line but the access lines, which
+/// `access_layer` appends with [`append_line`]): written at once, after the access lines
+/// buffered before it.
 #[derive(Clone, Copy)]
 pub struct LogWriter;
 
@@ -73,36 +74,17 @@ impl LogWriter {
 }
 
 /// One line's writer. The formatter writes a whole line with one `write_all`.
-pub enum Line {
-    Buffered,
-    Direct,
-}
+pub struct Line;
 
 impl Write for Line {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let mut buf = pending();
-        match self {
-            Line::Buffered => {
-                drop(buf);
-                append_line(|b| b.extend_from_slice(data));
-                Ok(data.len())
-            }
-            Line::Direct => {
-                write_out(&mut buf);
-                io::stderr().lock().write(data)
-            }
-        }
+        write_out(&mut pending());
+        io::stderr().lock().write(data)
     }
 
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        match self {
-            Line::Buffered => self.write(data).map(|_| ()),
-            Line::Direct => {
-                let mut buf = pending();
-                write_out(&mut buf);
-                io::stderr().lock().write_all(data)
-            }
-        }
+        write_out(&mut pending());
+        io::stderr().lock().write_all(data)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -114,15 +96,7 @@ impl<'a> MakeWriter<'a> for LogWriter {
     type Writer = Line;
 
     fn make_writer(&'a self) -> Line {
-        Line::Direct
-    }
-
-    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line {
-        if meta.target() == "access" && *meta.level() >= tracing::Level::INFO {
-            Line::Buffered
-        } else {
-            Line::Direct
-        }
+        Line
     }
 }
 
@@ -132,40 +106,16 @@ mod tests {
 
     #[test]
     fn access_lines_wait_for_a_full_buffer_or_another_line() {
-        let w = LogWriter;
-        let access = tracing::Metadata::new(
-            "access",
-            "access",
-            tracing::Level::INFO,
-            None,
-            None,
-            None,
-            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE)),
-            tracing::metadata::Kind::EVENT,
-        );
-        let mut line = w.make_writer_for(&access);
-        assert!(matches!(line, Line::Buffered));
-        line.write_all(b"one access line\n").unwrap();
+        append_line(|b| b.extend_from_slice(b"one access line\n"));
         assert!(pending().ends_with(b"one access line\n"));
-        // A line of another target writes the buffered ones out first.
-        let mut other = w.make_writer();
-        assert!(matches!(other, Line::Direct));
-        other.write_all(b"").unwrap();
+        // A line of the fmt layer writes the buffered ones out first.
+        LogWriter.make_writer().write_all(b"").unwrap();
         assert!(!pending()
             .windows(b"one access line".len())
             .any(|w| w == b"one access line"));
         // A full buffer leaves at once.
         let big = vec![b'x'; BUFFER];
-        w.make_writer_for(&access).write_all(&big).unwrap();
+        append_line(|b| b.extend_from_slice(&big));
         assert!(pending().len() < BUFFER);
     }
-
-    struct Callsite;
-    impl tracing::callsite::Callsite for Callsite {
-        fn set_interest(&self, _: tracing::subscriber::Interest) {}
-        fn metadata(&self) -> &tracing::Metadata<'_> {
-            unimplemented!("not registered")
-        }
-    }
-    static CALLSITE: Callsite = Callsite;
 }
