@@ -8,8 +8,6 @@
 //! The fixtures ([`Setup`], [`config`], [`login`], ...) are in `support/login.rs`, shared
 //! with `login_browser.rs`, `forward_auth.rs` and `parity.rs`.
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -21,7 +19,6 @@ use crate::support::login::{
     config, confirm_provider_logout, fixture, login, new_secret, proxy_for, through_provider,
     with_cookie, Fixture, Setup, ALLOWED_HOST,
 };
-use crate::support::proxy::free_port;
 use crate::support::*;
 
 /// The `Set-Cookie` values of `r` that set (not delete) one of the proxy's session cookies.
@@ -1196,96 +1193,7 @@ async fn sign_out_clears_the_session_and_logs_out_at_the_provider() {
 // Redis store
 // ---------------------------------------------------------------------------------------
 
-/// A throwaway `redis-server` on a free 127.0.0.1 port; killed by PID on drop.
-pub struct RedisServer {
-    child: Child,
-    pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl RedisServer {
-    pub async fn start() -> RedisServer {
-        for _ in 0..5 {
-            let port = free_port();
-            let dir = tempfile::tempdir().unwrap();
-            let mut child = Command::new("/usr/bin/redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server (apt-get install -y redis-server)");
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if child.try_wait().ok().flatten().is_some() {
-                    break; // port taken: try another
-                }
-                if Self::ping(addr).await {
-                    return RedisServer {
-                        child,
-                        addr,
-                        _dir: dir,
-                    };
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("redis-server did not answer PING on {addr}");
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        panic!("redis-server could not start");
-    }
-
-    async fn ping(addr: SocketAddr) -> bool {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-            return false;
-        };
-        if s.write_all(b"PING\r\n").await.is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 16];
-        matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"+PONG"))
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://{}/", self.addr)
-    }
-
-    /// Every key holding a string, and its raw value (the revocation index, a sorted
-    /// set, is left out).
-    pub fn dump(&self) -> Vec<(String, Vec<u8>)> {
-        let client = redis::Client::open(self.url().as_str()).unwrap();
-        let mut c = client.get_connection().unwrap();
-        // A test database is small: one SCAN call sees it all.
-        let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(0)
-            .arg("COUNT")
-            .arg(100_000)
-            .arg("TYPE")
-            .arg("string")
-            .query(&mut c)
-            .unwrap();
-        if keys.is_empty() {
-            return Vec::new();
-        }
-        let values: Vec<Vec<u8>> = redis::cmd("MGET").arg(&keys).query(&mut c).unwrap();
-        keys.into_iter().zip(values).collect()
-    }
-}
+pub use crate::support::redis_server::RedisServer;
 
 #[tokio::test]
 async fn redis_sessions_are_shared_by_two_proxies_and_sign_out_ends_them_everywhere() {

@@ -5,8 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::support::agent::{Agent, API_CALL};
 use crate::support::idp::{Idp, Profile};
 use crate::support::login::{self, login, with_cookie, Setup};
@@ -44,16 +42,6 @@ async fn operated_with(extra: &str) -> (Idp, EchoUpstream, TestProxy) {
     let p = TestProxy::start(&config).await;
     proxy::wait_ready(&p).await;
     (idp, echo, p)
-}
-
-/// The access line of the request sent with `X-Request-Id: id`.
-async fn access_line(p: &TestProxy, id: &str) -> Value {
-    raw::eventually(Duration::from_secs(10), "access line", || async {
-        p.log_json()
-            .into_iter()
-            .find(|l| l["target"] == "access" && l["request_id"] == id)
-    })
-    .await
 }
 
 /// One sample line of the exposition: `name{labels} value`.
@@ -421,7 +409,7 @@ async fn access_log_metrics_and_spans_say_who_what_and_why_for_each_outcome() {
         all.extend(headers.iter().copied());
         let r = with_cookie(&http, &p.url(path), cookie, &all).await;
         assert_eq!(r.status, *status, "{name}: {}", r.text());
-        let line = access_line(&p, &rid).await;
+        let line = p.access_line(&rid).await;
         assert_eq!(line["status"], *status, "{name}: {line}");
         assert_eq!(line["route"], *route, "{name}: {line}");
         assert_eq!(line["reason"].as_str(), *reason, "{name}: {line}");
@@ -581,7 +569,7 @@ async fn access_log_metrics_and_spans_say_who_what_and_why_for_each_outcome() {
     )
     .await;
     assert!(r.status.is_redirection(), "{}", r.text());
-    let line = access_line(&p, "op-sign-out").await;
+    let line = p.access_line("op-sign-out").await;
     assert_eq!(line["path"], "/oauth2/sign_out", "{line}");
     let (_, s) = metrics(&p).await;
     assert_eq!(

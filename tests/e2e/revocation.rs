@@ -15,27 +15,15 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::login::{
-    assert_no_session, echo_user, reload, reloads_ok, user_with_cookie, RedisServer,
-};
+use crate::login::{assert_no_session, reload, reloads_ok, user_with_cookie, RedisServer};
 use crate::support::agent::{Agent, API_CALL};
 use crate::support::client::{empty, full, Resp};
 use crate::support::idp::{forge, form, Idp, Profile};
 use crate::support::login::{
-    config, confirm_provider_logout, login, proxy_for, with_cookie, Setup,
+    config, confirm_provider_logout, logged_in, proxy_for, with_cookie, Setup,
 };
 use crate::support::proxy::check;
 use crate::support::*;
-
-/// Logs `user` in through `proxy` with a fresh agent: the agent and the copy of its
-/// session cookie header (what a thief would keep).
-async fn logged_in(proxy: &TestProxy, user: &str) -> (Agent, String) {
-    let mut a = Agent::new();
-    let (_, r) = login(&mut a, &proxy.url("/"), user).await;
-    assert_eq!(echo_user(&r), format!("user-{user}"));
-    let cookie = a.jar.root_cookie_header();
-    (a, cookie)
-}
 
 /// Signs the agent out through the proxy (`/oauth2/sign_out`): 302 to the provider, the
 /// session cookie expired in the agent's jar.
@@ -112,22 +100,7 @@ async fn access_reason(http: &Http, p: &TestProxy, cookie: &str, rid: &str) -> V
     )
     .await;
     assert_eq!(r.status, 401, "{rid}: {}", r.text());
-    let line = crate::support::raw::eventually(Duration::from_secs(10), "access line", || async {
-        p.log_json()
-            .into_iter()
-            .find(|l| l["target"] == "access" && l["request_id"] == rid)
-    })
-    .await;
-    line["reason"].clone()
-}
-
-/// A sample of the proxy's `/metrics` (0 when the series is absent).
-async fn metric(p: &TestProxy, series: &str) -> f64 {
-    let m = crate::support::raw::get(p.admin, "/metrics").await.unwrap();
-    m.text()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    p.access_line(rid).await["reason"].clone()
 }
 
 async fn next_second() {
@@ -466,10 +439,10 @@ async fn forged_replayed_and_malformed_logout_tokens_are_400_and_end_nothing() {
     .await;
     assert_eq!(nonce_line["status"], 400, "{nonce_line}");
     let outcome = |o: &str| format!("portcullis_backchannel_logouts_total{{outcome=\"{o}\"}}");
-    assert_eq!(metric(&p, &outcome("nonce")).await, 1.0);
-    assert_eq!(metric(&p, &outcome("no_event")).await, 1.0);
-    assert_eq!(metric(&p, &outcome("no_subject")).await, 1.0);
-    assert_eq!(metric(&p, &outcome("ok")).await, 0.0);
+    assert_eq!(p.metric(&outcome("nonce")).await, 1.0);
+    assert_eq!(p.metric(&outcome("no_event")).await, 1.0);
+    assert_eq!(p.metric(&outcome("no_subject")).await, 1.0);
+    assert_eq!(p.metric(&outcome("ok")).await, 0.0);
     // Replay: a good token for bob ends his session; bob logs in again, and the same
     // token sent again is refused and ends nothing (it must not move his not-before time).
     let (_b, bob) = logged_in(&p, "bob").await;
@@ -490,8 +463,8 @@ async fn forged_replayed_and_malformed_logout_tokens_are_400_and_end_nothing() {
         "user-bob",
         "replayed"
     );
-    assert_eq!(metric(&p, &outcome("replayed")).await, 1.0);
-    assert_eq!(metric(&p, &outcome("ok")).await, 1.0);
+    assert_eq!(p.metric(&outcome("replayed")).await, 1.0);
+    assert_eq!(p.metric(&outcome("ok")).await, 1.0);
     // Not a form, or no token: 400. GET: not an endpoint (and not a redirect).
     let req = http::Request::post(backchannel_uri(&p))
         .header("content-type", "application/json")

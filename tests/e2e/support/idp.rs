@@ -192,7 +192,22 @@ impl Idp {
         let deadline = Instant::now() + Duration::from_secs(30);
         let line = loop {
             if let Ok(line) = rx.try_recv() {
-                break line;
+                if !line.is_empty() {
+                    break line;
+                }
+                // EOF without a ready line: the process is ending (a port still taken).
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    if let Ok(Some(st)) = child.try_wait() {
+                        return Err(st.code());
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(Some(HUNG));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
             if let Ok(Some(st)) = child.try_wait() {
                 // Let the reader see EOF; a line may still have been written.
@@ -240,6 +255,17 @@ impl Idp {
         let port = self.port;
         let issuer = self.issuer.clone();
         self.spawn(port, &[]).await;
+        assert_eq!(self.issuer, issuer, "same port, same issuer");
+    }
+
+    /// Stops the provider and starts it again on the same port with the same keys (and
+    /// `extra` options): the provider back after an outage. In-memory state (grants,
+    /// opaque tokens, sessions) is lost; JWTs it signed still verify.
+    pub async fn restart(&mut self, extra: &[&str]) {
+        self.kill();
+        let port = self.port;
+        let issuer = self.issuer.clone();
+        self.spawn(port, extra).await;
         assert_eq!(self.issuer, issuer, "same port, same issuer");
     }
 
@@ -429,7 +455,8 @@ impl Idp {
     }
 
     /// The next `count` requests (0: until cleared) to `path` fail with `mode`
-    /// (`500`, `503`, `badjson`, `close`, `slow`).
+    /// (`500`, `503`, `badjson`, `nokeys` (a JWKS without a usable key), `invalid_grant`
+    /// (400 `invalid_grant`, as a token endpoint refuses a grant), `close`, `slow`).
     pub async fn fail(&self, path: &str, mode: &str, count: u32, ms: Option<u64>) {
         let mut q = form(&[("path", path), ("mode", mode)]);
         q.push_str(&format!("&count={count}"));

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use http::Request;
 
 use super::agent::{location_of, resolve, Agent};
-use super::client::{empty, Http, Resp};
+use super::client::{echo_header, empty, Http, Resp};
 use super::echo::EchoUpstream;
 use super::idp::{forge, form, Idp, Profile, API};
 use super::proxy::{server_section, wait_ready, TestProxy};
@@ -38,6 +38,8 @@ pub struct Setup {
     pub headers_extra: String,
     /// Adds `[bearer]` (JWTs for the API audience) and a bearer route `/api/`.
     pub bearer: bool,
+    /// Extra `[bearer]` lines (with `bearer`).
+    pub bearer_extra: String,
     /// Extra `[session]` lines.
     pub session_extra: String,
     /// Extra `[server]` lines.
@@ -54,6 +56,7 @@ impl Default for Setup {
             provider_extra: String::new(),
             headers_extra: String::new(),
             bearer: false,
+            bearer_extra: String::new(),
             session_extra: String::new(),
             server_extra: String::new(),
         }
@@ -65,6 +68,11 @@ impl Default for Setup {
 /// the `auth-request` header preset, and in front of the echo upstream: `/admin` (login,
 /// group `admins`), optionally `/api/` (bearer), and `/` (login).
 pub fn config(idp: &Idp, echo: &EchoUpstream, s: &Setup) -> String {
+    config_for(&idp.issuer, idp.profile, echo, s)
+}
+
+/// [`config`] for a provider at `issuer` that need not be running (yet).
+pub fn config_for(issuer: &str, profile: Profile, echo: &EchoUpstream, s: &Setup) -> String {
     let public_url = s
         .public_url
         .clone()
@@ -74,7 +82,7 @@ pub fn config(idp: &Idp, echo: &EchoUpstream, s: &Setup) -> String {
     } else {
         ""
     };
-    let groups_claim = match idp.profile {
+    let groups_claim = match profile {
         Profile::Standard => "",
         Profile::Auth0 => "groups_claim = \"https://example.com/roles\"\n",
     };
@@ -85,7 +93,7 @@ pub fn config(idp: &Idp, echo: &EchoUpstream, s: &Setup) -> String {
     };
     let (bearer, api_route) = if s.bearer {
         (
-            format!("[bearer]\naudiences = [\"{API}\"]\n\n"),
+            format!("[bearer]\naudiences = [\"{API}\"]\n{}\n", s.bearer_extra),
             "[[route]]\nname = \"api\"\npath = \"/api/\"\nupstream = \"app\"\nauth = \"bearer\"\n\n",
         )
     } else {
@@ -110,7 +118,6 @@ pub fn config(idp: &Idp, echo: &EchoUpstream, s: &Setup) -> String {
             "public_url = \"{public_url}\"\n{trusted}{}",
             s.server_extra
         )),
-        issuer = idp.issuer,
         provider_extra = s.provider_extra,
         headers_extra = s.headers_extra,
         session_extra = s.session_extra,
@@ -178,6 +185,22 @@ pub async fn login(agent: &mut Agent, start_url: &str, user: &str) -> (String, R
     let callback = through_provider(agent, start_url, user).await;
     let (url, r, _) = agent.follow(&callback, 5).await;
     (url, r)
+}
+
+/// Logs `user` in through `proxy` (from `/`, standard profile) with a fresh agent: the
+/// agent and the copy of its session cookie header (what a client, or a thief, keeps).
+pub async fn logged_in(proxy: &TestProxy, user: &str) -> (Agent, String) {
+    let mut a = Agent::new();
+    let (_, r) = login(&mut a, &proxy.url("/"), user).await;
+    assert_eq!(r.status, 200, "login as {user}: {}", r.text());
+    assert_eq!(
+        echo_header(&r.json(), "x-auth-request-user"),
+        Some(format!("user-{user}")),
+        "{}",
+        r.text()
+    );
+    let cookie = a.jar.root_cookie_header();
+    (a, cookie)
 }
 
 /// RP-initiated logout at the provider (standard profile) from its end-session URL `end`:

@@ -1,6 +1,6 @@
 //! The harness: an echo upstream, the real proxy binary, HTTP clients (hyper-util and raw),
 //! the one scripted browser ([`agent::Agent`]), the login fixtures ([`login`]) and the
-//! example assertion verifier ([`verifier`]).
+//! example assertion verifier ([`verifier`]), a killable `redis-server` ([`redis_server`]).
 
 #![allow(dead_code)]
 
@@ -14,6 +14,7 @@ pub mod login;
 pub mod otlp;
 pub mod proxy;
 pub mod raw;
+pub mod redis_server;
 pub mod verifier;
 
 pub use client::{echo_header, echo_headers, Http};

@@ -63,6 +63,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The binary with `--config config_path`, JSON logs to `log`.
+fn spawn(config_path: &std::path::Path, log: File) -> Child {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config_path)
+        .arg("--log-format")
+        .arg("json")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn portcullis")
+}
+
 /// A `[server]` section head with the placeholders filled in by the harness.
 pub fn server_section(extra: &str) -> String {
     format!("[server]\nlisten = \"@LISTEN@\"\nadmin_listen = \"@ADMIN@\"\n{extra}\n")
@@ -132,17 +147,7 @@ impl TestProxy {
         std::fs::write(&config_path, fill(config, listen, admin)).unwrap();
         let log_path = dir.path().join("proxy.log");
         let log = File::create(&log_path).unwrap();
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--log-format")
-            .arg("json")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn portcullis");
+        let child = spawn(&config_path, log);
         let mut p = TestProxy {
             addr: listen,
             admin,
@@ -152,35 +157,73 @@ impl TestProxy {
             log_path,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(_)) = p.child.try_wait() {
-                let log = p.logs();
+        match p.wait_up(plain_ping, deadline).await {
+            Ok(()) => Ok(p),
+            Err(log) => {
                 // Nothing left to kill; keep the dir for the retry.
                 let dir = std::mem::replace(&mut p.dir, tempfile::tempdir().unwrap());
-                return Err((dir, log));
+                Err((dir, log))
             }
-            let main_ok = if plain_ping {
-                raw::get(p.addr, "/oauth2/ping")
-                    .await
-                    .is_ok_and(|r| r.status == 200)
-            } else {
-                tokio::net::TcpStream::connect(p.addr).await.is_ok()
-            };
-            let health_ok = raw::get(p.admin, "/healthz")
-                .await
-                .is_ok_and(|r| r.status == 200);
-            if main_ok && health_ok {
-                return Ok(p);
-            }
-            if Instant::now() > deadline {
-                panic!("proxy not ready after 60s:\n{}", p.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL (the process this harness started), and waits until it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the binary again with the same config file, on the same two addresses (after
+    /// [`TestProxy::kill`]); its log is appended to the same file. Waits for the same
+    /// probes as [`TestProxy::start`], retrying while the ports are not free yet.
+    pub async fn restart(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_some(),
+            "restart: the proxy is still running"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = File::options().append(true).open(&self.log_path).unwrap();
+            self.child = spawn(&self.config_path, log);
+            match self.wait_up(true, deadline).await {
+                Ok(()) => return,
+                Err(log) if log.contains("cannot listen on") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(log) => panic!("proxy failed to restart:\n{log}"),
+            }
+        }
+    }
+
+    /// Waits for the main listener's ping (or a TCP connect) and the admin `/healthz`;
+    /// `Err(logs)` if the process exits first.
+    async fn wait_up(&mut self, plain_ping: bool, deadline: Instant) -> Result<(), String> {
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Err(self.logs());
+            }
+            let main_ok = if plain_ping {
+                raw::get(self.addr, "/oauth2/ping")
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            } else {
+                tokio::net::TcpStream::connect(self.addr).await.is_ok()
+            };
+            let health_ok = raw::get(self.admin, "/healthz")
+                .await
+                .is_ok_and(|r| r.status == 200);
+            if main_ok && health_ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                panic!("proxy not ready after 60s:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn dir(&self) -> &std::path::Path {
@@ -208,6 +251,27 @@ impl TestProxy {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v.is_object())
             .collect()
+    }
+
+    /// The access line of the request sent with `X-Request-Id: id` (waits for it: access
+    /// lines are buffered up to 250 ms).
+    pub async fn access_line(&self, id: &str) -> serde_json::Value {
+        raw::eventually(Duration::from_secs(10), "access line", || async {
+            self.log_json()
+                .into_iter()
+                .find(|l| l["target"] == "access" && l["request_id"] == id)
+        })
+        .await
+    }
+
+    /// One sample of the admin `/metrics`, by its exact series (`name{labels}`); 0 when
+    /// the series is absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let m = raw::get(self.admin, "/metrics").await.unwrap();
+        m.text()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Replaces the config file (same placeholders, same ports).

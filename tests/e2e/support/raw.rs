@@ -492,3 +492,56 @@ impl RawUpstream {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     find(hay, needle).is_some()
 }
+
+/// An HTTP/1.1 upstream that fails mid-exchange: on each connection it reads the request
+/// head, writes `sent` (nothing, a response head, or a head and part of its body), then
+/// resets the connection (`SO_LINGER` 0: an RST, not a FIN).
+pub struct ResettingUpstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ResettingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ResettingUpstream {
+    pub async fn start(sent: Vec<u8>) -> ResettingUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = std::sync::Arc::new(sent);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let sent = sent.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while find(&head, b"\r\n\r\n").is_none() {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    if !sent.is_empty() {
+                        let _ = stream.write_all(&sent).await;
+                        let _ = stream.flush().await;
+                        // Let the bytes reach the proxy before the reset discards them.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    stream.set_zero_linger().unwrap();
+                    drop(stream);
+                });
+            }
+        });
+        ResettingUpstream { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
