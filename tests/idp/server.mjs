@@ -1218,8 +1218,8 @@ async function testControl(req, res, url) {
     const target = resolveFailPath(url.searchParams.get('path'));
     const mode = url.searchParams.get('mode') || '500';
     if (!target) return sendJson(res, 400, { error: 'path must be a path (/token) or a name (token, jwks, ...)' });
-    if (!['500', '503', 'slow', 'badjson', 'close'].includes(mode)) {
-      return sendJson(res, 400, { error: 'mode must be 500, 503, slow, badjson or close' });
+    if (!['500', '503', 'slow', 'badjson', 'nokeys', 'invalid_grant', 'close'].includes(mode)) {
+      return sendJson(res, 400, { error: 'mode must be 500, 503, slow, badjson, nokeys, invalid_grant or close' });
     }
     const count = Number(url.searchParams.get('count') ?? '1');
     const ms = Number(url.searchParams.get('ms') ?? '3000');
@@ -1373,6 +1373,15 @@ const server = http.createServer(async (req, res) => {
         res.end(text);
         return;
       }
+      case 'nokeys':
+        // Well-formed JSON, but the only key is an HMAC secret, which no relying party may
+        // take from a JWKS: a key set with no usable signature key.
+        sendJson(res, 200, { keys: [{ kty: 'oct', kid: 'injected', k: 'c2VjcmV0' }] });
+        return;
+      case 'invalid_grant':
+        // As a token endpoint refuses a revoked or expired grant (RFC 6749 section 5.2).
+        sendJson(res, 400, { error: 'invalid_grant', error_description: 'injected failure' });
+        return;
       case 'close':
         req.socket.destroy();
         return;
