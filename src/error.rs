@@ -468,6 +468,24 @@ impl Refusal {
     }
 }
 
+/// An upstream's response body failed after its head was sent (a reset, a body shorter
+/// than its length): the client's stream is cut. The access log's reason for it is
+/// `upstream_error:body` ([`UpstreamBodyError::REASON`]).
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {upstream} response body failed")]
+pub struct UpstreamBodyError {
+    pub upstream: Arc<str>,
+    #[source]
+    pub source: hyper::Error,
+}
+
+impl UpstreamBodyError {
+    pub const REASON: Reason = Reason {
+        kind: "upstream_error",
+        detail: Some("body"),
+    };
+}
+
 /// A refusal's reason code (`kind` or `kind:detail`), carried in the response's
 /// extensions to the access log and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

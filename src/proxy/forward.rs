@@ -11,22 +11,25 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, HOST, TE, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
 use http::{StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::headers::strip_hop_by_hop;
 use super::pool::PoolError;
 use crate::admin::metrics::{Metrics, UpstreamError};
-use crate::body::{ReqBody, Resp, RespBody};
-use crate::error::Refusal;
-use crate::exchange::Answer;
+use crate::body::{BoxError, ReqBody, Resp, RespBody};
+use crate::error::{Refusal, UpstreamBodyError};
+use crate::exchange::{Answer, RequestId};
 use crate::routing::Routed;
 use crate::telemetry::span::{self, Child, Started, Value};
 
@@ -294,7 +297,74 @@ impl ProxyService {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.version = Version::HTTP_11;
-        upstream_answer(parts, body, latency)
+        let body = UpstreamBody {
+            inner: body,
+            upstream: upstream.name.clone(),
+            request_id: id,
+            metrics: self.metrics.clone(),
+        };
+        let resp: Resp = http::Response::from_parts(
+            parts,
+            RespBody::Boxed {
+                inner: Box::pin(body),
+            },
+        );
+        let mut answer = Answer::from(resp);
+        answer.upstream_latency = Some(latency);
+        answer
+    }
+}
+
+pin_project! {
+    /// An upstream's response body on its way to the client. Once the head has gone out a
+    /// failure (a reset, a body shorter than its length) can only cut the client's stream;
+    /// it is the upstream's fault: logged (`warn`, naming the upstream), counted in
+    /// `portcullis_upstream_errors_total{kind="other"}`, and passed on as an
+    /// [`UpstreamBodyError`] so that the access line's reason says `upstream_error:body`.
+    struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        upstream: Arc<str>,
+        request_id: RequestId,
+        metrics: Arc<Metrics>,
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Err(e)) => {
+                this.metrics.upstream_error(UpstreamError::Other);
+                tracing::warn!(
+                    request_id = this.request_id.as_str(),
+                    upstream = %this.upstream,
+                    error = %e,
+                    "upstream body failed; the response to the client is cut"
+                );
+                let e = UpstreamBodyError {
+                    upstream: this.upstream.clone(),
+                    source: e,
+                };
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

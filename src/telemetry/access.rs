@@ -22,7 +22,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::admin::metrics::RouteMetrics;
 use crate::body::{BoxError, RespBody};
-use crate::error::Reason;
+use crate::error::{Reason, UpstreamBodyError};
 use crate::exchange::{BytesIn, ConnInfo, RequestId};
 use crate::identity::Identity;
 use crate::proxy::hygiene::TrustedProxies;
@@ -189,7 +189,17 @@ impl Body for LoggedBody {
                     this.finish();
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Ready(Some(Err(e))) => {
+                // The answer went out as the upstream's, and its body failed on the way:
+                // the line says so (its status stays the upstream's).
+                if e.downcast_ref::<UpstreamBodyError>().is_some() {
+                    if let Some(line) = this.line.as_mut() {
+                        line.reason.get_or_insert(UpstreamBodyError::REASON);
+                    }
+                }
+                this.finish()
+            }
+            Poll::Ready(None) => this.finish(),
             Poll::Pending => {}
         }
         polled
