@@ -177,7 +177,7 @@ fn assert_invalid_token(r: &Resp, what: &str) {
     assert_eq!(r.json()["error"], "invalid_token", "{what}: {}", r.text());
 }
 
-fn assert_unavailable(r: &Resp, what: &str) {
+pub(crate) fn assert_unavailable(r: &Resp, what: &str) {
     assert_eq!(r.status, 503, "{what}: {}", r.text());
     let body = r.json();
     assert!(body["error"].is_string(), "{what}: {body}");
@@ -1558,7 +1558,7 @@ fn auth0_setup() -> Setup {
     Setup::default()
 }
 
-fn jwt_part(token: &str, i: usize) -> Value {
+pub(crate) fn jwt_part(token: &str, i: usize) -> Value {
     serde_json::from_slice(&forge::unb64(token.split('.').nth(i).unwrap())).unwrap()
 }
 

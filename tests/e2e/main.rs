@@ -11,6 +11,7 @@ mod check;
 mod demo;
 mod dpop;
 mod errors;
+mod faults;
 mod forward_auth;
 mod forwarding;
 mod framing;
