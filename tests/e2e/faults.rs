@@ -547,12 +547,17 @@ async fn redis_killed_and_restarted_mid_load_fails_closed_then_recovers() {
     // Down for a while under load.
     load.wait_for(0, 503, 50, killed_at, 10).await;
     load.wait_for(1, 503, 50, killed_at, 10).await;
+    let down_at = load.seen().len();
     // A browser is told the service is unavailable, not sent to sign in again.
     let http = Http::new();
     for (p, cookie) in [(&p1, &alice), (&p2, &bob)] {
         let r = with_cookie(&http, &p.url("/nav"), cookie, NAVIGATE).await;
         assert_unavailable_page(&r, "navigation, Redis down");
         assert!(!clears_session(&r), "{:?}", r.headers);
+    }
+    // Nothing was served unchecked (from a cache) while Redis was down.
+    for which in [0, 1] {
+        assert_eq!(load.count(which, 200, down_at), 0, "target {which}");
     }
 
     redis.restart().await;
