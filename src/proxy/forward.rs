@@ -380,3 +380,58 @@ fn refuse(refusal: Refusal, r: &Routed<Incoming>, latency: Option<Duration>) -> 
     answer.upstream_latency = latency;
     answer
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An upstream that sends its head and 5 of 100 body bytes, then resets: the body
+    /// fails as the upstream's, counted once, with what came before it passed on.
+    #[tokio::test]
+    async fn a_body_cut_by_the_upstream_is_its_fault_and_counted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.set_zero_linger().unwrap();
+        });
+        let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("/")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut body = UpstreamBody {
+            inner: resp.into_body(),
+            upstream: Arc::from("app"),
+            request_id: RequestId::generate(),
+            metrics: metrics.clone(),
+        };
+        let mut got = Vec::new();
+        let err = loop {
+            match body.frame().await {
+                Some(Ok(f)) => got.extend_from_slice(f.data_ref().unwrap()),
+                Some(Err(e)) => break e,
+                None => panic!("the cut body ended cleanly"),
+            }
+        };
+        assert_eq!(got, b"hello");
+        let e = err
+            .downcast_ref::<UpstreamBodyError>()
+            .expect("the upstream's");
+        assert_eq!(&*e.upstream, "app");
+        assert!(metrics
+            .render()
+            .contains("portcullis_upstream_errors_total{kind=\"other\"} 1\n"));
+    }
+}
