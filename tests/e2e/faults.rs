@@ -733,8 +733,18 @@ async fn an_upstream_reset_is_502_before_the_head_and_a_cut_stream_after_it() {
     assert_eq!(line["reason"], "upstream_error:body", "{line}");
     assert_eq!(line["bytes_out"], body as u64, "{line}");
     assert_eq!(proxy.metric(errors).await, 2.0);
+    // The warnings name the upstream at fault, by the request's id.
+    let logs = proxy.log_json();
+    let warned = |id: &str, what: &str| {
+        logs.iter().any(|l| {
+            l["level"] == "WARN"
+                && l["request_id"] == id
+                && serde_json::to_string(l).unwrap().contains(what)
+        })
+    };
     assert!(
-        proxy.logs().contains("upstream body failed"),
-        "a warning names the upstream"
+        warned("fault-reset", "upstream reset request failed"),
+        "{logs:#?}"
     );
+    assert!(warned("fault-cut", "\"upstream\":\"cut\""), "{logs:#?}");
 }
