@@ -229,9 +229,10 @@ async fn provider_down_mid_run_cached_tokens_served_new_ones_503_then_recovery()
 
 /// After a key rotation the JWKS endpoint serves garbage (not JSON), then JSON with no
 /// usable key. The last good keys stay in use (tokens of the old key pass); a token of
-/// the new key, which the proxy cannot fetch, is 503 (never 200, and not 401: the proxy
-/// cannot tell a rotation it cannot see from a forgery; see README "Auth modes"). Once the
-/// JWKS is good again, the new key works without a restart.
+/// the new key, which the proxy cannot fetch, is 503 once a refetch has failed (the proxy
+/// cannot tell a rotation it cannot see from a forgery; 401 only between refetches while
+/// the last fetch was good; never 200; see README "Auth modes"). Once the JWKS is good
+/// again, the new key works without a restart.
 #[tokio::test]
 async fn jwks_serving_garbage_after_a_rotation_keeps_the_last_good_keys() {
     let idp = Idp::start(Profile::Standard).await;
