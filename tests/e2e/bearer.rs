@@ -1762,7 +1762,11 @@ async fn service_account_token_file_authenticates_the_jwks_fetch() {
 
     // The kubelet rotates the token; the provider rotates its keys: a token with a new kid
     // makes the proxy refetch (at most once per 10 s), with the token now in the file.
-    std::fs::write(&token_file, "sa-token-2").unwrap();
+    // Written aside and renamed, as the kubelet swaps projected tokens: a reader (the
+    // proxy, or the provider checking the token) never sees the file empty or half written.
+    let next = dir.path().join("sa-token.next");
+    std::fs::write(&next, "sa-token-2").unwrap();
+    std::fs::rename(&next, &token_file).unwrap();
     let jwks_before = idp.count("jwks").await;
     idp.rotate_keys().await;
     crate::support::raw::eventually(
