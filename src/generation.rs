@@ -189,6 +189,11 @@ impl Generation {
                 DpopVerifier::new(
                     revocations.clone(),
                     config.bearer.as_ref().is_some_and(|b| b.dpop_nonce),
+                    config
+                        .session
+                        .as_ref()
+                        .and_then(|s| s.secrets.first())
+                        .map(|s| s.expose()),
                 )
                 .map_err(|_| BuildError::DpopNonces)?,
             )),

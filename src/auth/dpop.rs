@@ -39,17 +39,21 @@ impl std::fmt::Debug for DpopVerifier {
 }
 
 impl DpopVerifier {
-    /// `nonces`: `bearer.dpop_nonce`.
+    /// `nonces`: `bearer.dpop_nonce`. `shared`: the first session secret, when there is
+    /// one: the nonce key is derived from it, so every replica with the same secrets
+    /// accepts the others' nonces; without it the key is random, for this process only
+    /// (README "DPoP-bound tokens").
     pub fn new(
         revocations: Revocations,
         nonces: bool,
+        shared: Option<&[u8; 32]>,
     ) -> Result<DpopVerifier, aws_lc_rs::error::Unspecified> {
         Ok(DpopVerifier {
             revocations,
-            nonces: if nonces {
-                Some(Nonces::new(NONCE_PERIOD)?)
-            } else {
-                None
+            nonces: match (nonces, shared) {
+                (false, _) => None,
+                (true, Some(secret)) => Some(Nonces::derived(secret, NONCE_PERIOD)?),
+                (true, None) => Some(Nonces::new(NONCE_PERIOD)?),
             },
         })
     }

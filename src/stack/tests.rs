@@ -228,7 +228,8 @@ fn harness_with(routes: &str) -> Harness {
             upstreams: &upstreams,
             metrics: &metrics,
             dpop: Some(&Arc::new(
-                crate::auth::dpop::DpopVerifier::new(Revocations::memory(100), false).unwrap(),
+                crate::auth::dpop::DpopVerifier::new(Revocations::memory(100), false, None)
+                    .unwrap(),
             )),
             public_url: config.server.public_url.as_ref(),
             tls: false,

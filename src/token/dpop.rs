@@ -361,6 +361,22 @@ impl Nonces {
         Ok(Nonces::with_key(&secret, period))
     }
 
+    /// Nonces under a key derived from a secret every replica shares (a session secret):
+    /// HKDF-SHA256 with a label of its own, so that a nonce one replica hands out is
+    /// accepted by the others, and the key says nothing of the secret (nor is it the key
+    /// of any other use of that secret).
+    pub fn derived(
+        secret: &[u8; 32],
+        period: Duration,
+    ) -> Result<Nonces, aws_lc_rs::error::Unspecified> {
+        use aws_lc_rs::hkdf;
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"portcullis DPoP nonce").extract(secret);
+        let mut key = [0u8; 32];
+        prk.expand(&[b"portcullis DPoP nonce HMAC key v1"], hkdf::HKDF_SHA256)?
+            .fill(&mut key)?;
+        Ok(Nonces::with_key(&key, period))
+    }
+
     pub fn with_key(secret: &[u8], period: Duration) -> Nonces {
         Nonces {
             key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret),

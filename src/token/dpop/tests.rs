@@ -355,6 +355,22 @@ fn claim_problems_are_refused() {
 }
 
 #[test]
+fn replicas_with_the_same_secret_accept_each_others_nonces() {
+    let period = Duration::from_secs(60);
+    let a = Nonces::derived(&[7u8; 32], period).unwrap();
+    let b = Nonces::derived(&[7u8; 32], period).unwrap();
+    let other = Nonces::derived(&[8u8; 32], period).unwrap();
+    let n = a.current(NOW);
+    assert!(b.accepts(&n, NOW) && b.accepts(&n, NOW + 60));
+    assert!(!other.accepts(&n, NOW));
+    // Not the HMAC of the secret used as a key directly (a key of its own).
+    assert!(!Nonces::with_key(&[7u8; 32], period).accepts(&n, NOW));
+    // Random keys (no shared secret): each process its own.
+    let r = Nonces::new(period).unwrap();
+    assert!(!Nonces::new(period).unwrap().accepts(&r.current(NOW), NOW));
+}
+
+#[test]
 fn nonces_rotate_and_are_accepted_for_a_window() {
     let n = Nonces::with_key(b"k", Duration::from_secs(60));
     let now = NOW;
