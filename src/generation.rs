@@ -220,6 +220,10 @@ impl Generation {
                     dpop: dpop.as_ref(),
                     public_url: config.server.public_url.as_ref(),
                     tls: config.server.tls.is_some(),
+                    client_cert_header: config
+                        .bearer
+                        .as_ref()
+                        .is_some_and(|b| b.client_cert_header),
                     asserter: asserter.as_ref(),
                     assertions: &assertions,
                 },

@@ -14,11 +14,12 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use http::HeaderMap;
 
+use super::client_cert::ClientCert;
 use crate::error::Refusal;
 use crate::identity::{Binding, Identity};
 use crate::revocation::{unix, FirstUse, ReplaySet, Revocations};
 use crate::token::dpop::{verify_proof, DpopRefusal, Nonces, ProofError, ProofRequest, MAX_AGE};
-use crate::token::TokenValidator;
+use crate::token::{TokenError, TokenValidator};
 
 /// How long a server nonce is handed out before the next one (each is accepted for up to
 /// two periods).
@@ -114,6 +115,8 @@ pub struct DpopRequest<'a> {
     pub path: &'a str,
     /// `Host` / `:authority` as the client sent it.
     pub authority: Option<&'a str>,
+    /// For a token bound to the DPoP key and a client certificate both.
+    pub client_cert: ClientCert<'a>,
 }
 
 fn refused(kind: DpopRefusal, nonce: Option<String>) -> Refusal {
@@ -175,11 +178,23 @@ pub async fn authenticate(
             refused(DpopRefusal::Token(e), nonce())
         }
     })?;
-    // §7.1 / §6.1: cnf.jkt is the thumbprint of the proof's key.
+    // §7.1 / §6.1: cnf.jkt is the thumbprint of the proof's key; a token bound to a
+    // client certificate too (RFC 8705 `x5t#S256`) needs that certificate as well.
     match identity.binding() {
-        Some(Binding::Dpop(jkt)) if jkt == proof.jkt => {}
-        Some(_) => return Err(refused(DpopRefusal::KeyMismatch, nonce())),
-        None => return Err(refused(DpopRefusal::NotBound, nonce())),
+        Some(b @ (Binding::Dpop(_) | Binding::Both { .. })) => {
+            if b.jkt() != Some(proof.jkt.as_str()) {
+                return Err(refused(DpopRefusal::KeyMismatch, nonce()));
+            }
+            if b.x5t().is_some_and(|x5t| !req.client_cert.matches(x5t)) {
+                return Err(refused(
+                    DpopRefusal::Token(TokenError::CertificateBinding),
+                    nonce(),
+                ));
+            }
+        }
+        Some(Binding::Certificate(_) | Binding::Unsupported) | None => {
+            return Err(refused(DpopRefusal::NotBound, nonce()))
+        }
     }
     // §11.1: each proof once, for as long as its iat is accepted.
     let until = UNIX_EPOCH

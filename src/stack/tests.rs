@@ -233,6 +233,7 @@ fn harness_with(routes: &str) -> Harness {
             )),
             public_url: config.server.public_url.as_ref(),
             tls: false,
+            client_cert_header: false,
             asserter: asserter.as_ref(),
             assertions: &assertions,
         },

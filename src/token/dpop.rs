@@ -441,7 +441,7 @@ pub enum DpopRefusal {
     #[error("no public URL for DPoP on this route")]
     NoUrl,
     /// `require_sender_constraint` and a plain bearer token (`invalid_token`).
-    #[error("route requires a DPoP-bound token")]
+    #[error("route requires a sender-constrained token")]
     Required,
     /// The access token itself (`invalid_token`).
     #[error("{0}")]
@@ -499,7 +499,9 @@ impl DpopRefusal {
             DpopRefusal::UseNonce => "a DPoP nonce is required",
             DpopRefusal::NotBound => "the token is not DPoP-bound",
             DpopRefusal::NoUrl => "DPoP is not available on this route",
-            DpopRefusal::Required => "this resource requires a DPoP-bound token",
+            DpopRefusal::Required => {
+                "this resource requires a sender-constrained (DPoP- or certificate-bound) token"
+            }
             DpopRefusal::Token(e) => e.description(),
         }
     }
