@@ -264,4 +264,33 @@ mod tests {
         // Neither: DPoP is refused on such a route.
         assert_eq!(HtuBase::for_route(None, None, true), None);
     }
+
+    #[test]
+    fn forward_auth_urls_lose_the_default_port() {
+        // Forward auth hands the original host without its port: the URL is the one of
+        // the scheme's default port, which an htu naming :443 (or :80) equals (RFC 9449
+        // §4.3, RFC 3986 §6.2.3).
+        let b = HtuBase::for_route(None, Some("api.example"), true).unwrap();
+        let u = b.url(Some("api.example"), "/orders/1").unwrap();
+        assert_eq!(u.as_str(), "https://api.example/orders/1");
+        let htu = url::Url::parse("https://API.example:443/orders/1").unwrap();
+        assert_eq!(
+            (htu.host(), htu.port_or_known_default()),
+            (u.host(), u.port_or_known_default())
+        );
+        let b = HtuBase::for_route(None, Some("api.example"), false).unwrap();
+        assert_eq!(
+            b.url(Some("api.example:80"), "/x").unwrap().as_str(),
+            "http://api.example/x"
+        );
+        // With public_url, the front proxy's origin, whatever the subrequest's Host.
+        let public = url::Url::parse("https://app.example.com:443/").unwrap();
+        let b = HtuBase::for_route(Some(&public), None, false).unwrap();
+        assert_eq!(
+            b.url(Some("portcullis.internal:4180"), "/orders/1")
+                .unwrap()
+                .as_str(),
+            "https://app.example.com/orders/1"
+        );
+    }
 }
