@@ -18,6 +18,7 @@ mod lifecycle;
 mod limits;
 mod login;
 mod login_browser;
+mod mtls;
 mod normalization;
 mod operate;
 mod parity;
