@@ -218,7 +218,7 @@ mod tests {
             &format!("Subject=\"unterminated;Hash={HEX}"),
             &format!("Subject=\"x\"y;Hash={HEX}"),
             &format!("Subject=a\"b;Hash={HEX}"),
-            &format!("Subject=\"ends in a backslash\\"),
+            "Subject=\"ends in a backslash\\",
             &format!("Hash={HEX};Subject=\"\\"),
         ] {
             assert_eq!(err(bad), XfccError::Malformed, "{bad:?}");
