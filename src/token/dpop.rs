@@ -337,9 +337,10 @@ pub fn verify_proof(proof: &str, req: &ProofRequest<'_>) -> Result<VerifiedProof
 
 /// Server-provided nonces (RFC 9449 §8): `base64url(period number ‖ HMAC-SHA256(key,
 /// period number))`. A new one every `period`; the current and the previous one are
-/// accepted, so a nonce lives between one and two periods. Stateless: nothing is stored;
-/// the key is random per process (another replica's nonce gets `use_dpop_nonce` and a
-/// fresh nonce, once).
+/// accepted, so a nonce lives between one and two periods. Stateless: nothing is stored.
+/// The key is derived from a secret the replicas share ([`Nonces::derived`], from the
+/// session secret), so each accepts the others' nonces; without one it is random per
+/// process (another replica's nonce then gets `use_dpop_nonce` and a fresh nonce, once).
 pub struct Nonces {
     key: aws_lc_rs::hmac::Key,
     period: u64,
