@@ -282,6 +282,19 @@ impl Harness {
         self.send_from(UNTRUSTED, req).await
     }
 
+    /// As over a TLS connection whose client certificate has the thumbprint `cert`.
+    async fn get_with_cert(&self, cert: &str, uri: &str, headers: &[(&str, &str)]) -> Resp {
+        let peer: SocketAddr = UNTRUSTED.parse().unwrap();
+        self.stack
+            .clone()
+            .oneshot(Arrival {
+                req: request(Method::GET, uri, headers),
+                conn: Arc::new(ConnInfo::new(peer, true).with_client_cert(Some(cert.into()))),
+            })
+            .await
+            .unwrap()
+    }
+
     async fn get(&self, uri: &str, headers: &[(&str, &str)]) -> Resp {
         self.send(request(Method::GET, uri, headers)).await
     }
@@ -896,6 +909,76 @@ async fn either_route_counts_a_dpop_authorization_as_a_token() {
                 ("authorization", &format!("Bearer {t}")),
             ],
         )
+        .await;
+    assert_eq!(r.status(), 401);
+    h.nothing_seen();
+}
+
+#[tokio::test]
+async fn certificate_bound_tokens_need_the_connections_certificate_and_double_bindings_both() {
+    use crate::testutil::TestKey;
+    use crate::token::dpop::{sha256_b64, thumbprint};
+    let h = harness();
+    let (x, y) = (sha256_b64(b"certificate x"), sha256_b64(b"certificate y"));
+    // Bound to a certificate only: the Bearer scheme, over a connection with it.
+    let mut c = claims("machine", "read");
+    c["cnf"] = json!({ "x5t#S256": x });
+    let t = token(c);
+    let auth = format!("Bearer {t}");
+    let r = h
+        .get_with_cert(&x, "/mixed", &[("authorization", &auth)])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.one_seen().headers["x-auth-request-user"], "machine");
+    for r in [
+        h.get_with_cert(&y, "/mixed", &[("authorization", &auth)])
+            .await,
+        h.get("/mixed", &[("authorization", &auth)]).await,
+    ] {
+        assert_eq!(r.status(), 401);
+        let www = header(&r, "www-authenticate");
+        assert!(
+            www.starts_with("Bearer realm=\"portcullis\", error=\"invalid_token\"")
+                && www.contains("certificate binding failed"),
+            "{www}"
+        );
+    }
+    h.nothing_seen();
+    // Bound to a DPoP key and a certificate: the proof and the certificate, both.
+    let key = TestKey::p256();
+    let mut jwk = key.jwk("k");
+    jwk.as_object_mut().unwrap().remove("kid");
+    let jkt = thumbprint(jwk.as_object().unwrap()).unwrap();
+    let mut c = claims("machine", "read");
+    c["cnf"] = json!({ "jkt": jkt, "x5t#S256": x });
+    let t = token(c);
+    let proof = |jti: &str| {
+        let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+        let claims = json!({"jti": jti, "htm": "GET", "htu": "https://app.test/mixed",
+            "iat": now_secs(), "ath": sha256_b64(t.as_bytes())});
+        forge(&header, &claims, |m| key.sign("ES256", m))
+    };
+    let auth = format!("DPoP {t}");
+    let p = proof("one");
+    let r = h
+        .get_with_cert(&x, "/mixed", &[("authorization", &auth), ("dpop", &p)])
+        .await;
+    assert_eq!(r.status(), 200);
+    h.one_seen();
+    let p = proof("two");
+    let r = h
+        .get_with_cert(&y, "/mixed", &[("authorization", &auth), ("dpop", &p)])
+        .await;
+    assert_eq!(r.status(), 401);
+    let www = header(&r, "www-authenticate");
+    assert!(
+        www.starts_with("DPoP realm=\"portcullis\", error=\"invalid_token\"")
+            && www.contains("certificate binding failed"),
+        "{www}"
+    );
+    // With the certificate but as Bearer (no proof of the key): refused.
+    let r = h
+        .get_with_cert(&x, "/mixed", &[("authorization", &format!("Bearer {t}"))])
         .await;
     assert_eq!(r.status(), 401);
     h.nothing_seen();
