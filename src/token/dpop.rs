@@ -189,24 +189,50 @@ pub fn sha256_b64(bytes: &[u8]) -> String {
 /// lexicographic order, no white space. `None` for a key type we do not accept.
 pub fn thumbprint(jwk: &Map<String, Value>) -> Option<String> {
     let s = |k: &str| jwk.get(k).and_then(Value::as_str);
-    // Values are base64url or fixed names; serde_json quotes them exactly as RFC 7638 asks.
-    let q = |v: &str| Value::from(v).to_string();
-    let canonical = match s("kty")? {
-        "EC" => format!(
-            r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#,
-            q(s("crv")?),
-            q(s("x")?),
-            q(s("y")?)
-        ),
-        "RSA" => format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, q(s("e")?), q(s("n")?)),
-        "OKP" => format!(
-            r#"{{"crv":{},"kty":"OKP","x":{}}}"#,
-            q(s("crv")?),
-            q(s("x")?)
-        ),
+    // One buffer, members written in order (on every DPoP request: no JSON value made).
+    let mut c =
+        String::with_capacity(64 + s("n").map_or(0, str::len) + s("x").map_or(0, str::len) * 2);
+    match s("kty")? {
+        "EC" => {
+            let (crv, x, y) = (s("crv")?, s("x")?, s("y")?);
+            c.push_str(r#"{"crv":"#);
+            push_quoted(&mut c, crv);
+            c.push_str(r#","kty":"EC","x":"#);
+            push_quoted(&mut c, x);
+            c.push_str(r#","y":"#);
+            push_quoted(&mut c, y);
+        }
+        "RSA" => {
+            let (e, n) = (s("e")?, s("n")?);
+            c.push_str(r#"{"e":"#);
+            push_quoted(&mut c, e);
+            c.push_str(r#","kty":"RSA","n":"#);
+            push_quoted(&mut c, n);
+        }
+        "OKP" => {
+            let (crv, x) = (s("crv")?, s("x")?);
+            c.push_str(r#"{"crv":"#);
+            push_quoted(&mut c, crv);
+            c.push_str(r#","kty":"OKP","x":"#);
+            push_quoted(&mut c, x);
+        }
         _ => return None,
-    };
-    Some(sha256_b64(canonical.as_bytes()))
+    }
+    c.push('}');
+    Some(sha256_b64(c.as_bytes()))
+}
+
+/// `v` as a JSON string, exactly as serde_json writes it (RFC 7638 §3: no white space,
+/// the JSON quoting of RFC 8259): as it is between quotes when nothing needs escaping (the
+/// base64url values and names of any real key), else by serde_json.
+fn push_quoted(out: &mut String, v: &str) {
+    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(v);
+        out.push('"');
+    } else {
+        out.push_str(&Value::from(v).to_string());
+    }
 }
 
 fn b64(part: &str) -> Result<Vec<u8>, ProofError> {

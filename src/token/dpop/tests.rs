@@ -82,6 +82,20 @@ fn rfc7638_thumbprint_example() {
         thumbprint(json!({"kty": "oct", "k": "x"}).as_object().unwrap()),
         None
     );
+    // Values that need JSON escaping are quoted as serde_json quotes them.
+    let odd = "a\"b\\c\u{1}d é";
+    let want = format!(
+        r#"{{"crv":"P-256","kty":"EC","x":{},"y":"y"}}"#,
+        serde_json::Value::from(odd)
+    );
+    assert_eq!(
+        thumbprint(
+            json!({"kty": "EC", "crv": "P-256", "x": odd, "y": "y"})
+                .as_object()
+                .unwrap()
+        ),
+        Some(sha256_b64(want.as_bytes()))
+    );
 }
 
 #[test]
