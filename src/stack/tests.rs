@@ -915,6 +915,59 @@ async fn either_route_counts_a_dpop_authorization_as_a_token() {
 }
 
 #[tokio::test]
+async fn forward_auth_checks_a_dpop_proof_against_the_original_url() {
+    use crate::testutil::TestKey;
+    use crate::token::dpop::{sha256_b64, thumbprint};
+    let h = harness();
+    let key = TestKey::p256();
+    let mut jwk = key.jwk("k");
+    jwk.as_object_mut().unwrap().remove("kid");
+    let jkt = thumbprint(jwk.as_object().unwrap()).unwrap();
+    let mut c = claims("machine", "read");
+    c["cnf"] = json!({ "jkt": jkt });
+    let t = token(c);
+    let auth = format!("DPoP {t}");
+    let proof = |htu: &str, jti: &str| {
+        let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+        let claims = json!({"jti": jti, "htm": "GET", "htu": htu, "iat": now_secs(),
+            "ath": sha256_b64(t.as_bytes())});
+        forge(&header, &claims, |m| key.sign("ES256", m))
+    };
+    let h = &h;
+    let check = |htu: &str, jti: &str| {
+        let p = proof(htu, jti);
+        let auth = auth.clone();
+        async move {
+            h.send_from(
+                TRUSTED,
+                request(
+                    Method::GET,
+                    "/oauth2/auth",
+                    &[
+                        ("x-forwarded-uri", "/mixed?page=2"),
+                        ("x-forwarded-method", "GET"),
+                        ("authorization", &auth),
+                        ("dpop", &p),
+                    ],
+                ),
+            )
+            .await
+            .status()
+            .as_u16()
+        }
+    };
+    // The original URL (public_url's origin and the forwarded path, no query), with or
+    // without the scheme's default port.
+    assert_eq!(check("https://app.test/mixed", "a").await, 202);
+    assert_eq!(check("https://app.test:443/mixed", "b").await, 202);
+    // Not the subrequest's own URL, nor another port or scheme.
+    assert_eq!(check("https://app.test/oauth2/auth", "c").await, 401);
+    assert_eq!(check("https://app.test:8443/mixed", "d").await, 401);
+    assert_eq!(check("http://app.test/mixed", "e").await, 401);
+    h.nothing_seen();
+}
+
+#[tokio::test]
 async fn certificate_bound_tokens_need_the_connections_certificate_and_double_bindings_both() {
     use crate::testutil::TestKey;
     use crate::token::dpop::{sha256_b64, thumbprint};
