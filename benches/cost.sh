@@ -15,6 +15,12 @@
 #             this target is asked for does the config get this route (last) and
 #             [assertion] on: the other targets of such a run then share a config with one
 #             more route and the JWKS path check (a comparison a request).
+#   bearer-dpop  portcullis, route /dpop: as bearer (scopes), with the same DPoP-bound
+#             token (RFC 9449, cnf.jkt) on every request and a fresh proof each (ES256,
+#             distinct jti), made by bench_env just before the measured requests (after
+#             the proxy is ready, so their iat is within the 60 s window): the DPoP check
+#             (proof signature and claims, binding, jti replay set) beside the token-cache
+#             hit. Only when asked for does the config get this route (last).
 #
 # Method: for each target and each tool, the proxy is started fresh twice, once for a run
 # of SMALL and once for a run of LARGE keep-alive requests over C connections (each
@@ -34,7 +40,8 @@
 # runs except the number of /readyz polls, which is printed per run.
 #
 #   benches/cost.sh [--requests-small 400] [--requests-large 4400] [--connections 8]
-#                   [--targets nginx,public,bearer,session[,bearer-assert]] [--keep DIR]
+#                   [--targets nginx,public,bearer,session[,bearer-assert][,bearer-dpop]]
+#                   [--keep DIR]
 #                   [--log warn]
 #
 # --keep DIR: where the callgrind and strace outputs are kept (default: a new directory
@@ -98,14 +105,15 @@ if [ $((SMALL % CONNS)) != 0 ] || [ $((LARGE % CONNS)) != 0 ]; then
   echo "request counts must be multiples of --connections" >&2; exit 2
 fi
 IFS=, read -r -a TARGET_LIST <<< "$TARGETS"
-NEED_PC="" NEED_LOGIN="" NEED_ASSERT=""
+NEED_PC="" NEED_LOGIN="" NEED_ASSERT="" NEED_DPOP=""
 for t in "${TARGET_LIST[@]}"; do
   case "$t" in
     nginx) ;;
     public|bearer) NEED_PC=1 ;;
     session) NEED_PC=1 NEED_LOGIN=1 ;;
     bearer-assert) NEED_PC=1 NEED_ASSERT=1 ;;
-    *) echo "unknown target $t (nginx, public, bearer, session, bearer-assert)" >&2; exit 2 ;;
+    bearer-dpop) NEED_PC=1 NEED_DPOP=1 ;;
+    *) echo "unknown target $t (nginx, public, bearer, session, bearer-assert, bearer-dpop)" >&2; exit 2 ;;
   esac
 done
 
@@ -190,6 +198,10 @@ if [ -n "$NEED_PC" ]; then
   [ "$word" = ready ] || die "bench_env: $word $ISSUER $AUDIENCE"
   env_cmd token "$DIR/token"
   echo "Bearer $(cat "$DIR/token")" > "$DIR/authorization"
+  if [ -n "$NEED_DPOP" ]; then
+    env_cmd dpop-token "$DIR/dpop-token"
+    echo "DPoP $(cat "$DIR/dpop-token")" > "$DIR/dpop-authorization"
+  fi
 
   SECRET=$(head -c 32 /dev/urandom | base64)
   # The shape of benches/load.sh's config, one worker. idle_timeout 8h: the session is
@@ -247,6 +259,16 @@ scopes = ["read:items"]
 assertion = true
 CONF
   fi
+  if [ -n "$NEED_DPOP" ]; then
+    cat >> "$DIR/portcullis.toml" <<CONF
+[[route]]
+name = "dpop"
+path = "/dpop"
+upstream = "app"
+auth = "bearer"
+scopes = ["read:items"]
+CONF
+  fi
   "$BIN" check --config "$DIR/portcullis.toml" >/dev/null || die "portcullis check refused the generated config"
 fi
 
@@ -281,6 +303,11 @@ if [ -n "$NEED_PC" ]; then
     expect "the assertion keys" 200 "http://127.0.0.1:$PC/.well-known/portcullis/jwks.json"
     grep -q '"kid"' "$DIR/body" || die "the JWKS has no kid: $(head -c 300 "$DIR/body")"
   fi
+  if [ -n "$NEED_DPOP" ]; then
+    expect "DPoP without a proof" 401 "http://127.0.0.1:$PC/dpop/x" -H "Authorization: $(cat "$DIR/dpop-authorization")"
+    env_cmd dpop-proofs 1 "http://127.0.0.1:$PC/dpop/x" "$DIR/dpop-token" "$DIR/proofs"
+    expect "DPoP with a proof" 200 "http://127.0.0.1:$PC/dpop/x" -H "Authorization: $(cat "$DIR/dpop-authorization")" -H "DPoP: $(cat "$DIR/proofs")"
+  fi
   if [ -n "$NEED_LOGIN" ]; then
     env_cmd login "http://127.0.0.1:$PC" /app/x "$DIR/cookie"
     expect "session without a cookie" 401 "http://127.0.0.1:$PC/app/x"
@@ -300,7 +327,7 @@ alive() { kill -0 "$1" 2>/dev/null; }
 # with SIGTERM; appends "TARGET TOOL N TOTAL POLLS SECONDS" to $DIR/results
 run() {
   local target=$1 tool=$2 n=$3
-  local rd=$DIR/run.$target.$tool.$n port path hdr=() cmd=() wrap=() polls=0 t0 t1
+  local rd=$DIR/run.$target.$tool.$n port path hdr=() extra=() cmd=() wrap=() polls=0 t0 t1
   CUR_RUN=$rd
   mkdir -p "$rd"
   case "$target" in
@@ -311,6 +338,7 @@ run() {
     public) path=/pub/x ;;
     bearer) path=/api/x hdr=(Authorization "$DIR/authorization") ;;
     bearer-assert) path=/asserted/x hdr=(Authorization "$DIR/authorization") ;;
+    bearer-dpop) path=/dpop/x hdr=(Authorization "$DIR/dpop-authorization") extra=(--per-request DPoP "$rd/proofs") ;;
     session) path=/app/x hdr=(Cookie "$DIR/cookie") ;;
   esac
   case "$tool" in
@@ -345,14 +373,18 @@ run() {
     polls=$(pc_ready 600) || die "$target under $tool: /readyz not 200 after 600 s"
     expect "$target under $tool: ping" 200 "http://127.0.0.1:$PC/oauth2/ping"
   fi
-  python3 "$CLIENT" "$port" "$path" "$n" "$CONNS" "${hdr[@]}" --expect-body "$BODY" > "$rd/client.out" 2> "$rd/client.err" \
+  if [ "$target" = bearer-dpop ]; then
+    # Fresh proofs for this run, made now (the proxy is ready): iat within the window.
+    env_cmd dpop-proofs "$n" "http://127.0.0.1:$PC/dpop/x" "$DIR/dpop-token" "$rd/proofs"
+  fi
+  python3 "$CLIENT" "$port" "$path" "$n" "$CONNS" "${hdr[@]}" "${extra[@]}" --expect-body "$BODY" > "$rd/client.out" 2> "$rd/client.err" \
     || die "$target under $tool, $n requests: $(cat "$rd/client.err")"
   if [ "$target" != nginx ]; then
     curl -sf "http://127.0.0.1:$AD/metrics" > "$rd/metrics" || die "$target: no /metrics"
     local bad hits
     bad=$(awk '/^portcullis_requests_total/ && !/status="2xx"/ {s += $2} END {print s + 0}' "$rd/metrics")
     [ "$bad" = 0 ] || die "$target under $tool: portcullis counted $bad non-2xx answers"
-    if [ "$target" = bearer ] || [ "$target" = bearer-assert ]; then
+    if [ "$target" = bearer ] || [ "$target" = bearer-assert ] || [ "$target" = bearer-dpop ]; then
       hits=$(awk '$1 == "portcullis_token_cache_hits_total" {print $2}' "$rd/metrics")
       [ "${hits:-0}" -ge $((n - 1)) ] || die "bearer under $tool: ${hits:-0} token-cache hits for $n requests"
     fi
@@ -442,8 +474,11 @@ if "session" in per and "public" in per:
     goal("session - public instructions/request", ins("session") - ins("public"), "<=", 8000, "{:,.0f}")
 if "bearer-assert" in per and "bearer" in per:
     goal("bearer-assert - bearer instructions/req", ins("bearer-assert") - ins("bearer"), "<=", 5000, "{:,.0f}")
+if "bearer-dpop" in per and "bearer" in per:
+    # No target set: the DPoP check's cost, measured (issue 17).
+    print(f"{'bearer-dpop - bearer instructions/req':<40}{ins('bearer-dpop') - ins('bearer'):>10,.0f}   (the DPoP check)")
 if "nginx" in per:
-    for t in ("public", "bearer", "session", "bearer-assert"):
+    for t in ("public", "bearer", "session", "bearer-assert", "bearer-dpop"):
         if t in per:
             goal(f"{t} syscalls/request (nginx's {sysc('nginx'):.2f})", sysc(t), "<=", sysc("nginx"), "{:.2f}")
 PY

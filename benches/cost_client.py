@@ -2,11 +2,14 @@
 """Load client of benches/cost.sh: exactly N keep-alive GETs over C connections.
 
     cost_client.py PORT PATH N C [HEADER_NAME HEADER_FILE] [--expect-body TEXT]
+                   [--per-request NAME FILE]
 
 Opens C connections to 127.0.0.1:PORT (all of them before the first request), then
 sends N/C GETs of PATH on each, one after the other per connection (the connections run
 side by side), with the header HEADER_NAME whose value is the first line of HEADER_FILE
-(e.g. Authorization / Cookie). Every answer must be 200, carry the body TEXT when
+(e.g. Authorization / Cookie). --per-request: also the header NAME, a different value on
+each request, the lines of FILE in turn (at least N lines; read before the first request,
+e.g. pre-made DPoP proofs). Every answer must be 200, carry the body TEXT when
 given and no Set-Cookie (a session must not be re-sealed), and every connection must
 stay open for all its requests (keep-alive): a reconnection, a non-200 answer, a short
 count or a timeout exits with status 1 and says why. Prints "ok N" on success.
@@ -37,7 +40,15 @@ def main():
         i = args.index("--expect-body")
         body = args[i + 1].encode()
         del args[i : i + 2]
+    per_request = None
+    if "--per-request" in args:
+        i = args.index("--per-request")
+        with open(args[i + 2]) as f:
+            per_request = (args[i + 1], [line.strip() for line in f if line.strip()])
+        del args[i : i + 3]
     port, path, n, conns = int(args[0]), args[1], int(args[2]), int(args[3])
+    if per_request is not None and len(per_request[1]) < n:
+        sys.exit(f"cost_client: {len(per_request[1])} lines in the --per-request file, {n} needed")
     headers = {}
     if len(args) >= 6:
         with open(args[5]) as f:
@@ -59,8 +70,11 @@ def main():
             return
         try:
             ready.wait()
+            mine = dict(headers)
             for k in range(per):
-                c.request("GET", path, headers=headers)
+                if per_request is not None:
+                    mine[per_request[0]] = per_request[1][i * per + k]
+                c.request("GET", path, headers=mine)
                 r = c.getresponse()
                 data = r.read()
                 if r.status != 200:

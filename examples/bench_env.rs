@@ -8,6 +8,11 @@
 //!   token FILE                 -> one valid access token (the cached-bearer token) in FILE
 //!   mint N FILE                -> N distinct, valid, never-used access tokens, one a line
 //!                                 (signed on all cores); answers: ok N <seconds>
+//!   dpop-token FILE            -> one valid DPoP-bound access token (RFC 9449: `cnf.jkt` of
+//!                                 this process's ES256 proof key) in FILE
+//!   dpop-proofs N HTU TOKEN_FILE FILE
+//!                              -> N fresh DPoP proofs (distinct `jti`, `iat` now) of GET
+//!                                 HTU for the token in TOKEN_FILE, one a line
 //!   login PROXY_URL PATH FILE  -> browser login as alice through PROXY_URL (a portcullis
 //!                                 whose provider is this one), landing on PATH; writes the
 //!                                 `Cookie` header value of the session to FILE
@@ -34,6 +39,95 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use portcullis::dev_idp::{DevIdp, DevIdpConfig, Lifetimes, SigningAlg, MACHINE_CLIENT_ID};
 use serde_json::json;
+
+/// The DPoP key of this process (ES256) and its public JWK.
+struct DpopKey {
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+    jwk: serde_json::Map<String, serde_json::Value>,
+}
+
+impl DpopKey {
+    fn new() -> Result<DpopKey, String> {
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let alg = &ECDSA_P256_SHA256_FIXED_SIGNING;
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(|e| e.to_string())?;
+        let pair = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref()).map_err(|e| e.to_string())?;
+        // Uncompressed point: 0x04 || x || y.
+        let point = pair.public_key().as_ref().to_vec();
+        let jwk = json!({"kty": "EC", "crv": "P-256",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65])});
+        Ok(DpopKey {
+            pair,
+            jwk: jwk.as_object().cloned().unwrap_or_default(),
+        })
+    }
+
+    fn jkt(&self) -> Result<String, String> {
+        portcullis::token::dpop::thumbprint(&self.jwk).ok_or_else(|| "no thumbprint".into())
+    }
+
+    /// A proof of GET `htu` for `token`, numbered `n`.
+    fn proof(&self, htu: &str, token: &str, run: &str, n: usize) -> Result<String, String> {
+        let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk});
+        let claims = json!({"jti": format!("{run}-{n}"), "htm": "GET", "htu": htu,
+            "iat": now(), "ath": portcullis::token::dpop::sha256_b64(token.as_bytes())});
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let sig = self
+            .pair
+            .sign(&rng, input.as_bytes())
+            .map_err(|e| e.to_string())?;
+        Ok(format!("{input}.{}", b64(sig.as_ref())))
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A valid access token bound to `key` (`cnf.jkt`).
+fn dpop_token(idp: &DevIdp, run: &str, key: &DpopKey) -> Result<String, String> {
+    let iat = now();
+    let claims = json!({
+        "iss": idp.issuer(),
+        "sub": "bench-dpop",
+        "aud": idp.audience(),
+        "client_id": MACHINE_CLIENT_ID,
+        "scope": "read:items",
+        "iat": iat,
+        "exp": iat + 3600,
+        "jti": format!("{run}-dpop"),
+        "cnf": {"jkt": key.jkt()?},
+    });
+    idp.sign_jwt("at+jwt", &claims).map_err(|e| e.to_string())
+}
+
+/// `n` proofs of GET `htu` for the token in `token_file`, one a line, into `file`.
+fn dpop_proofs(
+    key: &DpopKey,
+    run: &str,
+    n: usize,
+    htu: &str,
+    token_file: &str,
+    file: &str,
+) -> Result<String, String> {
+    let token = std::fs::read_to_string(token_file).map_err(|e| format!("{token_file}: {e}"))?;
+    let token = token.trim();
+    let mut out = String::with_capacity(n * 600);
+    for _ in 0..n {
+        let k = SERIAL.fetch_add(1, Ordering::Relaxed) as usize;
+        out.push_str(&key.proof(htu, token, run, k)?);
+        out.push('\n');
+    }
+    std::fs::write(file, out).map_err(|e| format!("{file}: {e}"))?;
+    Ok(n.to_string())
+}
 
 /// Distinct across all `mint` and `token` commands of one process.
 static SERIAL: AtomicU64 = AtomicU64::new(0);
@@ -304,6 +398,13 @@ fn main() {
             .map(|d| d.as_nanos())
             .unwrap_or_default()
     );
+    let dpop_key = match DpopKey::new() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("bench_env: DPoP key: {e}");
+            std::process::exit(1);
+        }
+    };
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "ready {} {}", idp.issuer(), idp.audience());
     let _ = stdout.flush();
@@ -319,6 +420,15 @@ fn main() {
                 .map(|_| String::new()),
             ["mint", n, file] => match n.parse::<usize>() {
                 Ok(n) => mint(&idp, &run, n, file),
+                Err(_) => Err(format!("not a count: {n}")),
+            },
+            ["dpop-token", file] => dpop_token(&idp, &run, &dpop_key)
+                .and_then(|t| {
+                    std::fs::write(file, format!("{t}\n")).map_err(|e| format!("{file}: {e}"))
+                })
+                .map(|_| String::new()),
+            ["dpop-proofs", n, htu, token_file, file] => match n.parse::<usize>() {
+                Ok(n) => dpop_proofs(&dpop_key, &run, n, htu, token_file, file),
                 Err(_) => Err(format!("not a count: {n}")),
             },
             ["login", proxy, path, file] => rt

@@ -29,6 +29,9 @@ pub struct ConnInfo {
     /// The peer's address as a header value (`X-Forwarded-For`, `X-Real-IP`), formatted
     /// once per connection rather than once per request.
     peer_ip_value: HeaderValue,
+    /// The SHA-256 thumbprint (base64url) of the client certificate the peer presented in
+    /// the TLS handshake (RFC 8705 `x5t#S256`), made once per connection.
+    client_cert: Option<Box<str>>,
 }
 
 impl ConnInfo {
@@ -39,7 +42,19 @@ impl ConnInfo {
             tls,
             peer_ip_value: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            client_cert: None,
         }
+    }
+
+    /// With the thumbprint of the client certificate of the TLS handshake.
+    pub fn with_client_cert(mut self, thumbprint: Option<Box<str>>) -> ConnInfo {
+        self.client_cert = thumbprint;
+        self
+    }
+
+    /// base64url(SHA-256(DER)) of the TLS client certificate, when one was presented.
+    pub fn client_cert(&self) -> Option<&str> {
+        self.client_cert.as_deref()
     }
 
     /// The peer's IP, IPv4-mapped IPv6 addresses as IPv4.

@@ -113,6 +113,7 @@ impl Router {
                 dpop: None,
                 public_url: None,
                 tls: false,
+                client_cert_header: false,
             },
         )
         .map_err(|e| e.to_string())?;

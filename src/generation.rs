@@ -189,6 +189,11 @@ impl Generation {
                 DpopVerifier::new(
                     revocations.clone(),
                     config.bearer.as_ref().is_some_and(|b| b.dpop_nonce),
+                    config
+                        .session
+                        .as_ref()
+                        .and_then(|s| s.secrets.first())
+                        .map(|s| s.expose()),
                 )
                 .map_err(|_| BuildError::DpopNonces)?,
             )),
@@ -215,6 +220,10 @@ impl Generation {
                     dpop: dpop.as_ref(),
                     public_url: config.server.public_url.as_ref(),
                     tls: config.server.tls.is_some(),
+                    client_cert_header: config
+                        .bearer
+                        .as_ref()
+                        .is_some_and(|b| b.client_cert_header),
                     asserter: asserter.as_ref(),
                     assertions: &assertions,
                 },

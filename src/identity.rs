@@ -36,7 +36,8 @@ pub struct Identity {
     /// When the identity stops being valid (`exp`).
     pub expires_at: Option<SystemTime>,
     /// What the token's `cnf` claim (RFC 7800) binds it to: 0 nothing, 1 a DPoP key (its
-    /// 43-character `jkt` ends `text`), 2 something not verified here. In a byte of padding:
+    /// 43-character `jkt` ends `text`), 2 something not verified here, 3 a client
+    /// certificate (its `x5t#S256` ends `text`), 4 both (`jkt` then `x5t#S256`). In a byte of padding:
     /// the identity stays as small as before (see [`Identity::binding`]).
     binding: u8,
     /// Its identity headers as last rendered (by `auth::identity_headers`), so that an
@@ -50,20 +51,61 @@ pub struct Identity {
 pub enum Binding<'a> {
     /// RFC 9449 §6.1 `cnf.jkt`: the base64url SHA-256 thumbprint (RFC 7638) of the DPoP key.
     Dpop(&'a str),
-    /// Another confirmation method (`x5t#S256`, RFC 8705, is not verified here) or a
-    /// malformed `cnf`: never accepted.
+    /// RFC 8705 §3.1 `cnf.x5t#S256`: the base64url SHA-256 of the client certificate (DER).
+    Certificate(&'a str),
+    /// Both: the request needs the DPoP proof and the client certificate.
+    Both { jkt: &'a str, x5t: &'a str },
+    /// Another confirmation method or a malformed `cnf`: never accepted.
     Unsupported,
 }
 
-impl Binding<'_> {
-    /// The binding a `cnf` claim value states.
+/// A SHA-256 thumbprint is 43 base64url characters.
+const THUMBPRINT_LEN: usize = 43;
+
+fn thumbprint(v: &serde_json::Value) -> Option<&str> {
+    v.as_str().filter(|t| {
+        t.len() == THUMBPRINT_LEN
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+impl<'a> Binding<'a> {
+    /// The binding a `cnf` claim value states: `jkt`, `x5t#S256` or both, and nothing
+    /// else (a member not verified here makes the whole `cnf` unsupported).
     pub fn from_cnf(cnf: &serde_json::Value) -> Binding<'_> {
-        match cnf.get("jkt").and_then(serde_json::Value::as_str) {
-            // A SHA-256 thumbprint is 43 base64url characters.
-            Some(jkt) if cnf.as_object().is_some_and(|o| o.len() == 1) && jkt.len() == 43 => {
-                Binding::Dpop(jkt)
+        let Some(o) = cnf.as_object() else {
+            return Binding::Unsupported;
+        };
+        let (mut jkt, mut x5t) = (None, None);
+        for (k, v) in o {
+            match (k.as_str(), thumbprint(v)) {
+                ("jkt", Some(t)) => jkt = Some(t),
+                ("x5t#S256", Some(t)) => x5t = Some(t),
+                _ => return Binding::Unsupported,
             }
-            _ => Binding::Unsupported,
+        }
+        match (jkt, x5t) {
+            (Some(jkt), None) => Binding::Dpop(jkt),
+            (None, Some(x5t)) => Binding::Certificate(x5t),
+            (Some(jkt), Some(x5t)) => Binding::Both { jkt, x5t },
+            (None, None) => Binding::Unsupported,
+        }
+    }
+
+    /// The DPoP key's thumbprint the token is bound to.
+    pub fn jkt(&self) -> Option<&'a str> {
+        match *self {
+            Binding::Dpop(j) | Binding::Both { jkt: j, .. } => Some(j),
+            _ => None,
+        }
+    }
+
+    /// The client certificate's thumbprint the token is bound to.
+    pub fn x5t(&self) -> Option<&'a str> {
+        match *self {
+            Binding::Certificate(x) | Binding::Both { x5t: x, .. } => Some(x),
+            _ => None,
         }
     }
 }
@@ -178,46 +220,71 @@ impl Identity {
         }
     }
 
-    /// The `jkt` kept at the end of `text` (RFC 7638 SHA-256 thumbprint, base64url).
-    const JKT_LEN: usize = 43;
+    /// The `jkt` / `x5t#S256` kept at the end of `text` (SHA-256 thumbprints, base64url).
+    const JKT_LEN: usize = THUMBPRINT_LEN;
 
-    /// The key the token is bound to (its `cnf` claim), if any: such a token is accepted
-    /// only with a proof of that key (RFC 9449), never as a plain bearer token.
+    /// How many bytes of thumbprints end `text`.
+    fn suffix_len(&self) -> usize {
+        match self.binding {
+            1 | 3 => Self::JKT_LEN,
+            4 => 2 * Self::JKT_LEN,
+            _ => 0,
+        }
+    }
+
+    /// The key or certificate the token is bound to (its `cnf` claim), if any: such a
+    /// token is accepted only with a proof of that key (RFC 9449) or over a connection
+    /// with that certificate (RFC 8705).
     pub fn binding(&self) -> Option<Binding<'_>> {
+        // The n-th thumbprint from the end.
+        let tail = |n: usize| {
+            let end = self.text.len().saturating_sub((n - 1) * Self::JKT_LEN);
+            self.text
+                .get(end.saturating_sub(Self::JKT_LEN)..end)
+                .unwrap_or("")
+        };
         match self.binding {
             0 => None,
-            1 => Some(Binding::Dpop(
-                self.text
-                    .get(self.text.len().saturating_sub(Self::JKT_LEN)..)
-                    .unwrap_or(""),
-            )),
+            1 => Some(Binding::Dpop(tail(1))),
+            3 => Some(Binding::Certificate(tail(1))),
+            4 => Some(Binding::Both {
+                jkt: tail(2),
+                x5t: tail(1),
+            }),
             _ => Some(Binding::Unsupported),
         }
     }
 
     /// Records the token's binding (once, when the identity is built).
     pub fn set_binding(&mut self, b: Option<Binding<'_>>) {
-        if self.binding == 1 {
-            let keep = self.text.len() - Self::JKT_LEN;
-            self.text = self.text[..keep].into();
-        }
+        let keep = self.text.len() - self.suffix_len();
+        let mut t = String::with_capacity(keep + 2 * Self::JKT_LEN);
+        t.push_str(&self.text[..keep]);
+        let ok = |x: &str| x.len() == Self::JKT_LEN;
         self.binding = match b {
             None => 0,
-            Some(Binding::Dpop(jkt)) if jkt.len() == Self::JKT_LEN => {
-                let mut t = String::with_capacity(self.text.len() + jkt.len());
-                t.push_str(&self.text);
+            Some(Binding::Dpop(jkt)) if ok(jkt) => {
                 t.push_str(jkt);
-                self.text = t.into_boxed_str();
                 1
+            }
+            Some(Binding::Certificate(x5t)) if ok(x5t) => {
+                t.push_str(x5t);
+                3
+            }
+            Some(Binding::Both { jkt, x5t }) if ok(jkt) && ok(x5t) => {
+                t.push_str(jkt);
+                t.push_str(x5t);
+                4
             }
             Some(_) => 2,
         };
+        self.text = t.into_boxed_str();
     }
 
     fn part(&self, i: usize) -> &str {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         let end = if i == 3 {
-            self.text.len() - if self.binding == 1 { Self::JKT_LEN } else { 0 }
+            self.text.len() - self.suffix_len()
         } else {
             self.ends[i] as usize
         };
@@ -344,6 +411,52 @@ mod tests {
         none.set_binding(Some(Binding::Dpop(jkt)));
         assert_eq!(none.name(), None);
         assert_eq!(none.binding(), Some(Binding::Dpop(jkt)));
+    }
+
+    #[test]
+    fn certificate_and_double_bindings_read_back() {
+        let jkt = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
+        let x5t = "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2";
+        let mut id = Identity::new("i".into(), "sub", Some("a@b.c"), Some("u"), Some("Name"));
+        id.set_binding(Some(Binding::Certificate(x5t)));
+        assert_eq!(id.binding(), Some(Binding::Certificate(x5t)));
+        assert_eq!(id.name(), Some("Name"));
+        id.set_binding(Some(Binding::Both { jkt, x5t }));
+        let b = id.binding().unwrap();
+        assert_eq!((b.jkt(), b.x5t()), (Some(jkt), Some(x5t)));
+        assert_eq!(id.name(), Some("Name"));
+        id.set_binding(None);
+        assert_eq!((id.binding(), id.name()), (None, Some("Name")));
+    }
+
+    #[test]
+    fn cnf_members_decide_the_binding() {
+        let jkt = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
+        let x5t = "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2";
+        assert_eq!(
+            Binding::from_cnf(&serde_json::json!({ "jkt": jkt })),
+            Binding::Dpop(jkt)
+        );
+        assert_eq!(
+            Binding::from_cnf(&serde_json::json!({ "x5t#S256": x5t })),
+            Binding::Certificate(x5t)
+        );
+        assert_eq!(
+            Binding::from_cnf(&serde_json::json!({ "x5t#S256": x5t, "jkt": jkt })),
+            Binding::Both { jkt, x5t }
+        );
+        // Anything not verified here, or malformed, is never accepted.
+        for cnf in [
+            serde_json::json!({}),
+            serde_json::json!({ "jwk": { "kty": "EC" } }),
+            serde_json::json!({ "x5t#S256": x5t, "kid": "k" }),
+            serde_json::json!({ "x5t#S256": "short" }),
+            serde_json::json!({ "x5t#S256": format!("{}+", &x5t[..42]) }),
+            serde_json::json!({ "jkt": 1 }),
+            serde_json::json!("jkt"),
+        ] {
+            assert_eq!(Binding::from_cnf(&cnf), Binding::Unsupported, "{cnf}");
+        }
     }
 
     #[test]

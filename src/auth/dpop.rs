@@ -14,11 +14,12 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use http::HeaderMap;
 
+use super::client_cert::ClientCert;
 use crate::error::Refusal;
 use crate::identity::{Binding, Identity};
 use crate::revocation::{unix, FirstUse, ReplaySet, Revocations};
 use crate::token::dpop::{verify_proof, DpopRefusal, Nonces, ProofError, ProofRequest, MAX_AGE};
-use crate::token::TokenValidator;
+use crate::token::{TokenError, TokenValidator};
 
 /// How long a server nonce is handed out before the next one (each is accepted for up to
 /// two periods).
@@ -39,17 +40,21 @@ impl std::fmt::Debug for DpopVerifier {
 }
 
 impl DpopVerifier {
-    /// `nonces`: `bearer.dpop_nonce`.
+    /// `nonces`: `bearer.dpop_nonce`. `shared`: the first session secret, when there is
+    /// one: the nonce key is derived from it, so every replica with the same secrets
+    /// accepts the others' nonces; without it the key is random, for this process only
+    /// (README "DPoP-bound tokens").
     pub fn new(
         revocations: Revocations,
         nonces: bool,
+        shared: Option<&[u8; 32]>,
     ) -> Result<DpopVerifier, aws_lc_rs::error::Unspecified> {
         Ok(DpopVerifier {
             revocations,
-            nonces: if nonces {
-                Some(Nonces::new(NONCE_PERIOD)?)
-            } else {
-                None
+            nonces: match (nonces, shared) {
+                (false, _) => None,
+                (true, Some(secret)) => Some(Nonces::derived(secret, NONCE_PERIOD)?),
+                (true, None) => Some(Nonces::new(NONCE_PERIOD)?),
             },
         })
     }
@@ -110,6 +115,8 @@ pub struct DpopRequest<'a> {
     pub path: &'a str,
     /// `Host` / `:authority` as the client sent it.
     pub authority: Option<&'a str>,
+    /// For a token bound to the DPoP key and a client certificate both.
+    pub client_cert: ClientCert<'a>,
 }
 
 fn refused(kind: DpopRefusal, nonce: Option<String>) -> Refusal {
@@ -171,11 +178,23 @@ pub async fn authenticate(
             refused(DpopRefusal::Token(e), nonce())
         }
     })?;
-    // §7.1 / §6.1: cnf.jkt is the thumbprint of the proof's key.
+    // §7.1 / §6.1: cnf.jkt is the thumbprint of the proof's key; a token bound to a
+    // client certificate too (RFC 8705 `x5t#S256`) needs that certificate as well.
     match identity.binding() {
-        Some(Binding::Dpop(jkt)) if jkt == proof.jkt => {}
-        Some(_) => return Err(refused(DpopRefusal::KeyMismatch, nonce())),
-        None => return Err(refused(DpopRefusal::NotBound, nonce())),
+        Some(b @ (Binding::Dpop(_) | Binding::Both { .. })) => {
+            if b.jkt() != Some(proof.jkt.as_str()) {
+                return Err(refused(DpopRefusal::KeyMismatch, nonce()));
+            }
+            if b.x5t().is_some_and(|x5t| !req.client_cert.matches(x5t)) {
+                return Err(refused(
+                    DpopRefusal::Token(TokenError::CertificateBinding),
+                    nonce(),
+                ));
+            }
+        }
+        Some(Binding::Certificate(_) | Binding::Unsupported) | None => {
+            return Err(refused(DpopRefusal::NotBound, nonce()))
+        }
     }
     // §11.1: each proof once, for as long as its iat is accepted.
     let until = UNIX_EPOCH
@@ -244,5 +263,34 @@ mod tests {
         );
         // Neither: DPoP is refused on such a route.
         assert_eq!(HtuBase::for_route(None, None, true), None);
+    }
+
+    #[test]
+    fn forward_auth_urls_lose_the_default_port() {
+        // Forward auth hands the original host without its port: the URL is the one of
+        // the scheme's default port, which an htu naming :443 (or :80) equals (RFC 9449
+        // §4.3, RFC 3986 §6.2.3).
+        let b = HtuBase::for_route(None, Some("api.example"), true).unwrap();
+        let u = b.url(Some("api.example"), "/orders/1").unwrap();
+        assert_eq!(u.as_str(), "https://api.example/orders/1");
+        let htu = url::Url::parse("https://API.example:443/orders/1").unwrap();
+        assert_eq!(
+            (htu.host(), htu.port_or_known_default()),
+            (u.host(), u.port_or_known_default())
+        );
+        let b = HtuBase::for_route(None, Some("api.example"), false).unwrap();
+        assert_eq!(
+            b.url(Some("api.example:80"), "/x").unwrap().as_str(),
+            "http://api.example/x"
+        );
+        // With public_url, the front proxy's origin, whatever the subrequest's Host.
+        let public = url::Url::parse("https://app.example.com:443/").unwrap();
+        let b = HtuBase::for_route(Some(&public), None, false).unwrap();
+        assert_eq!(
+            b.url(Some("portcullis.internal:4180"), "/orders/1")
+                .unwrap()
+                .as_str(),
+            "https://app.example.com/orders/1"
+        );
     }
 }

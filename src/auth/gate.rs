@@ -7,11 +7,12 @@ use std::sync::Arc;
 use http::header::HeaderValue;
 use http::{HeaderMap, Method};
 
+use super::client_cert::ClientCert;
 use super::{bearer, dpop};
 use crate::admin::metrics::Mode;
 use crate::config::HeadersConfig;
 use crate::error::{Fault, PageExtras, Refusal};
-use crate::identity::Identity;
+use crate::identity::{Binding, Identity};
 use crate::oidc::login::{Login, SessionCheck};
 use crate::policy::{decide, preflight_passes, Decision};
 use crate::routing::{Route, RouteAuth};
@@ -93,6 +94,8 @@ pub struct Judged<'a> {
     pub authority: Option<&'a str>,
     pub request_id: &'a str,
     pub forward_auth: bool,
+    /// Where the client certificate of an mTLS-bound token (RFC 8705) is known from.
+    pub client_cert: ClientCert<'a>,
 }
 
 /// Authenticates a request for `route` and authorizes it by the policy of `route` and of
@@ -262,6 +265,7 @@ async fn by_token(
                 headers: j.headers,
                 path,
                 authority: j.authority,
+                client_cert: j.client_cert,
             };
             return dpop::authenticate(
                 route.dpop.as_deref(),
@@ -273,13 +277,12 @@ async fn by_token(
             .await
             .map_err(Denied::from);
         }
-        // A route that takes sender-constrained tokens only.
-        bearer::Extracted::Token(_) if route.require_sender_constraint => {
-            return Err(Refusal::Dpop {
-                kind: DpopRefusal::Required,
-                nonce: None,
-            }
-            .into())
+        // A route that takes sender-constrained tokens only: with no client certificate
+        // possible, a token in the Bearer scheme cannot be one.
+        bearer::Extracted::Token(_)
+            if route.require_sender_constraint && !j.client_cert.possible() =>
+        {
+            return Err(required())
         }
         bearer::Extracted::Token(t) => t,
         bearer::Extracted::Missing => {
@@ -301,12 +304,28 @@ async fn by_token(
             Refusal::TokenRefused(e).into()
         }
     })?;
-    // RFC 9449 §7.1 / RFC 8705 §3: a token bound to a key (`cnf`) is no bearer token; the
-    // binding is part of the (cached) identity, so this holds on cache hits too.
-    if identity.binding().is_some() {
-        return Err(Refusal::TokenRefused(TokenError::SenderConstrained).into());
+    // The binding is part of the (cached) identity and checked on every request, cache
+    // hits included. RFC 8705 §3: a certificate-bound token comes with its certificate.
+    // RFC 9449 §7.1: a token bound to a DPoP key (alone or with a certificate) is no
+    // bearer token.
+    match identity.binding() {
+        None if route.require_sender_constraint => Err(required()),
+        None => Ok(identity),
+        Some(Binding::Certificate(x5t)) if j.client_cert.matches(x5t) => Ok(identity),
+        Some(Binding::Certificate(_)) => {
+            Err(Refusal::TokenRefused(TokenError::CertificateBinding).into())
+        }
+        Some(_) => Err(Refusal::TokenRefused(TokenError::SenderConstrained).into()),
     }
-    Ok(identity)
+}
+
+/// `require_sender_constraint` and a plain bearer token.
+fn required() -> Denied {
+    Refusal::Dpop {
+        kind: DpopRefusal::Required,
+        nonce: None,
+    }
+    .into()
 }
 
 async fn by_session(

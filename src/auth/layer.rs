@@ -15,6 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::bearer;
+use super::client_cert::ClientCert;
 use super::gate::{self, Denied, Judged};
 use super::identity_headers::{self, HeaderSettings};
 use crate::error::Refusal;
@@ -130,6 +131,13 @@ where
                 }),
                 request_id: r.id.as_str(),
                 forward_auth: false,
+                // From a trusted proxy the header is the client's certificate (the
+                // hygiene layer dropped it from anyone else); else the connection's.
+                client_cert: ClientCert::of(
+                    r.route.client_cert_header && r.trusted_peer,
+                    r.conn.client_cert(),
+                    r.req.headers(),
+                ),
             };
             let mut passed = match gate::authenticate(&r.route, &r.also, &judged).await {
                 Ok(p) => p,

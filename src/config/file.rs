@@ -58,6 +58,10 @@ pub struct ServerFile {
 pub struct TlsFile {
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
+    /// PEM CA certificates client certificates must chain to (RFC 8705 mTLS-bound tokens).
+    pub client_ca_file: Option<String>,
+    /// `optional` (default with `client_ca_file`) or `required`.
+    pub client_auth: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +123,9 @@ pub struct BearerFile {
     /// RFC 9449 §8 server nonces in DPoP proofs.
     #[serde(default)]
     pub dpop_nonce: bool,
+    /// `x-forwarded-client-cert`: the client certificate of mTLS-bound tokens (RFC 8705)
+    /// as a trusted front proxy (Envoy) states it.
+    pub client_cert_header: Option<String>,
     #[serde(default)]
     pub issuers: Vec<IssuerFile>,
 }

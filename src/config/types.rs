@@ -65,6 +65,18 @@ pub struct ServerConfig {
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// `client_ca_file` and `client_auth`: the listener asks for client certificates
+    /// chained to these CAs (RFC 8705); `None`: it does not ask.
+    pub client_ca: Option<(PathBuf, TlsClientAuth)>,
+}
+
+/// `server.tls.client_auth`: whether a client certificate is needed to connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsClientAuth {
+    /// Asked for; a client without one connects (its cert-bound tokens are refused).
+    Optional,
+    /// No handshake without a certificate chained to `client_ca_file`.
+    Required,
 }
 
 /// Server limits. Defaults are tighter than hyper's own.
@@ -162,6 +174,10 @@ pub struct BearerSettings {
     pub shared_secret: Option<Secret<Vec<u8>>>,
     /// `bearer.dpop_nonce`: DPoP proofs must carry a nonce of ours (RFC 9449 §8).
     pub dpop_nonce: bool,
+    /// `bearer.client_cert_header = "x-forwarded-client-cert"`: the client certificate of
+    /// mTLS-bound tokens may come from that header (Envoy's format) when `trusted_proxies`
+    /// sent it.
+    pub client_cert_header: bool,
     pub issuers: Vec<ExtraIssuer>,
 }
 

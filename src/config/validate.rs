@@ -424,10 +424,12 @@ fn server(cx: &mut Ctx<'_>, s: &ServerFile) -> ServerConfig {
     let tls = s.tls.as_ref().and_then(|t| {
         let cert = cx.existing_file("server.tls.cert_file", &t.cert_file);
         let key = cx.existing_file("server.tls.key_file", &t.key_file);
+        let client_ca = client_ca(cx, t);
         match (cert, key) {
             (Some(cert_file), Some(key_file)) => Some(TlsFiles {
                 cert_file,
                 key_file,
+                client_ca,
             }),
             _ => {
                 cx.err("server.tls", "needs both cert_file and key_file");
@@ -959,7 +961,50 @@ fn bearer(cx: &mut Ctx<'_>, b: &BearerFile, provider: Option<&ProviderConfig>) -
         cache_capacity,
         shared_secret,
         dpop_nonce: b.dpop_nonce,
+        client_cert_header: match b.client_cert_header.as_deref() {
+            None => false,
+            Some(h) if h.eq_ignore_ascii_case(XFCC) => true,
+            Some(_) => {
+                cx.err(
+                    "bearer.client_cert_header",
+                    format!("only \"{XFCC}\" (Envoy's format) is supported"),
+                );
+                false
+            }
+        },
         issuers,
+    }
+}
+
+/// The one client certificate header `bearer.client_cert_header` accepts.
+const XFCC: &str = "x-forwarded-client-cert";
+
+/// `server.tls.client_ca_file` and `client_auth` (RFC 8705 mTLS-bound tokens).
+fn client_ca(cx: &mut Ctx<'_>, t: &TlsFile) -> Option<(PathBuf, TlsClientAuth)> {
+    let auth = match t.client_auth.as_deref() {
+        None | Some("optional") => TlsClientAuth::Optional,
+        Some("required") => TlsClientAuth::Required,
+        Some(other) => {
+            cx.err(
+                "server.tls.client_auth",
+                format!("must be \"optional\" or \"required\", not {other:?}"),
+            );
+            TlsClientAuth::Optional
+        }
+    };
+    match (&t.client_ca_file, &t.client_auth) {
+        (Some(_), _) => Some((
+            cx.existing_file("server.tls.client_ca_file", &t.client_ca_file)?,
+            auth,
+        )),
+        (None, Some(_)) => {
+            cx.err(
+                "server.tls.client_auth",
+                "needs server.tls.client_ca_file (the CAs client certificates chain to)",
+            );
+            None
+        }
+        (None, None) => None,
     }
 }
 
@@ -1798,6 +1843,68 @@ mod tests {
         // A typo is an unknown key, as any.
         let typo = bearer.replace("dpop_nonce", "dpop_nonces");
         assert!(!keys(&typo).is_empty());
+    }
+
+    #[test]
+    fn client_certificate_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "not read by validation").unwrap();
+        let p = pem.display();
+        let tls = |extra: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert_file = \"{p}\"\n\
+                 key_file = \"{p}\"\n{extra}\n\
+                 [[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n\
+                 [[route]]\npath = \"/\"\nupstream = \"a\"\nauth = \"public\"\n"
+            )
+        };
+        let ca = |c: &str| from_toml(&tls(c), Path::new("."), &env).unwrap().server.tls;
+        assert_eq!(ca("").unwrap().client_ca, None);
+        assert_eq!(
+            ca(&format!("client_ca_file = \"{p}\"")).unwrap().client_ca,
+            Some((pem.clone(), TlsClientAuth::Optional))
+        );
+        assert_eq!(
+            ca(&format!(
+                "client_ca_file = \"{p}\"\nclient_auth = \"required\""
+            ))
+            .unwrap()
+            .client_ca,
+            Some((pem.clone(), TlsClientAuth::Required))
+        );
+        let one = |c: &str| keys(&tls(c));
+        assert!(one("client_auth = \"required\"")
+            .iter()
+            .any(|e| e.starts_with("server.tls.client_auth: needs server.tls.client_ca_file")));
+        assert!(one(&format!(
+            "client_ca_file = \"{p}\"\nclient_auth = \"always\""
+        ))
+        .iter()
+        .any(|e| e.starts_with("server.tls.client_auth:")));
+        assert!(one("client_ca_file = \"/nonexistent/ca.pem\"")
+            .iter()
+            .any(|e| e.starts_with("server.tls.client_ca_file:")));
+
+        let bearer = |h: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[provider]\nissuer = \"https://idp.example\"\n\
+                 [bearer]\naudiences = [\"api\"]\nclient_cert_header = \"{h}\"\n\
+                 [[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:9\"\n\
+                 [[route]]\npath = \"/\"\nupstream = \"a\"\nauth = \"bearer\"\n"
+            )
+        };
+        let c = from_toml(&bearer("x-forwarded-client-cert"), Path::new("."), &env).unwrap();
+        assert!(c.bearer.unwrap().client_cert_header);
+        assert!(keys(&bearer("X-Forwarded-Client-Cert")).is_empty());
+        for other in ["ssl-client-cert", "x-client-cert", ""] {
+            assert!(
+                keys(&bearer(other))
+                    .iter()
+                    .any(|e| e.starts_with("bearer.client_cert_header:")),
+                "{other}"
+            );
+        }
     }
 
     #[test]

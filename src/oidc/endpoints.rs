@@ -18,6 +18,7 @@ use tower_service::Service;
 
 use super::login::Login;
 use crate::admin::metrics::{Flow, Metrics, Mode, RouteMetrics};
+use crate::auth::client_cert::ClientCert;
 use crate::auth::gate::{self, Judged};
 use crate::auth::identity_headers::{self, HeaderSettings};
 use crate::body::{EndpointBody, Resp, RespBody};
@@ -237,6 +238,9 @@ impl Endpoints {
             authority: host.as_deref(),
             request_id: rid,
             forward_auth: true,
+            // The connection is the front proxy's (trusted, see above): the client's
+            // certificate can only be known from the header it sets.
+            client_cert: ClientCert::of(selected.route.client_cert_header, None, h),
         };
         let passed = match gate::authenticate(&selected.route, &selected.also, &judged).await {
             Ok(p) => p,

@@ -18,6 +18,8 @@ pub enum ClientBuildError {
     NoKey { path: String },
     #[error("{0}: not a valid host name for TLS or a Host header")]
     InvalidHost(String),
+    #[error("{path}: cannot verify client certificates with these CAs: {reason}")]
+    ClientCa { path: String, reason: String },
     #[error("TLS client setup failed: {0}")]
     Tls(#[from] rustls::Error),
 }

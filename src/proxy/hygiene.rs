@@ -83,9 +83,10 @@ where
                 headers.remove(http::header::HOST);
             }
         }
+        r.trusted_peer = self.trusted.contains(r.conn.peer_ip());
         let forwarded = Forwarded {
             peer: r.conn.peer_ip_value(),
-            trusted: self.trusted.contains(r.conn.peer_ip()),
+            trusted: r.trusted_peer,
             proto: r.conn.scheme(),
             host: r.authority.as_ref(),
         };

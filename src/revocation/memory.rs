@@ -251,7 +251,13 @@ impl MemorySet {
         }
     }
 
-    fn append(&self, j: &mut Journal, text: &str) {
+    /// Appends the line `text` makes to the revocation file. Without a file nothing is
+    /// formatted (a DPoP request makes one entry: its line is not made for nothing).
+    fn append(&self, j: &mut Journal, text: impl FnOnce() -> String) {
+        if j.file.is_none() && j.path.is_none() {
+            return;
+        }
+        let text = text();
         let Some(f) = j.file.as_mut() else {
             if let Some(path) = &j.path {
                 tracing::error!(file = %path.display(), "revocation file not open: this revocation would not survive a restart");
@@ -359,10 +365,9 @@ impl MemorySet {
             return Recorded::Raised;
         }
         self.put(kind, key, not_before, until);
-        self.append(
-            &mut j,
-            &line(&Slot { key: *key, kind }, &Value { until, not_before }),
-        );
+        self.append(&mut j, || {
+            line(&Slot { key: *key, kind }, &Value { until, not_before })
+        });
         Recorded::Stored
     }
 
@@ -380,9 +385,8 @@ impl MemorySet {
         }
         let raised = self.make_room(&mut j, now);
         self.put(Entry::Jti, key, 0, until);
-        self.append(
-            &mut j,
-            &line(
+        self.append(&mut j, || {
+            line(
                 &Slot {
                     key: *key,
                     kind: Entry::Jti,
@@ -391,8 +395,8 @@ impl MemorySet {
                     until,
                     not_before: 0,
                 },
-            ),
-        );
+            )
+        });
         if raised {
             FirstUse::FreshAfterReset
         } else {

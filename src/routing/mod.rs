@@ -35,6 +35,8 @@ pub struct Routed<B> {
     /// What the hygiene layer took out that the forwarder must restore (an upgrade, `te:
     /// trailers`). Default: nothing.
     pub hop: HopByHop,
+    /// The peer is one of `server.trusted_proxies` (set by the hygiene layer).
+    pub trusted_peer: bool,
 }
 
 impl<B> Routed<B> {
@@ -56,6 +58,7 @@ impl<B> Routed<B> {
             authority,
             bytes_in: None,
             hop: HopByHop::default(),
+            trusted_peer: false,
         }
     }
 

@@ -71,6 +71,9 @@ pub struct Route {
     pub htu_base: Option<HtuBase>,
     /// Checks DPoP proofs (with the replay set), on routes that take tokens.
     pub dpop: Option<Arc<DpopVerifier>>,
+    /// `bearer.client_cert_header`: the client certificate of mTLS-bound tokens is read
+    /// from `X-Forwarded-Client-Cert` when a trusted proxy sent the request.
+    pub client_cert_header: bool,
     /// `assertion = true`: the signed identity assertion added upstream.
     pub assertion: Option<Arc<RouteAssertion>>,
 }
@@ -159,6 +162,8 @@ pub struct Parts<'a> {
     pub public_url: Option<&'a url::Url>,
     /// The listener speaks TLS (the scheme of a route's `host` for DPoP).
     pub tls: bool,
+    /// `bearer.client_cert_header` is set.
+    pub client_cert_header: bool,
     /// The assertion signer, when any route asks for assertions.
     pub asserter: Option<&'a Arc<Asserter>>,
     /// Per route index, its assertion (`assertion::for_routes`); shorter: none.
@@ -211,6 +216,7 @@ impl RouteTable {
                 require_sender_constraint: r.require_sender_constraint,
                 htu_base: HtuBase::for_route(parts.public_url, r.host.as_deref(), parts.tls),
                 dpop: parts.dpop.cloned(),
+                client_cert_header: parts.client_cert_header,
                 assertion: parts.assertions.get(index).cloned().flatten(),
             }));
         }

@@ -159,8 +159,11 @@ async fn serve_connection(
                 tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
             match tls {
                 Ok(Ok(s)) => {
+                    // RFC 8705: the certificate's thumbprint, once for the connection.
+                    let conn =
+                        ConnInfo::new(peer, true).with_client_cert(tls::client_thumbprint(&s));
                     let io = Tracked::new(s, activity.clone());
-                    drive(io, peer, worker, true, current, activity, accepted, drain).await
+                    drive(io, conn, worker, current, activity, accepted, drain).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -168,7 +171,8 @@ async fn serve_connection(
         }
         None => {
             let io = Tracked::new(stream, activity.clone());
-            drive(io, peer, worker, false, current, activity, accepted, drain).await
+            let conn = ConnInfo::new(peer, false);
+            drive(io, conn, worker, current, activity, accepted, drain).await
         }
     }
 }
@@ -237,12 +241,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn drive<I>(
     io: I,
-    peer: SocketAddr,
+    conn: ConnInfo,
     worker: usize,
-    tls: bool,
     current: Current,
     activity: Arc<Activity>,
     accepted: Instant,
@@ -251,9 +253,10 @@ async fn drive<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = current.load().limits().clone();
+    let peer = conn.peer;
     let svc = ConnService {
         current,
-        conn: Arc::new(ConnInfo::new(peer, tls)),
+        conn: Arc::new(conn),
         worker,
         activity: activity.clone(),
     };

@@ -228,10 +228,12 @@ fn harness_with(routes: &str) -> Harness {
             upstreams: &upstreams,
             metrics: &metrics,
             dpop: Some(&Arc::new(
-                crate::auth::dpop::DpopVerifier::new(Revocations::memory(100), false).unwrap(),
+                crate::auth::dpop::DpopVerifier::new(Revocations::memory(100), false, None)
+                    .unwrap(),
             )),
             public_url: config.server.public_url.as_ref(),
             tls: false,
+            client_cert_header: false,
             asserter: asserter.as_ref(),
             assertions: &assertions,
         },
@@ -278,6 +280,19 @@ impl Harness {
 
     async fn send(&self, req: Request<()>) -> Resp {
         self.send_from(UNTRUSTED, req).await
+    }
+
+    /// As over a TLS connection whose client certificate has the thumbprint `cert`.
+    async fn get_with_cert(&self, cert: &str, uri: &str, headers: &[(&str, &str)]) -> Resp {
+        let peer: SocketAddr = UNTRUSTED.parse().unwrap();
+        self.stack
+            .clone()
+            .oneshot(Arrival {
+                req: request(Method::GET, uri, headers),
+                conn: Arc::new(ConnInfo::new(peer, true).with_client_cert(Some(cert.into()))),
+            })
+            .await
+            .unwrap()
     }
 
     async fn get(&self, uri: &str, headers: &[(&str, &str)]) -> Resp {
@@ -894,6 +909,129 @@ async fn either_route_counts_a_dpop_authorization_as_a_token() {
                 ("authorization", &format!("Bearer {t}")),
             ],
         )
+        .await;
+    assert_eq!(r.status(), 401);
+    h.nothing_seen();
+}
+
+#[tokio::test]
+async fn forward_auth_checks_a_dpop_proof_against_the_original_url() {
+    use crate::testutil::TestKey;
+    use crate::token::dpop::{sha256_b64, thumbprint};
+    let h = harness();
+    let key = TestKey::p256();
+    let mut jwk = key.jwk("k");
+    jwk.as_object_mut().unwrap().remove("kid");
+    let jkt = thumbprint(jwk.as_object().unwrap()).unwrap();
+    let mut c = claims("machine", "read");
+    c["cnf"] = json!({ "jkt": jkt });
+    let t = token(c);
+    let auth = format!("DPoP {t}");
+    let proof = |htu: &str, jti: &str| {
+        let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+        let claims = json!({"jti": jti, "htm": "GET", "htu": htu, "iat": now_secs(),
+            "ath": sha256_b64(t.as_bytes())});
+        forge(&header, &claims, |m| key.sign("ES256", m))
+    };
+    let h = &h;
+    let check = |htu: &str, jti: &str| {
+        let p = proof(htu, jti);
+        let auth = auth.clone();
+        async move {
+            h.send_from(
+                TRUSTED,
+                request(
+                    Method::GET,
+                    "/oauth2/auth",
+                    &[
+                        ("x-forwarded-uri", "/mixed?page=2"),
+                        ("x-forwarded-method", "GET"),
+                        ("authorization", &auth),
+                        ("dpop", &p),
+                    ],
+                ),
+            )
+            .await
+            .status()
+            .as_u16()
+        }
+    };
+    // The original URL (public_url's origin and the forwarded path, no query), with or
+    // without the scheme's default port.
+    assert_eq!(check("https://app.test/mixed", "a").await, 202);
+    assert_eq!(check("https://app.test:443/mixed", "b").await, 202);
+    // Not the subrequest's own URL, nor another port or scheme.
+    assert_eq!(check("https://app.test/oauth2/auth", "c").await, 401);
+    assert_eq!(check("https://app.test:8443/mixed", "d").await, 401);
+    assert_eq!(check("http://app.test/mixed", "e").await, 401);
+    h.nothing_seen();
+}
+
+#[tokio::test]
+async fn certificate_bound_tokens_need_the_connections_certificate_and_double_bindings_both() {
+    use crate::testutil::TestKey;
+    use crate::token::dpop::{sha256_b64, thumbprint};
+    let h = harness();
+    let (x, y) = (sha256_b64(b"certificate x"), sha256_b64(b"certificate y"));
+    // Bound to a certificate only: the Bearer scheme, over a connection with it.
+    let mut c = claims("machine", "read");
+    c["cnf"] = json!({ "x5t#S256": x });
+    let t = token(c);
+    let auth = format!("Bearer {t}");
+    let r = h
+        .get_with_cert(&x, "/mixed", &[("authorization", &auth)])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.one_seen().headers["x-auth-request-user"], "machine");
+    for r in [
+        h.get_with_cert(&y, "/mixed", &[("authorization", &auth)])
+            .await,
+        h.get("/mixed", &[("authorization", &auth)]).await,
+    ] {
+        assert_eq!(r.status(), 401);
+        let www = header(&r, "www-authenticate");
+        assert!(
+            www.starts_with("Bearer realm=\"portcullis\", error=\"invalid_token\"")
+                && www.contains("certificate binding failed"),
+            "{www}"
+        );
+    }
+    h.nothing_seen();
+    // Bound to a DPoP key and a certificate: the proof and the certificate, both.
+    let key = TestKey::p256();
+    let mut jwk = key.jwk("k");
+    jwk.as_object_mut().unwrap().remove("kid");
+    let jkt = thumbprint(jwk.as_object().unwrap()).unwrap();
+    let mut c = claims("machine", "read");
+    c["cnf"] = json!({ "jkt": jkt, "x5t#S256": x });
+    let t = token(c);
+    let proof = |jti: &str| {
+        let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+        let claims = json!({"jti": jti, "htm": "GET", "htu": "https://app.test/mixed",
+            "iat": now_secs(), "ath": sha256_b64(t.as_bytes())});
+        forge(&header, &claims, |m| key.sign("ES256", m))
+    };
+    let auth = format!("DPoP {t}");
+    let p = proof("one");
+    let r = h
+        .get_with_cert(&x, "/mixed", &[("authorization", &auth), ("dpop", &p)])
+        .await;
+    assert_eq!(r.status(), 200);
+    h.one_seen();
+    let p = proof("two");
+    let r = h
+        .get_with_cert(&y, "/mixed", &[("authorization", &auth), ("dpop", &p)])
+        .await;
+    assert_eq!(r.status(), 401);
+    let www = header(&r, "www-authenticate");
+    assert!(
+        www.starts_with("DPoP realm=\"portcullis\", error=\"invalid_token\"")
+            && www.contains("certificate binding failed"),
+        "{www}"
+    );
+    // With the certificate but as Bearer (no proof of the key): refused.
+    let r = h
+        .get_with_cert(&x, "/mixed", &[("authorization", &format!("Bearer {t}"))])
         .await;
     assert_eq!(r.status(), 401);
     h.nothing_seen();

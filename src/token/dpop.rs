@@ -189,24 +189,50 @@ pub fn sha256_b64(bytes: &[u8]) -> String {
 /// lexicographic order, no white space. `None` for a key type we do not accept.
 pub fn thumbprint(jwk: &Map<String, Value>) -> Option<String> {
     let s = |k: &str| jwk.get(k).and_then(Value::as_str);
-    // Values are base64url or fixed names; serde_json quotes them exactly as RFC 7638 asks.
-    let q = |v: &str| Value::from(v).to_string();
-    let canonical = match s("kty")? {
-        "EC" => format!(
-            r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#,
-            q(s("crv")?),
-            q(s("x")?),
-            q(s("y")?)
-        ),
-        "RSA" => format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, q(s("e")?), q(s("n")?)),
-        "OKP" => format!(
-            r#"{{"crv":{},"kty":"OKP","x":{}}}"#,
-            q(s("crv")?),
-            q(s("x")?)
-        ),
+    // One buffer, members written in order (on every DPoP request: no JSON value made).
+    let mut c =
+        String::with_capacity(64 + s("n").map_or(0, str::len) + s("x").map_or(0, str::len) * 2);
+    match s("kty")? {
+        "EC" => {
+            let (crv, x, y) = (s("crv")?, s("x")?, s("y")?);
+            c.push_str(r#"{"crv":"#);
+            push_quoted(&mut c, crv);
+            c.push_str(r#","kty":"EC","x":"#);
+            push_quoted(&mut c, x);
+            c.push_str(r#","y":"#);
+            push_quoted(&mut c, y);
+        }
+        "RSA" => {
+            let (e, n) = (s("e")?, s("n")?);
+            c.push_str(r#"{"e":"#);
+            push_quoted(&mut c, e);
+            c.push_str(r#","kty":"RSA","n":"#);
+            push_quoted(&mut c, n);
+        }
+        "OKP" => {
+            let (crv, x) = (s("crv")?, s("x")?);
+            c.push_str(r#"{"crv":"#);
+            push_quoted(&mut c, crv);
+            c.push_str(r#","kty":"OKP","x":"#);
+            push_quoted(&mut c, x);
+        }
         _ => return None,
-    };
-    Some(sha256_b64(canonical.as_bytes()))
+    }
+    c.push('}');
+    Some(sha256_b64(c.as_bytes()))
+}
+
+/// `v` as a JSON string, exactly as serde_json writes it (RFC 7638 §3: no white space,
+/// the JSON quoting of RFC 8259): as it is between quotes when nothing needs escaping (the
+/// base64url values and names of any real key), else by serde_json.
+fn push_quoted(out: &mut String, v: &str) {
+    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(v);
+        out.push('"');
+    } else {
+        out.push_str(&Value::from(v).to_string());
+    }
 }
 
 fn b64(part: &str) -> Result<Vec<u8>, ProofError> {
@@ -337,9 +363,10 @@ pub fn verify_proof(proof: &str, req: &ProofRequest<'_>) -> Result<VerifiedProof
 
 /// Server-provided nonces (RFC 9449 §8): `base64url(period number ‖ HMAC-SHA256(key,
 /// period number))`. A new one every `period`; the current and the previous one are
-/// accepted, so a nonce lives between one and two periods. Stateless: nothing is stored;
-/// the key is random per process (another replica's nonce gets `use_dpop_nonce` and a
-/// fresh nonce, once).
+/// accepted, so a nonce lives between one and two periods. Stateless: nothing is stored.
+/// The key is derived from a secret the replicas share ([`Nonces::derived`], from the
+/// session secret), so each accepts the others' nonces; without one it is random per
+/// process (another replica's nonce then gets `use_dpop_nonce` and a fresh nonce, once).
 pub struct Nonces {
     key: aws_lc_rs::hmac::Key,
     period: u64,
@@ -359,6 +386,22 @@ impl Nonces {
         let mut secret = [0u8; 32];
         aws_lc_rs::rand::fill(&mut secret)?;
         Ok(Nonces::with_key(&secret, period))
+    }
+
+    /// Nonces under a key derived from a secret every replica shares (a session secret):
+    /// HKDF-SHA256 with a label of its own, so that a nonce one replica hands out is
+    /// accepted by the others, and the key says nothing of the secret (nor is it the key
+    /// of any other use of that secret).
+    pub fn derived(
+        secret: &[u8; 32],
+        period: Duration,
+    ) -> Result<Nonces, aws_lc_rs::error::Unspecified> {
+        use aws_lc_rs::hkdf;
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"portcullis DPoP nonce").extract(secret);
+        let mut key = [0u8; 32];
+        prk.expand(&[b"portcullis DPoP nonce HMAC key v1"], hkdf::HKDF_SHA256)?
+            .fill(&mut key)?;
+        Ok(Nonces::with_key(&key, period))
     }
 
     pub fn with_key(secret: &[u8], period: Duration) -> Nonces {
@@ -425,7 +468,7 @@ pub enum DpopRefusal {
     #[error("no public URL for DPoP on this route")]
     NoUrl,
     /// `require_sender_constraint` and a plain bearer token (`invalid_token`).
-    #[error("route requires a DPoP-bound token")]
+    #[error("route requires a sender-constrained token")]
     Required,
     /// The access token itself (`invalid_token`).
     #[error("{0}")]
@@ -483,7 +526,9 @@ impl DpopRefusal {
             DpopRefusal::UseNonce => "a DPoP nonce is required",
             DpopRefusal::NotBound => "the token is not DPoP-bound",
             DpopRefusal::NoUrl => "DPoP is not available on this route",
-            DpopRefusal::Required => "this resource requires a DPoP-bound token",
+            DpopRefusal::Required => {
+                "this resource requires a sender-constrained (DPoP- or certificate-bound) token"
+            }
             DpopRefusal::Token(e) => e.description(),
         }
     }

@@ -32,6 +32,11 @@ pub enum TokenError {
     /// accepted as plain bearer tokens.
     #[error("sender-constrained token presented as a bearer token")]
     SenderConstrained,
+    /// RFC 8705 §3: the token is bound to a client certificate (`cnf.x5t#S256`) that the
+    /// request did not come with (none, another one, or a malformed forwarded one). Made
+    /// by the gate on each request, never by the validator (so never cached).
+    #[error("certificate binding failed")]
+    CertificateBinding,
     /// The token names an issuer that is not configured.
     #[error("token issuer not trusted")]
     UnknownIssuer,
@@ -160,6 +165,9 @@ impl TokenError {
             TokenError::SenderConstrained => {
                 "sender-constrained tokens are not accepted as bearer tokens"
             }
+            TokenError::CertificateBinding => {
+                "the certificate binding failed: the token is bound to another client certificate"
+            }
             TokenError::UnknownIssuer => "the token issuer is not trusted",
             TokenError::Unavailable(_) => "the token could not be checked, try again later",
         }
@@ -176,6 +184,7 @@ impl TokenError {
             TokenError::Invalid(r) => r.code(),
             TokenError::Expired => "expired",
             TokenError::SenderConstrained => "sender_constrained",
+            TokenError::CertificateBinding => "cert_binding",
             TokenError::UnknownIssuer => "unknown_issuer",
             TokenError::Unavailable(_) => "unavailable",
         }
@@ -204,6 +213,8 @@ impl TokenError {
             // A syntax refusal is answered before the negative cache is consulted; not
             // remembering it keeps it from ever standing for another answer.
             TokenError::Missing | TokenError::Syntax | TokenError::Unavailable(_) => false,
+            // A property of the request (its certificate), not of the token.
+            TokenError::CertificateBinding => false,
         }
     }
 }

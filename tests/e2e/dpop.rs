@@ -414,7 +414,7 @@ async fn require_sender_constraint_routes_refuse_plain_bearer_tokens() {
     assert_dpop_refused(&r, "invalid_token", "plain bearer on /strict/");
     assert_eq!(
         r.json()["error_description"],
-        "this resource requires a DPoP-bound token"
+        "this resource requires a sender-constrained (DPoP- or certificate-bound) token"
     );
     assert_eq!(f.echo.count(), n);
     // A DPoP-bound token with its proof passes there.

@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod login;
 mod login_browser;
+mod mtls;
 mod normalization;
 mod operate;
 mod parity;

@@ -16,6 +16,7 @@ console.debug = console.error;
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as path from 'node:path';
 import * as querystring from 'node:querystring';
 
@@ -60,6 +61,9 @@ const USAGE = `usage: node server.mjs [options]
   --metadata-token-file FILE   discovery and JWKS answer 401 unless the request carries
                                Authorization: Bearer <FILE's content> (read at each request), as a
                                Kubernetes API server's /openid/v1/jwks   [IDP_METADATA_TOKEN_FILE]
+  --tls-dir DIR                serve https with DIR/server.pem and DIR/server.key, asking clients for
+                               certificates (DIR/ca.pem); mTLS-bound access tokens (RFC 8705) for the
+                               client machine-mtls                                [IDP_TLS_DIR]
   --watch-stdin                exit when stdin closes (the parent test died)      [IDP_WATCH_STDIN=1]
   --quiet                      no request log on stderr                           [IDP_QUIET=1]
   --help
@@ -83,6 +87,7 @@ function parseOptions(argv, env) {
     idTokenAlg: env.IDP_ID_TOKEN_ALG ?? 'RS256',
     jwksMaxAge: env.IDP_JWKS_MAX_AGE || undefined,
     metadataTokenFile: env.IDP_METADATA_TOKEN_FILE || undefined,
+    tlsDir: env.IDP_TLS_DIR || undefined,
     watchStdin: truthy(env.IDP_WATCH_STDIN),
     quiet: truthy(env.IDP_QUIET),
   };
@@ -127,6 +132,7 @@ function parseOptions(argv, env) {
       case '--id-token-alg': o.idTokenAlg = value(); break;
       case '--jwks-max-age': o.jwksMaxAge = value(); break;
       case '--metadata-token-file': o.metadataTokenFile = value(); break;
+      case '--tls-dir': o.tlsDir = value(); break;
       case '--watch-stdin': o.watchStdin = true; break;
       case '--quiet': o.quiet = true; break;
       case '--help': case '-h': process.stderr.write(USAGE); process.exit(0); break;
@@ -267,6 +273,14 @@ const CLIENTS = [
   serviceClient('machine', 'machine-secret', 'read:items write:items'),
   serviceClient('machine-ro', 'machine-ro-secret', 'read:items'),
 ];
+// Over TLS (--tls-dir): a client whose access tokens are bound to the client certificate of
+// its token request (RFC 8705 §3, cnf.x5t#S256).
+if (opts.tlsDir) {
+  CLIENTS.push({
+    ...serviceClient('machine-mtls', 'machine-mtls-secret', 'read:items write:items'),
+    tls_client_certificate_bound_access_tokens: true,
+  });
+}
 const FIRST_PARTY = new Set(['portcullis', 'portcullis-post']);
 const CLIENT_PERMISSIONS = { machine: ['read:items', 'write:items'], 'machine-ro': ['read:items'] };
 
@@ -542,6 +556,18 @@ function buildProvider(issuer) {
           || client.clientId === 'rs' || client.clientId === 'rs-post',
       },
       userinfo: { enabled: true },
+      // RFC 8705 certificate-bound access tokens, over TLS only: the certificate is the one
+      // the client presented in the handshake (node's https server asks for it), when it
+      // chains to DIR/ca.pem.
+      mTLS: {
+        enabled: !!opts.tlsDir,
+        certificateBoundAccessTokens: !!opts.tlsDir,
+        getCertificate: (ctx) => {
+          const socket = ctx.req.socket;
+          if (!socket.authorized || typeof socket.getPeerX509Certificate !== 'function') return undefined;
+          return socket.getPeerX509Certificate();
+        },
+      },
       // OIDC Back-Channel Logout 1.0: logout tokens go to the clients registered with a
       // backchannel_logout_uri (see /__test/backchannel-logout) when a session ends at the
       // end-session endpoint (confirmed with logout=yes) or through /__test/end-session.
@@ -1321,7 +1347,7 @@ function installProvider(issuer) {
   }
 }
 
-const server = http.createServer(async (req, res) => {
+const onRequest = async (req, res) => {
   const started = process.hrtime.bigint();
   let url;
   try {
@@ -1393,7 +1419,17 @@ const server = http.createServer(async (req, res) => {
     }
   }
   handler(req, res);
-});
+};
+const tlsFile = (name) => fs.readFileSync(path.join(opts.tlsDir, name));
+const server = opts.tlsDir
+  ? https.createServer({
+    key: tlsFile('server.key'),
+    cert: tlsFile('server.pem'),
+    ca: tlsFile('ca.pem'),
+    requestCert: true,
+    rejectUnauthorized: false,
+  }, onRequest)
+  : http.createServer(onRequest);
 server.keepAliveTimeout = 5000;
 
 server.on('error', (err) => {
@@ -1403,7 +1439,8 @@ server.on('error', (err) => {
 
 server.listen(opts.port, '127.0.0.1', () => {
   const { port } = server.address();
-  const issuer = AUTH0 ? `http://127.0.0.1:${port}/` : `http://127.0.0.1:${port}`;
+  const scheme = opts.tlsDir ? 'https' : 'http';
+  const issuer = AUTH0 ? `${scheme}://127.0.0.1:${port}/` : `${scheme}://127.0.0.1:${port}`;
   try {
     installProvider(issuer);
   } catch (err) {

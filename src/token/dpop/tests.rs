@@ -82,6 +82,20 @@ fn rfc7638_thumbprint_example() {
         thumbprint(json!({"kty": "oct", "k": "x"}).as_object().unwrap()),
         None
     );
+    // Values that need JSON escaping are quoted as serde_json quotes them.
+    let odd = "a\"b\\c\u{1}d é";
+    let want = format!(
+        r#"{{"crv":"P-256","kty":"EC","x":{},"y":"y"}}"#,
+        serde_json::Value::from(odd)
+    );
+    assert_eq!(
+        thumbprint(
+            json!({"kty": "EC", "crv": "P-256", "x": odd, "y": "y"})
+                .as_object()
+                .unwrap()
+        ),
+        Some(sha256_b64(want.as_bytes()))
+    );
 }
 
 #[test]
@@ -352,6 +366,22 @@ fn claim_problems_are_refused() {
         check_with(&proof(&claims()), "POST", None),
         Err(ProofError::Method)
     );
+}
+
+#[test]
+fn replicas_with_the_same_secret_accept_each_others_nonces() {
+    let period = Duration::from_secs(60);
+    let a = Nonces::derived(&[7u8; 32], period).unwrap();
+    let b = Nonces::derived(&[7u8; 32], period).unwrap();
+    let other = Nonces::derived(&[8u8; 32], period).unwrap();
+    let n = a.current(NOW);
+    assert!(b.accepts(&n, NOW) && b.accepts(&n, NOW + 60));
+    assert!(!other.accepts(&n, NOW));
+    // Not the HMAC of the secret used as a key directly (a key of its own).
+    assert!(!Nonces::with_key(&[7u8; 32], period).accepts(&n, NOW));
+    // Random keys (no shared secret): each process its own.
+    let r = Nonces::new(period).unwrap();
+    assert!(!Nonces::new(period).unwrap().accepts(&r.current(NOW), NOW));
 }
 
 #[test]

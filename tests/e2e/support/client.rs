@@ -70,23 +70,75 @@ pub fn echo_header(echo: &serde_json::Value, name: &str) -> Option<String> {
 
 #[derive(Clone)]
 pub struct Http {
-    client: Client<HttpConnector, ReqBody>,
+    client: Inner,
 }
+
+#[derive(Clone)]
+enum Inner {
+    Plain(Client<HttpConnector, ReqBody>),
+    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>),
+}
+
+impl Inner {
+    async fn request(
+        &self,
+        req: Request<ReqBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            Inner::Plain(c) => c.request(req).await,
+            Inner::Tls(c) => c.request(req).await,
+        }
+    }
+}
+
+/// A client certificate chain and its key.
+pub type Identity = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
 
 impl Http {
     /// HTTP/1.1, pooled.
     pub fn new() -> Http {
         Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Inner::Plain(Client::builder(TokioExecutor::new()).build_http()),
         }
     }
 
     /// HTTP/2 over cleartext with prior knowledge (h2c).
     pub fn h2c() -> Http {
         Http {
-            client: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build_http(),
+            client: Inner::Plain(
+                Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build_http(),
+            ),
+        }
+    }
+
+    /// HTTP/1.1 over TLS (plain http too), trusting only `ca_der`, presenting `identity`
+    /// as the client certificate when given. Pooled: one client, one certificate.
+    pub fn tls(ca_der: &[u8], identity: Option<Identity>) -> Http {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(ca_der.to_vec()))
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let cfg = match identity {
+            Some((certs, key)) => builder.with_client_auth_cert(certs, key).unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(cfg)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Http {
+            client: Inner::Tls(Client::builder(TokioExecutor::new()).build(connector)),
         }
     }
 

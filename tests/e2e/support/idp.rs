@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use http::Request;
+use rustls::pki_types::pem::PemObject as _;
 use serde_json::{json, Value};
 
 use super::agent::{redirect_target, Agent};
@@ -124,6 +125,15 @@ impl Idp {
 
     /// Starts the process on `port` (0: ephemeral) and reads its ready line.
     async fn spawn(&mut self, port: u16, extra: &[&str]) {
+        // Over TLS (--tls-dir): the provider's certificate is from DIR/ca.pem.
+        if let Some(i) = extra.iter().position(|a| *a == "--tls-dir") {
+            let pem = std::fs::read(std::path::Path::new(extra[i + 1]).join("ca.pem")).unwrap();
+            let ca = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+                .next()
+                .unwrap()
+                .unwrap();
+            self.http = Http::tls(&ca, None);
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut hung = 0;
         loop {
@@ -277,9 +287,14 @@ impl Idp {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// `http://127.0.0.1:PORT{path}` (`path` starts with `/`).
+    /// `http://127.0.0.1:PORT{path}` (`path` starts with `/`); `https` over TLS.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        let scheme = if self.issuer.starts_with("https:") {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}{}", self.port, path)
     }
 
     pub fn endpoint(&self, name: &str) -> String {
