@@ -67,11 +67,12 @@ wait_ready() {
   die "portcullis not ready after 10 s (provider metadata and keys)"
 }
 
-# expect WHAT STATUS URL [curl args...]: one request, its status must be STATUS.
+# expect WHAT STATUS URL [curl args...]: one request, its status must be STATUS (the
+# answer's head in $DIR/head, its body in $DIR/body).
 expect() {
   local what=$1 want=$2 url=$3; shift 3
   local got
-  got=$(curl -s -o "$DIR/body" -w '%{http_code}' "$@" "$url") || true
+  got=$(curl -s -o "$DIR/body" -D "$DIR/head" -w '%{http_code}' "$@" "$url") || true
   [ "$got" = "$want" ] || die "$what: $url answered $got, expected $want: $(head -c 300 "$DIR/body")"
 }
 

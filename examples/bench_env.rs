@@ -343,9 +343,15 @@ fn main() {
                 Err(_) => Err(format!("not a count: {n}")),
             },
             ["mint", n, file, rate, lifetime] => {
-                match (n.parse::<usize>(), rate.parse::<f64>(), lifetime.parse::<u64>()) {
+                match (
+                    n.parse::<usize>(),
+                    rate.parse::<f64>(),
+                    lifetime.parse::<u64>(),
+                ) {
                     (Ok(n), Ok(r), Ok(l)) if r > 0.0 => mint(&idp, &run, n, file, Some((r, l))),
-                    _ => Err(format!("not a count, rate and lifetime: {n} {rate} {lifetime}")),
+                    _ => Err(format!(
+                        "not a count, rate and lifetime: {n} {rate} {lifetime}"
+                    )),
                 }
             }
             ["login", proxy, path, file] => rt
