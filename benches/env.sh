@@ -58,13 +58,14 @@ env_cmd() {
   esac
 }
 
-# wait_ready ADMIN_PORT: /readyz answers 200 (provider metadata and keys loaded).
+# wait_ready ADMIN_PORT [SECONDS]: /readyz answers 200 (provider metadata and keys
+# loaded) within SECONDS (10).
 wait_ready() {
-  for _ in $(seq 100); do
+  for _ in $(seq $((${2:-10} * 10))); do
     curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return
     sleep 0.1
   done
-  die "portcullis not ready after 10 s (provider metadata and keys)"
+  die "portcullis not ready after ${2:-10} s (provider metadata and keys)"
 }
 
 # expect WHAT STATUS URL [curl args...]: one request, its status must be STATUS (the

@@ -128,8 +128,12 @@ CONF
 }
 write_config 30s
 "$DIR/portcullis" check --config "$DIR/portcullis.toml" >/dev/null || die "portcullis check refused the generated config"
-RUST_LOG=info "$DIR/portcullis" --config "$DIR/portcullis.toml" 2>"$DIR/portcullis.log" & PC_PID=$!; PIDS+=($PC_PID)
-wait_ready "$AD"
+# SOAK_WRAP: a command to run portcullis under, to see where memory goes, e.g.
+#   SOAK_WRAP="valgrind --tool=massif --massif-out-file=/tmp/massif.out" benches/soak.sh
+# (the rate then follows the capacity measured under it; RSS figures mean nothing).
+# shellcheck disable=SC2086
+RUST_LOG=info ${SOAK_WRAP:-} "$DIR/portcullis" --config "$DIR/portcullis.toml" 2>"$DIR/portcullis.log" & PC_PID=$!; PIDS+=($PC_PID)
+wait_ready "$AD" "${SOAK_WRAP:+120}"
 
 BASE="http://127.0.0.1:$PC"
 expect public 200 "$BASE/pub/x"
