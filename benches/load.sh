@@ -55,35 +55,19 @@ DIR=$(mktemp -d)
 # Copies: target/ may be rebuilt by someone else while this runs.
 cp target/release/portcullis target/release/examples/bench_env "$DIR/"
 BIN=$DIR/portcullis ENV_BIN=$DIR/bench_env
-PIDS=()
-cleanup() {
-  exec 3>&- 4<&- || true
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3; rm -rf "$DIR"
-}
-trap cleanup EXIT
-die() {
-  echo >&2; echo "load.sh: FAILED: $*" >&2
-  for f in portcullis.log bench_env.log; do
-    [ -s "$DIR/$f" ] && { echo "--- last lines of $f:" >&2; tail -n 15 "$DIR/$f" >&2; }
-  done
-  exit 1
-}
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+NAME=load.sh
+# shellcheck source=benches/env.sh
+. benches/env.sh
+trap env_cleanup EXIT
+LOGS+=("$DIR/portcullis.log")
 UP=$(free_port); NG=$(free_port); PC=$(free_port); AD=$(free_port)
 
 # The upstream: nginx answering a small body from memory, one worker (it must not be
 # the bottleneck of the direct run either; it is the same for every target).
-mkdir -p "$DIR/up" "$DIR/ng"
-cat > "$DIR/up/nginx.conf" <<CONF
-daemon off; worker_processes 1; pid $DIR/up/pid; error_log $DIR/up/error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } } }
-CONF
+start_upstream "$UP"
 # nginx as a plain reverse proxy: as many workers as portcullis has threads, keep-alive
 # pool to the upstream at least as large as the connection count.
+mkdir -p "$DIR/ng"
 cat > "$DIR/ng/nginx.conf" <<CONF
 daemon off; worker_processes $WORKERS; pid $DIR/ng/pid; error_log $DIR/ng/error.log;
 events { worker_connections 4096; }
@@ -92,25 +76,11 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$NG;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
-nginx -c "$DIR/up/nginx.conf" -e "$DIR/up/error.log" & PIDS+=($!)
 nginx -c "$DIR/ng/nginx.conf" -e "$DIR/ng/error.log" & PIDS+=($!)
 
 # bench_env: the development provider, and a token minter / login client driven over
 # two FIFOs (one command a line, one answer a line: "ok ..." or "err ...").
-mkfifo "$DIR/env.in" "$DIR/env.out"
-RUST_LOG=warn "$ENV_BIN" <"$DIR/env.in" >"$DIR/env.out" 2>"$DIR/bench_env.log" & PIDS+=($!)
-exec 3>"$DIR/env.in" 4<"$DIR/env.out"
-env_cmd() { # command words...; the answer (after "ok") in ANSWER
-  echo "$*" >&3
-  local a
-  read -r -t 1800 a <&4 || die "bench_env did not answer '$*'"
-  case "$a" in
-    ok*) ANSWER=${a#ok}; ANSWER=${ANSWER# } ;;
-    *) die "bench_env '$*': $a" ;;
-  esac
-}
-read -r -t 60 word ISSUER AUDIENCE <&4 || die "bench_env did not start"
-[ "$word" = ready ] || die "bench_env: $word $ISSUER $AUDIENCE"
+start_bench_env "$ENV_BIN"
 env_cmd token "$DIR/cached.token"
 env_cmd mint 4 "$DIR/check.tokens"
 
@@ -163,15 +133,8 @@ auth = "login"
 CONF
 "$BIN" check --config "$DIR/portcullis.toml" >/dev/null || die "portcullis check refused the generated config"
 RUST_LOG=warn "$BIN" --config "$DIR/portcullis.toml" 2>"$DIR/portcullis.log" & PC_PID=$!; PIDS+=($PC_PID)
-ready=""
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$AD/readyz" >/dev/null && { ready=1; break; }
-  sleep 0.1
-done
-[ -n "$ready" ] || die "portcullis not ready after 10 s (provider metadata and keys)"
-for port in $UP $NG; do
-  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
-done
+wait_ready "$AD"
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$NG/" >/dev/null && break; sleep 0.1; done
 
 D_URL="http://127.0.0.1:$UP/pub/x" N_URL="http://127.0.0.1:$NG/pub/x"
 P_URL="http://127.0.0.1:$PC/pub/x" B_URL="http://127.0.0.1:$PC/api/x" S_URL="http://127.0.0.1:$PC/app/x"
@@ -185,12 +148,6 @@ nonok_total() { # answers of portcullis that were not 2xx, all routes
 
 # Before measuring: every path answers 200 with its credentials, and the authenticated
 # routes refuse a request without them (so a 200 there is portcullis letting us in).
-expect() { # what status url [curl args...]
-  local what=$1 want=$2 url=$3; shift 3
-  local got
-  got=$(curl -s -o "$DIR/body" -D "$DIR/head" -w '%{http_code}' "$@" "$url") || true
-  [ "$got" = "$want" ] || die "$what: GET $url answered $got, expected $want: $(head -c 300 "$DIR/body")"
-}
 expect direct 200 "$D_URL"
 expect nginx 200 "$N_URL"
 expect public 200 "$P_URL"

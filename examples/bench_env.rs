@@ -13,6 +13,10 @@
 //!   dpop-proofs N HTU TOKEN_FILE FILE
 //!                              -> N fresh DPoP proofs (distinct `jti`, `iat` now) of GET
 //!                                 HTU for the token in TOKEN_FILE, one a line
+//!   mint N FILE RATE LIFETIME  -> the same, for use in order at RATE a second: the token
+//!                                 of line k expires LIFETIME seconds after k / RATE
+//!                                 seconds from now (benches/soak.sh: identity-cache
+//!                                 entries, which never outlive `exp`, come and go)
 //!   login PROXY_URL PATH FILE  -> browser login as alice through PROXY_URL (a portcullis
 //!                                 whose provider is this one), landing on PATH; writes the
 //!                                 `Cookie` header value of the session to FILE
@@ -139,8 +143,9 @@ fn now() -> u64 {
         .unwrap_or_default()
 }
 
-/// One valid access token, distinct from every other one this process makes.
-fn mint_one(idp: &DevIdp, run: &str) -> Result<String, String> {
+/// One valid access token, distinct from every other one this process makes, expiring
+/// at `exp` (seconds since the epoch).
+fn mint_one(idp: &DevIdp, run: &str, exp: u64) -> Result<String, String> {
     let n = SERIAL.fetch_add(1, Ordering::Relaxed);
     let iat = now();
     let claims = json!({
@@ -150,14 +155,26 @@ fn mint_one(idp: &DevIdp, run: &str) -> Result<String, String> {
         "client_id": MACHINE_CLIENT_ID,
         "scope": "read:items",
         "iat": iat,
-        "exp": iat + 3600,
+        "exp": exp,
         "jti": format!("{run}-{n}"),
     });
     idp.sign_jwt("at+jwt", &claims).map_err(|e| e.to_string())
 }
 
-fn mint(idp: &DevIdp, run: &str, n: usize, file: &str) -> Result<String, String> {
+/// `pace`: (rate a second, lifetime in seconds) for tokens used in order; else all live 1 h.
+fn mint(
+    idp: &DevIdp,
+    run: &str,
+    n: usize,
+    file: &str,
+    pace: Option<(f64, u64)>,
+) -> Result<String, String> {
     let t0 = Instant::now();
+    let start = now();
+    let exp = |k: usize| match pace {
+        Some((rate, lifetime)) => start + (k as f64 / rate) as u64 + lifetime,
+        None => start + 3600,
+    };
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -167,7 +184,11 @@ fn mint(idp: &DevIdp, run: &str, n: usize, file: &str) -> Result<String, String>
         let handles: Vec<_> = (0..threads)
             .map(|i| {
                 let count = per.min(n.saturating_sub(i * per));
-                s.spawn(move || (0..count).map(|_| mint_one(idp, run)).collect())
+                s.spawn(move || {
+                    (0..count)
+                        .map(|j| mint_one(idp, run, exp(i * per + j)))
+                        .collect()
+                })
             })
             .collect();
         handles
@@ -413,13 +434,13 @@ fn main() {
         let words: Vec<&str> = line.split_whitespace().collect();
         let answer = match words.as_slice() {
             [] => continue,
-            ["token", file] => mint_one(&idp, &run)
+            ["token", file] => mint_one(&idp, &run, now() + 3600)
                 .and_then(|t| {
                     std::fs::write(file, format!("{t}\n")).map_err(|e| format!("{file}: {e}"))
                 })
                 .map(|_| String::new()),
             ["mint", n, file] => match n.parse::<usize>() {
-                Ok(n) => mint(&idp, &run, n, file),
+                Ok(n) => mint(&idp, &run, n, file, None),
                 Err(_) => Err(format!("not a count: {n}")),
             },
             ["dpop-token", file] => dpop_token(&idp, &run, &dpop_key)
@@ -431,6 +452,18 @@ fn main() {
                 Ok(n) => dpop_proofs(&dpop_key, &run, n, htu, token_file, file),
                 Err(_) => Err(format!("not a count: {n}")),
             },
+            ["mint", n, file, rate, lifetime] => {
+                match (
+                    n.parse::<usize>(),
+                    rate.parse::<f64>(),
+                    lifetime.parse::<u64>(),
+                ) {
+                    (Ok(n), Ok(r), Ok(l)) if r > 0.0 => mint(&idp, &run, n, file, Some((r, l))),
+                    _ => Err(format!(
+                        "not a count, rate and lifetime: {n} {rate} {lifetime}"
+                    )),
+                }
+            }
             ["login", proxy, path, file] => rt
                 .block_on(login(&idp, proxy, path))
                 .and_then(|c| {

@@ -435,7 +435,7 @@ impl CookieStore {
             None => {
                 let (session, seal_expires) = self.open_sealed(sealed, now)?;
                 let o = OpenedSession::new(session);
-                self.opened.put(sealed, seal_expires, o.clone());
+                self.opened.put(sealed, seal_expires, o.clone(), unix(now));
                 o
             }
         };

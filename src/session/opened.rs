@@ -12,6 +12,9 @@
 //!   size plus its session), indexed by the last bytes of the value (part of the base64 of
 //!   the AEAD tag, which nobody without the key can choose for an authentic value). A new
 //!   value replaces whatever shared its slot; a miss costs one opening, as before.
+//! - **Holds live sessions, not a high-water mark**: storing a value also empties the
+//!   slots of its shard whose seal has expired, so the memory held follows the sessions
+//!   in use rather than every session ever opened (`benches/soak.sh` watches this).
 //! - **Rebuilt with the keys**: the cache belongs to the cookie store, which a change of
 //!   `session.secrets` replaces.
 
@@ -131,13 +134,21 @@ impl OpenedCache {
         (now < s.seal_expires && same(&s.sealed, sealed)).then(|| s.opened.clone())
     }
 
-    /// Remembers an authentic value (just opened) and its session.
-    pub fn put(&self, sealed: &[u8], seal_expires: u64, opened: OpenedSession) {
+    /// Remembers an authentic value (just opened) and its session, and forgets the
+    /// values of its shard whose seal has expired by `now`. Only a miss stores, and a miss
+    /// has just paid for an opening: the sweep of [`SLOTS`]` / 16` slots is small beside it.
+    pub fn put(&self, sealed: &[u8], seal_expires: u64, opened: OpenedSession, now: u64) {
         if sealed.is_empty() {
             return;
         }
         let (shard, slot) = place(sealed);
-        lock(&self.shards[shard])[slot] = Some(Slot {
+        let mut shard = lock(&self.shards[shard]);
+        for s in shard.iter_mut() {
+            if s.as_ref().is_some_and(|s| now >= s.seal_expires) {
+                *s = None;
+            }
+        }
+        shard[slot] = Some(Slot {
             sealed: sealed.into(),
             seal_expires,
             opened,
@@ -165,7 +176,7 @@ mod tests {
     fn hits_only_the_same_bytes_before_the_seal_expires() {
         let c = OpenedCache::default();
         let v = b"AAAAbase64-of-a-sealed-session-value-with-its-tag-at-the-end".to_vec();
-        c.put(&v, 100, opened("alice"));
+        c.put(&v, 100, opened("alice"), 0);
         assert_eq!(c.get(&v, 99).unwrap().session.sub, "alice");
         assert!(c.get(&v, 100).is_none(), "the seal expired");
         // Same tail (same slot), other bytes: a miss, never alice.
@@ -181,10 +192,58 @@ mod tests {
         let c = OpenedCache::default();
         let v = b"value-one-with-the-same-tail-0123456789abcdef".to_vec();
         let w = b"value-two-with-the-same-tail-0123456789abcdef".to_vec();
-        c.put(&v, 100, opened("alice"));
-        c.put(&w, 100, opened("bob"));
+        c.put(&v, 100, opened("alice"), 0);
+        c.put(&w, 100, opened("bob"), 0);
         assert!(c.get(&v, 1).is_none());
         assert_eq!(c.get(&w, 1).unwrap().session.sub, "bob");
+    }
+
+    /// Count of stored values, all shards.
+    fn stored(c: &OpenedCache) -> usize {
+        c.shards
+            .iter()
+            .map(|s| lock(s).iter().flatten().count())
+            .sum()
+    }
+
+    #[test]
+    fn storing_forgets_expired_values_of_the_shard() {
+        let c = OpenedCache::default();
+        // Values in every shard, sealed until 100.
+        let old: Vec<Vec<u8>> = (0..4000)
+            .map(|i| format!("old-value-{i:08}").into_bytes())
+            .collect();
+        for v in &old {
+            c.put(v, 100, opened("alice"), 0);
+        }
+        let before = stored(&c);
+        assert!(before > SLOTS / 2, "{before}");
+        // At 100 they have all expired: storing new values (sealed until 200) into every
+        // shard leaves only those.
+        let new: Vec<Vec<u8>> = (0..4000)
+            .map(|i| format!("new-value-{i:08}").into_bytes())
+            .collect();
+        let mut shards_written = std::collections::HashSet::new();
+        for v in &new {
+            shards_written.insert(place(v).0);
+            c.put(v, 200, opened("bob"), 100);
+        }
+        assert_eq!(shards_written.len(), SHARDS);
+        for v in &old {
+            assert!(c.get(v, 50).is_none(), "an expired value was kept");
+        }
+        let live = new.iter().filter(|v| c.get(v, 150).is_some()).count();
+        assert_eq!(stored(&c), live);
+        // A sweep keeps what has not expired: two values of one shard, other slots.
+        let kept = b"kept-value-0123456789".to_vec();
+        let (shard, slot) = place(&kept);
+        let other = (0..)
+            .map(|i| format!("other-value-{i:08}").into_bytes())
+            .find(|o| place(o).0 == shard && place(o).1 != slot)
+            .unwrap();
+        c.put(&kept, 300, opened("carol"), 150);
+        c.put(&other, 300, opened("dave"), 160);
+        assert_eq!(c.get(&kept, 170).unwrap().session.sub, "carol");
     }
 
     #[test]
