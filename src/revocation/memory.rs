@@ -6,7 +6,12 @@
 //! serialized by one mutex that also guards the file.
 //!
 //! # The file
-//! A text journal, one entry per line, appended (and `fsync`ed) at each insert:
+//! A text journal, one entry per line, appended at each insert; revocations (sign-outs,
+//! provider logouts, subjects) are `fsync`ed at once, replay-set entries (a DPoP proof's
+//! `jti`, one a request) are only written: they survive a restart or a crash of the
+//! process (the kernel holds the write), and only a crash of the machine within a proof's
+//! `iat` window could lose one. An `fsync` per DPoP request would bound DPoP traffic by
+//! the disk.
 //! ```text
 //! portcullis revocations v1
 //! G <global not-before>
@@ -251,9 +256,10 @@ impl MemorySet {
         }
     }
 
-    /// Appends the line `text` makes to the revocation file. Without a file nothing is
-    /// formatted (a DPoP request makes one entry: its line is not made for nothing).
-    fn append(&self, j: &mut Journal, text: impl FnOnce() -> String) {
+    /// Appends the line `text` makes to the revocation file, `fsync`ed when `durable`
+    /// (see the module's doc). Without a file nothing is formatted (a DPoP request makes
+    /// one entry: its line is not made for nothing).
+    fn append(&self, j: &mut Journal, durable: bool, text: impl FnOnce() -> String) {
         if j.file.is_none() && j.path.is_none() {
             return;
         }
@@ -264,7 +270,9 @@ impl MemorySet {
             }
             return;
         };
-        let r = f.write_all(text.as_bytes()).and_then(|()| f.sync_data());
+        let r = f
+            .write_all(text.as_bytes())
+            .and_then(|()| if durable { f.sync_data() } else { Ok(()) });
         match r {
             Ok(()) => j.appended += 1,
             Err(e) => tracing::error!(
@@ -365,7 +373,7 @@ impl MemorySet {
             return Recorded::Raised;
         }
         self.put(kind, key, not_before, until);
-        self.append(&mut j, || {
+        self.append(&mut j, kind != Entry::Jti, || {
             line(&Slot { key: *key, kind }, &Value { until, not_before })
         });
         Recorded::Stored
@@ -385,7 +393,7 @@ impl MemorySet {
         }
         let raised = self.make_room(&mut j, now);
         self.put(Entry::Jti, key, 0, until);
-        self.append(&mut j, || {
+        self.append(&mut j, false, || {
             line(
                 &Slot {
                     key: *key,
