@@ -1,4 +1,5 @@
-//! A connection's IO, wrapped to record when bytes last moved (for the idle timeout).
+//! A connection's IO, wrapped to record when bytes last moved (for the idle timeout) and
+//! to make a busy connection take turns with the others on its worker (a read budget).
 
 use std::io;
 use std::pin::Pin;
@@ -85,15 +86,30 @@ impl Activity {
     }
 }
 
+/// Bytes a connection may read in one turn: once it has read this much without its socket
+/// running dry, its next read yields (the task is woken again and goes to the back of the
+/// worker's run queue). A worker is one thread serving many connections; without this, a
+/// client that keeps the socket full (HTTP/2 SETTINGS, PING, CONTINUATION or
+/// HEADERS + RST_STREAM floods) has tokio's whole cooperative budget of reads (128) per
+/// turn, a megabyte or more of tiny frames, while every other connection of the worker
+/// waits. Large enough that an ordinary request head or body chunk never meets it.
+pub const READ_BUDGET: usize = 32 * 1024;
+
 pub struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// Bytes read since the socket last had nothing to give, or since the last yield.
+    read_in_turn: usize,
 }
 
 impl<S> Tracked<S> {
     pub fn new(inner: S, activity: Arc<Activity>) -> Self {
         activity.last_io.store(now_ms(), Relaxed);
-        Tracked { inner, activity }
+        Tracked {
+            inner,
+            activity,
+            read_in_turn: 0,
+        }
     }
 }
 
@@ -104,10 +120,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.read_in_turn >= READ_BUDGET {
+            this.read_in_turn = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.on_read(now_ms());
+        match r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.read_in_turn += buf.filled().len() - before;
+                this.activity.on_read(now_ms());
+            }
+            Poll::Pending => this.read_in_turn = 0,
+            _ => {}
         }
         r
     }
@@ -150,5 +176,49 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
+
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Relaxed);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_connection_that_always_has_bytes_yields_after_its_read_budget() {
+        let data = vec![7u8; READ_BUDGET * 3];
+        let mut io = Tracked::new(&data[..], Arc::new(Activity::default()));
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut chunk = [0u8; 4096];
+        let (mut read, mut yields) = (0, 0);
+        while read < data.len() {
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut io).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) => read += buf.filled().len(),
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => {
+                    yields += 1;
+                    assert_eq!(read % READ_BUDGET, 0, "yielded after {read} bytes");
+                }
+            }
+        }
+        // One yield per budget's worth of bytes, each with the task woken again at once
+        // (a yield, not a stall).
+        assert_eq!(yields, 2);
+        assert_eq!(wakes.0.load(Relaxed), 2);
     }
 }
