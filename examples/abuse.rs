@@ -60,7 +60,9 @@ struct Opts {
 
 fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
-    let mode = args.next().ok_or("usage: abuse MODE --addr A --secs S ...")?;
+    let mode = args
+        .next()
+        .ok_or("usage: abuse MODE --addr A --secs S ...")?;
     let mut o = Opts {
         mode,
         addr: "127.0.0.1:8080".parse().map_err(|_| "addr")?,
@@ -99,7 +101,12 @@ struct Counts(Mutex<HashMap<&'static str, u64>>);
 
 impl Counts {
     fn add(&self, k: &'static str, n: u64) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(k).or_default() += n;
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(k)
+            .or_default() += n;
     }
     fn line(&self) -> String {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -765,7 +772,10 @@ fn main() {
             "bearer" => {
                 let path = o.path.clone();
                 paced(&o, c, move |_| {
-                    get(&path, &format!("Authorization: Bearer {}\r\n", random_token(48)))
+                    get(
+                        &path,
+                        &format!("Authorization: Bearer {}\r\n", random_token(48)),
+                    )
                 })
                 .await;
                 Ok(String::new())
