@@ -14,6 +14,8 @@
 #
 #   benches/abuse.sh [--secs S] [--rate R] [--only "rapid-reset idle ..."] [--workers N]
 #                    [--idle N] [--no-build (use the binaries already in the target dir)]
+# PORTCULLIS_BIN=path measures that portcullis binary instead (before/after comparisons);
+# STEADY=upstream sends the steady client straight to the upstream (a control).
 #
 # Floods (examples/abuse.rs MODE, with the size used here):
 #   rapid-reset   4 HTTP/2 connections: HEADERS + RST_STREAM in a loop (CVE-2023-44487)
@@ -65,7 +67,8 @@ START=$(date +%s)
 [ -n "${NO_BUILD:-}" ] || cargo build --release --quiet --bin portcullis --example bench_env --example abuse
 TARGET=${CARGO_TARGET_DIR:-target}
 DIR=$(mktemp -d)
-cp "$TARGET/release/portcullis" "$TARGET/release/examples/bench_env" "$TARGET/release/examples/abuse" "$DIR/"
+cp "${PORTCULLIS_BIN:-$TARGET/release/portcullis}" "$DIR/portcullis"
+cp "$TARGET/release/examples/bench_env" "$TARGET/release/examples/abuse" "$DIR/"
 BIN=$DIR/portcullis ENV_BIN=$DIR/bench_env ABUSE=$DIR/abuse
 PIDS=()
 cleanup() {
@@ -149,6 +152,10 @@ for _ in $(seq 100); do
 done
 [ -n "$ready" ] || die "portcullis not ready after 10 s"
 ADDR=127.0.0.1:$PC
+# STEADY=upstream: a control run, the steady client straight to the upstream while the
+# proxy is flooded (a p99 that moves there too is the machine's, not the proxy's).
+STEADY_ADDR=$ADDR
+[ "${STEADY:-}" != upstream ] || STEADY_ADDR=127.0.0.1:$UP
 code() { curl -s -o /dev/null -m 5 -w '%{http_code}' "$@" || true; }
 [ "$(code "http://$ADDR/pub/x")" = 200 ] || die "public route does not answer 200"
 [ "$(code -H "Authorization: Bearer $(cat "$DIR/good.token")" "http://$ADDR/api/x")" = 200 ] || die "bearer route refuses a good token"
@@ -162,7 +169,7 @@ TCK=$(getconf CLK_TCK)
 
 # steady SECONDS -> "p50 p99 requests errors" (errors: non-2xx answers + I/O errors)
 steady() {
-  "$ABUSE" steady --addr "$ADDR" --secs "$1" --conns 8 --rate "$RATE" --path /pub/x | tee -a "$DIR/steady.log" | python3 -c '
+  "$ABUSE" steady --addr "$STEADY_ADDR" --secs "$1" --conns 8 --rate "$RATE" --path /pub/x | tee -a "$DIR/steady.log" | python3 -c '
 import sys
 kv = dict(w.split("=", 1) for w in sys.stdin.read().split() if "=" in w)
 err = sum(int(kv.get(k, 0)) for k in ("3xx", "4xx", "5xx", "io_errors"))
