@@ -352,7 +352,7 @@ async fn rapid_reset(o: &Opts, counts: Arc<Counts>) {
                         Err(_) => break,
                     }
                     // Let the connection task write what was queued now and then.
-                    if n % 64 == 0 {
+                    if n.is_multiple_of(64) {
                         tokio::task::yield_now().await;
                     }
                 }
@@ -491,7 +491,7 @@ where
             i += 1;
             w.write_all(&b).await?;
             sent += b.len() as u64;
-            if i % 16 == 0 {
+            if i.is_multiple_of(16) {
                 tokio::task::yield_now().await;
             }
         }
