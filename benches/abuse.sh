@@ -15,7 +15,8 @@
 #   benches/abuse.sh [--secs S] [--rate R] [--only "rapid-reset idle ..."] [--workers N]
 #                    [--idle N] [--no-build (use the binaries already in the target dir)]
 # PORTCULLIS_BIN=path measures that portcullis binary instead (before/after comparisons);
-# STEADY=upstream sends the steady client straight to the upstream (a control).
+# STEADY=upstream sends the steady client straight to the upstream (a control);
+# FLOOD_EXTRA="--batch 64" adds options to every flood (raw floods: frames per write).
 #
 # Floods (examples/abuse.rs MODE, with the size used here):
 #   rapid-reset   4 HTTP/2 connections: HEADERS + RST_STREAM in a loop (CVE-2023-44487)
@@ -199,7 +200,7 @@ for f in $ONLY; do
   r0=$(rss_kib); c0=$(ticks); j0=$(jwks_fetches)
   R=$(ramp "$f")
   # shellcheck disable=SC2046
-  "$ABUSE" "$f" --addr "$ADDR" --secs $((SECS + R + 1)) $(flood_args "$f") > "$DIR/flood.$f" 2>&1 & FP=$!; PIDS+=($FP)
+  "$ABUSE" "$f" --addr "$ADDR" --secs $((SECS + R + 1)) $(flood_args "$f") ${FLOOD_EXTRA:-} > "$DIR/flood.$f" 2>&1 & FP=$!; PIDS+=($FP)
   sleep "$R"
   read -r f50 f99 fn ferr < <(steady "$SECS")
   r1=$(rss_kib); open=$(metric portcullis_connections_open)

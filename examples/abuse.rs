@@ -28,6 +28,8 @@
 //!                by a key the provider never published, under a fresh kid
 //! ```
 //!
+//! Raw floods write one frame per system call unless `--batch N` (N frames a write).
+//!
 //! Prints one line of `key=value` counts at the end (`steady` adds p50/p99/max in ms and
 //! the status classes). Everything a mode sends goes to `--addr` only.
 
@@ -56,6 +58,8 @@ struct Opts {
     cookie_name: String,
     iss: String,
     aud: String,
+    /// Raw floods: frames per write (1: one system call, and one loopback segment, each).
+    batch: usize,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -73,6 +77,7 @@ fn parse() -> Result<Opts, String> {
         cookie_name: "_portcullis".into(),
         iss: String::new(),
         aud: String::new(),
+        batch: 1,
     };
     while let Some(k) = args.next() {
         let v = args.next().ok_or(format!("{k} needs a value"))?;
@@ -86,6 +91,7 @@ fn parse() -> Result<Opts, String> {
             "--cookie-name" => o.cookie_name = v,
             "--iss" => o.iss = v,
             "--aud" => o.aud = v,
+            "--batch" => o.batch = v.parse().map_err(|_| bad.clone())?,
             _ => return Err(format!("unknown option {k}")),
         }
     }
@@ -523,7 +529,9 @@ async fn raw_flood<F>(
         tasks.push(tokio::spawn(async move {
             while Instant::now() < end {
                 counts.add("connections", 1);
-                match raw_conn(o.addr, end, first(&o), read, &next).await {
+                let batch = o.batch.max(1) as u64;
+                let next = |i: u64| (i * batch..(i + 1) * batch).flat_map(&next).collect();
+                match raw_conn(o.addr, end, first(&o), read, next).await {
                     Ok(n) => counts.add("bytes", n),
                     Err(_) => {
                         counts.add("connect_errors", 1);
