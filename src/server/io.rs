@@ -95,11 +95,90 @@ impl Activity {
 /// waits. Large enough that an ordinary request head or body chunk never meets it.
 pub const READ_BUDGET: usize = 32 * 1024;
 
+/// HTTP/2 SETTINGS frames (not acknowledgements) a client may send within
+/// [`CONTROL_WINDOW_MS`]: each one must be acknowledged and applied. Past this the
+/// connection is closed (a SETTINGS flood). Ordinary clients send a handful per connection.
+/// PINGs are not counted: h2 keeps one answer pending at most, and gRPC clients may ping
+/// often while they receive data.
+pub const CONTROL_FRAME_BUDGET: u32 = 1000;
+pub const CONTROL_WINDOW_MS: u64 = 10_000;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Follows the frame headers of a client's HTTP/2 byte stream (after the preface) to count
+/// its control frames. Not HTTP/2 (no preface): it stops looking.
+#[derive(Default)]
+struct FrameScan {
+    /// Bytes of the preface matched so far; `None` once past it or not HTTP/2.
+    preface: Option<usize>,
+    off: bool,
+    head: [u8; 9],
+    head_len: usize,
+    skip: usize,
+    window_start: u64,
+    in_window: u32,
+}
+
+impl FrameScan {
+    fn new() -> FrameScan {
+        FrameScan {
+            preface: Some(0),
+            ..FrameScan::default()
+        }
+    }
+
+    /// Looks at bytes just read; false once the connection has sent too many control
+    /// frames.
+    fn feed(&mut self, mut b: &[u8], now: u64) -> bool {
+        while !b.is_empty() && !self.off {
+            if let Some(n) = self.preface {
+                let take = (PREFACE.len() - n).min(b.len());
+                if b[..take] != PREFACE[n..n + take] {
+                    self.off = true;
+                    return true;
+                }
+                b = &b[take..];
+                self.preface = (n + take < PREFACE.len()).then_some(n + take);
+                continue;
+            }
+            if self.skip > 0 {
+                let take = self.skip.min(b.len());
+                self.skip -= take;
+                b = &b[take..];
+                continue;
+            }
+            let take = (9 - self.head_len).min(b.len());
+            self.head[self.head_len..self.head_len + take].copy_from_slice(&b[..take]);
+            self.head_len += take;
+            b = &b[take..];
+            if self.head_len < 9 {
+                continue;
+            }
+            self.head_len = 0;
+            let h = self.head;
+            self.skip = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+            let (kind, ack) = (h[3], h[4] & 0x1 != 0);
+            if kind == 0x4 && !ack {
+                if now.saturating_sub(self.window_start) >= CONTROL_WINDOW_MS {
+                    self.window_start = now;
+                    self.in_window = 0;
+                }
+                self.in_window += 1;
+                if self.in_window > CONTROL_FRAME_BUDGET {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
 pub struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
     /// Bytes read since the socket last had nothing to give, or since the last yield.
     read_in_turn: usize,
+    frames: FrameScan,
 }
 
 impl<S> Tracked<S> {
@@ -109,6 +188,7 @@ impl<S> Tracked<S> {
             inner,
             activity,
             read_in_turn: 0,
+            frames: FrameScan::new(),
         }
     }
 }
@@ -130,7 +210,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         match r {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 this.read_in_turn += buf.filled().len() - before;
-                this.activity.on_read(now_ms());
+                let now = now_ms();
+                this.activity.on_read(now);
+                if !this.frames.feed(&buf.filled()[before..], now) {
+                    tracing::debug!("closing connection: HTTP/2 SETTINGS flood");
+                    return Poll::Ready(Err(io::Error::other("HTTP/2 SETTINGS flood")));
+                }
             }
             Poll::Pending => this.read_in_turn = 0,
             _ => {}
@@ -220,5 +305,48 @@ mod tests {
         // (a yield, not a stall).
         assert_eq!(yields, 2);
         assert_eq!(wakes.0.load(Relaxed), 2);
+    }
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags, 0, 0, 0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn an_http2_settings_flood_is_cut_off_and_acks_pings_and_http1_are_not_counted() {
+        let mut scan = FrameScan::new();
+        let mut first = PREFACE.to_vec();
+        first.extend(frame(0x4, 0, &[0, 4, 0, 0, 0xff, 0xff]));
+        assert!(scan.feed(&first, 1));
+        // Acknowledgements, PINGs and other frames, split across reads at odd places, are
+        // free.
+        let mut other: Vec<u8> = Vec::new();
+        for _ in 0..3000 {
+            other.extend(frame(0x6, 0, &[0; 8]));
+            other.extend(frame(0x4, 0x1, &[]));
+            other.extend(frame(0x6, 0x1, &[0; 8]));
+            other.extend(frame(0x0, 0x0, &[1; 20]));
+        }
+        for chunk in other.chunks(7) {
+            assert!(scan.feed(chunk, 2));
+        }
+        // SETTINGS up to the budget pass; the next one within the window does not.
+        let settings = frame(0x4, 0, &[0, 1, 0, 0, 0x10, 0]);
+        for _ in 1..CONTROL_FRAME_BUDGET {
+            assert!(scan.feed(&settings, 3));
+        }
+        assert!(!scan.feed(&settings, 4));
+        // A new window starts the count again.
+        let mut later = FrameScan::new();
+        assert!(later.feed(PREFACE, 0));
+        for i in 0..3 * CONTROL_FRAME_BUDGET as u64 {
+            assert!(later.feed(&settings, i * 20));
+        }
+        // HTTP/1.1 is never looked at.
+        let mut h1 = FrameScan::new();
+        let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5000);
+        assert!(h1.feed(&get, 1));
     }
 }
