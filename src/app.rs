@@ -227,6 +227,7 @@ pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, St
     let listen = config.server.listen;
     let admin_listen = config.server.admin_listen;
     let max_conns = config.server.limits.max_connections;
+    metrics.connections_max.store(max_conns as u64, Relaxed);
     // The control runtime first: some state (the Redis session store) needs a runtime
     // to be built in.
     let control = tokio::runtime::Builder::new_multi_thread()

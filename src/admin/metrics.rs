@@ -144,6 +144,10 @@ pub struct Metrics {
     pub in_flight: AtomicI64,
     pub connections_open: AtomicI64,
     pub connections_total: AtomicU64,
+    /// `server.limits.max_connections` as started (a reload does not change it).
+    pub connections_max: AtomicU64,
+    /// Accepted connections that found every slot taken and waited for one.
+    pub connections_limit_waits: AtomicU64,
     upstream_errors: [AtomicU64; 3],
     /// Request latency bucket bounds (up to the largest timeout configured at start).
     bounds: Arc<[f64]>,
@@ -168,6 +172,8 @@ impl Metrics {
             in_flight: AtomicI64::new(0),
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
+            connections_max: AtomicU64::new(0),
+            connections_limit_waits: AtomicU64::new(0),
             upstream_errors: Default::default(),
             bounds: latency_bounds(largest_timeout),
             routes: Mutex::new(Vec::new()),
@@ -280,6 +286,20 @@ impl Metrics {
             "counter",
             "Client connections accepted.",
             self.connections_total.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "portcullis_connections_max",
+            "gauge",
+            "server.limits.max_connections: open client connections allowed at once.",
+            self.connections_max.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "portcullis_connections_limit_waits_total",
+            "counter",
+            "Connections accepted while max_connections were open: each waited for a slot, and while it waited its worker accepted nothing more (further clients queue in the listen backlog).",
+            self.connections_limit_waits.load(Relaxed),
         );
         family(
             &mut o,

@@ -32,6 +32,14 @@ use crate::exchange::{Arrival, ConnInfo};
 use crate::generation::Generation;
 use io::{Activity, Tracked};
 
+/// HTTP/2: response bytes buffered per stream awaiting the client's flow-control window.
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
+/// HTTP/2: streams a client may reset before they are accepted, at once (hyper's default).
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// HTTP/2: streams reset for the client's protocol errors over a connection's life
+/// (hyper's default is 1024).
+const H2_MAX_LOCAL_ERROR_RESETS: Option<usize> = Some(256);
+
 /// The generation currently serving; swapped whole by a reload.
 pub type Current = Arc<ArcSwap<Generation>>;
 
@@ -94,10 +102,18 @@ pub async fn worker(
         // wait in the kernel backlog.
         let permit = match limit.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => tokio::select! {
-                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = shutdown.changed() => break,
-            },
+            Err(_) => {
+                current
+                    .load()
+                    .metrics
+                    .connections_limit_waits
+                    .fetch_add(1, Relaxed);
+                tracing::debug!(%peer, "max_connections reached: waiting for a free slot");
+                tokio::select! {
+                    p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                    _ = shutdown.changed() => break,
+                }
+            }
         };
         let current = current.clone();
         let drain = drain_rx.clone();
@@ -277,7 +293,15 @@ async fn drive<I>(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .max_header_list_size(limits.max_header_bytes as u32)
+        // Response bytes buffered per stream for a client that does not open its window
+        // (hyper's default is 400 KiB: 50 MiB a connection at 128 streams); past this the
+        // upstream body is simply read more slowly.
+        .max_send_buf_size(H2_MAX_SEND_BUF)
+        // Streams the client resets before we take them (rapid reset, CVE-2023-44487) and
+        // streams we reset for its protocol errors: past these, GOAWAY and close.
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     let mut conn = pin!(conn);
     let tick = (limits.header_read_timeout.min(limits.idle_timeout) / 4)

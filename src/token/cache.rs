@@ -367,6 +367,12 @@ impl TokenCache {
     pub fn entry_count(&self) -> u64 {
         self.shards.iter().map(|s| read(s).len() as u64).sum()
     }
+
+    /// Refusals remembered in the negative cache (at most `NEGATIVE_CAPACITY`; moka's
+    /// count, which lags inserts and evictions a little).
+    pub fn negative_entry_count(&self) -> u64 {
+        self.negative.as_ref().map_or(0, |n| n.entry_count())
+    }
 }
 
 /// A full shard: drop what has expired; if that is not enough, drop the eighth of the

@@ -28,8 +28,9 @@ impl TokenMetrics {
     }
 
     /// Prometheus text exposition (version 0.0.4) lines for these counters.
-    /// `cache_entries` is the current number of cached identities (a gauge).
-    pub fn render_prometheus(&self, cache_entries: u64) -> String {
+    /// `cache_entries` is the current number of cached identities, `negative_entries` of
+    /// remembered refusals (gauges).
+    pub fn render_prometheus(&self, cache_entries: u64, negative_entries: u64) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::with_capacity(1024);
         let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
@@ -87,6 +88,10 @@ impl TokenMetrics {
             out,
             "# HELP portcullis_token_cache_entries Identities in the token cache.\n# TYPE portcullis_token_cache_entries gauge\nportcullis_token_cache_entries {cache_entries}"
         );
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_token_negative_cache_entries Refused bearer tokens remembered (bounded).\n# TYPE portcullis_token_negative_cache_entries gauge\nportcullis_token_negative_cache_entries {negative_entries}"
+        );
         out
     }
 }
@@ -101,11 +106,12 @@ mod tests {
         bump(&m.cache_hits);
         bump(&m.cache_hits);
         bump(&m.jwks_fetches_fail);
-        let text = m.render_prometheus(7);
+        let text = m.render_prometheus(7, 3);
         assert!(text.contains("# TYPE portcullis_token_cache_hits_total counter\n"));
         assert!(text.contains("\nportcullis_token_cache_hits_total 2\n"));
         assert!(text.contains("\nportcullis_jwks_fetches_total{result=\"error\"} 1\n"));
         assert!(text.contains("\nportcullis_token_validations_total{result=\"ok\"} 0\n"));
         assert!(text.contains("\nportcullis_token_cache_entries 7\n"));
+        assert!(text.contains("\nportcullis_token_negative_cache_entries 3\n"));
     }
 }

@@ -524,9 +524,10 @@ impl TokenValidator {
 
     /// The token metrics in the Prometheus text format, cache size included.
     pub fn render_metrics(&self) -> String {
-        self.inner
-            .metrics
-            .render_prometheus(self.inner.cache.entry_count())
+        self.inner.metrics.render_prometheus(
+            self.inner.cache.entry_count(),
+            self.inner.cache.negative_entry_count(),
+        )
     }
 
     /// Verifies a signed JWT of one of this validator's issuers that is not an access token

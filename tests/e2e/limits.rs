@@ -202,13 +202,19 @@ async fn served_conn(p: &TestProxy, round: usize, which: &str) -> RawConn {
     c
 }
 
-/// The proxy's `portcullis_connections_open` gauge.
-async fn connections_open(p: &TestProxy) -> Option<i64> {
+/// One unlabelled sample of the proxy's `/metrics`.
+async fn sample(p: &TestProxy, name: &str) -> Option<i64> {
     let m = raw::get(p.admin, "/metrics").await.ok()?;
+    let prefix = format!("{name} ");
     m.text()
         .lines()
-        .find_map(|l| l.strip_prefix("portcullis_connections_open "))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The proxy's `portcullis_connections_open` gauge.
+async fn connections_open(p: &TestProxy) -> Option<i64> {
+    sample(p, "portcullis_connections_open").await
 }
 
 async fn max_connections_case(workers: usize, rounds: usize) {
@@ -242,6 +248,13 @@ async fn max_connections_case(workers: usize, rounds: usize) {
                 panic!("round {round}: third connection not served after one closed: {e}")
             });
         assert_eq!(r.status, 200);
+        // Over capacity is visible: the limit, and the connection that waited for a slot.
+        assert_eq!(sample(&p, "portcullis_connections_max").await, Some(2));
+        let waits = sample(&p, "portcullis_connections_limit_waits_total").await;
+        assert!(
+            waits >= Some(round as i64 + 1),
+            "round {round}: limit waits counted: {waits:?}"
+        );
         drop(b);
         drop(third);
         eventually(
