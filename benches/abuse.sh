@@ -71,39 +71,15 @@ DIR=$(mktemp -d)
 cp "${PORTCULLIS_BIN:-$TARGET/release/portcullis}" "$DIR/portcullis"
 cp "$TARGET/release/examples/bench_env" "$TARGET/release/examples/abuse" "$DIR/"
 BIN=$DIR/portcullis ENV_BIN=$DIR/bench_env ABUSE=$DIR/abuse
-PIDS=()
-cleanup() {
-  exec 3>&- 4<&- || true
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3; rm -rf "$DIR"
-}
-trap cleanup EXIT
-die() {
-  echo >&2; echo "abuse.sh: FAILED: $*" >&2
-  for f in portcullis.log bench_env.log; do
-    [ -s "$DIR/$f" ] && { echo "--- last lines of $f:" >&2; tail -n 15 "$DIR/$f" >&2; }
-  done
-  exit 1
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+NAME=abuse.sh
+# shellcheck source=benches/env.sh
+. benches/env.sh
+trap env_cleanup EXIT
+LOGS+=("$DIR/portcullis.log")
 UP=$(free_port); PC=$(free_port); AD=$(free_port)
-
-mkdir -p "$DIR/up"
-cat > "$DIR/up/nginx.conf" <<CONF
-daemon off; worker_processes 1; pid $DIR/up/pid; error_log $DIR/up/error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } } }
-CONF
-nginx -c "$DIR/up/nginx.conf" -e "$DIR/up/error.log" & PIDS+=($!)
-
-mkfifo "$DIR/env.in" "$DIR/env.out"
-RUST_LOG=warn "$ENV_BIN" <"$DIR/env.in" >"$DIR/env.out" 2>"$DIR/bench_env.log" & PIDS+=($!)
-exec 3>"$DIR/env.in" 4<"$DIR/env.out"
-read -r -t 60 word ISSUER AUDIENCE <&4 || die "bench_env did not start"
-[ "$word" = ready ] || die "bench_env: $word $ISSUER $AUDIENCE"
-echo "token $DIR/good.token" >&3
-read -r -t 60 a <&4; [ "${a%% *}" = ok ] || die "bench_env token: $a"
+start_upstream "$UP"
+start_bench_env "$ENV_BIN"
+env_cmd token "$DIR/good.token"
 
 SECRET=$(head -c 32 /dev/urandom | base64)
 cat > "$DIR/portcullis.toml" <<CONF
@@ -146,12 +122,7 @@ auth = "login"
 CONF
 "$BIN" check --config "$DIR/portcullis.toml" >/dev/null || die "portcullis check refused the generated config"
 RUST_LOG=warn "$BIN" --config "$DIR/portcullis.toml" 2>"$DIR/portcullis.log" & PC_PID=$!; PIDS+=($PC_PID)
-ready=""
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$AD/readyz" >/dev/null && { ready=1; break; }
-  sleep 0.1
-done
-[ -n "$ready" ] || die "portcullis not ready after 10 s"
+wait_ready "$AD"
 ADDR=127.0.0.1:$PC
 # STEADY=upstream: a control run, the steady client straight to the upstream while the
 # proxy is flooded (a p99 that moves there too is the machine's, not the proxy's).
