@@ -103,7 +103,7 @@ pub const READ_BUDGET: usize = 32 * 1024;
 pub const CONTROL_FRAME_BUDGET: u32 = 1000;
 pub const CONTROL_WINDOW_MS: u64 = 10_000;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Follows the frame headers of a client's HTTP/2 byte stream (after the preface) to count
 /// its control frames. Not HTTP/2 (no preface): it stops looking.

@@ -154,7 +154,7 @@ async fn serve_connection(
     peer: SocketAddr,
     worker: usize,
     current: Current,
-    drain: watch::Receiver<bool>,
+    mut drain: watch::Receiver<bool>,
 ) {
     let generation = current.load_full();
     let metrics = generation.metrics.clone();
@@ -167,30 +167,98 @@ async fn serve_connection(
     // The connection does not hold on to a generation: each request takes the current one.
     drop(generation);
     let accepted = Instant::now();
-    let activity = Arc::new(Activity::default());
-    match &tls {
+    match tls {
+        // Boxed: the handshake's and rustls' state would otherwise size every connection's
+        // task, cleartext ones included.
         Some(acceptor) => {
-            // The handshake counts against the header read timeout (slowloris over TLS).
-            let tls =
-                tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
-            match tls {
-                Ok(Ok(s)) => {
-                    // RFC 8705: the certificate's thumbprint, once for the connection.
-                    let conn =
-                        ConnInfo::new(peer, true).with_client_cert(tls::client_thumbprint(&s));
-                    let io = Tracked::new(s, activity.clone());
-                    drive(io, conn, worker, current, activity, accepted, drain).await
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
+            Box::pin(serve_tls(
+                acceptor, stream, peer, worker, current, limits, accepted, drain,
+            ))
+            .await
         }
         None => {
+            // Nothing sent before the header read timeout (covers slowloris on the first
+            // bytes): closed, as the watchdog would.
+            let deadline = accepted + limits.header_read_timeout;
+            let proto = tokio::select! {
+                r = tokio::time::timeout_at(deadline, sniff(&stream)) => match r {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "connection failed before a request");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "closing connection: header read timeout");
+                        return;
+                    }
+                },
+                _ = drain.changed() => return,
+            };
+            let activity = Arc::new(Activity::default());
             let io = Tracked::new(stream, activity.clone());
             let conn = ConnInfo::new(peer, false);
-            drive(io, conn, worker, current, activity, accepted, drain).await
+            drive(io, proto, conn, worker, current, activity, accepted, drain).await
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    worker: usize,
+    current: Current,
+    limits: crate::config::Limits,
+    accepted: Instant,
+    drain: watch::Receiver<bool>,
+) {
+    // The handshake counts against the header read timeout (slowloris over TLS).
+    let tls = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
+    match tls {
+        Ok(Ok(s)) => {
+            // RFC 8705: the certificate's thumbprint, once for the connection.
+            let conn = ConnInfo::new(peer, true).with_client_cert(tls::client_thumbprint(&s));
+            // ALPN decides; a client that offered none is detected from its first bytes.
+            let proto = match s.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Proto::H2,
+                Some(b"http/1.1") => Proto::H1,
+                _ => Proto::Detect,
+            };
+            let activity = Arc::new(Activity::default());
+            let io = Tracked::new(s, activity.clone());
+            drive(io, proto, conn, worker, current, activity, accepted, drain).await
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// The protocol a connection speaks, known before hyper takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    H1,
+    H2,
+    /// TLS without ALPN, or a partial preface: hyper-util reads the first bytes to decide.
+    Detect,
+}
+
+/// Cleartext: HTTP/2 with prior knowledge starts with the connection preface, anything
+/// else is HTTP/1. The bytes are only peeked at, so hyper reads them itself: hyper-util's
+/// detection reads them first and hands them over in a separate read, which makes
+/// hyper's read buffer grow from 8 to 16 KiB on every HTTP/1.1 connection, for its life.
+/// A first segment with only a part of the preface (real clients send it whole) is left
+/// to hyper-util's detection rather than peeked at again and again.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Proto> {
+    let mut buf = [0u8; io::PREFACE.len()];
+    let n = stream.peek(&mut buf).await?;
+    Ok(if n == 0 || buf[..n] != io::PREFACE[..n] {
+        Proto::H1
+    } else if n == io::PREFACE.len() {
+        Proto::H2
+    } else {
+        Proto::Detect
+    })
 }
 
 /// hyper's per-connection service: hands each request, with the connection's facts, to
@@ -257,14 +325,49 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     }
 }
 
+/// The HTTP/1.1 options (the same whether or not hyper-util detects the protocol).
+macro_rules! http1_options {
+    ($b:expr, $limits:expr) => {
+        // hyper's own header read timer is off: on a keep-alive connection it also runs
+        // while the connection waits for the next request, which would cut idle_timeout
+        // down to header_read_timeout. The watchdog enforces both, separately.
+        $b.timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_headers($limits.max_headers)
+            // Room for the configured head limits plus slack, so that RouteLayer can
+            // answer 414 / 431 precisely; past this, hyper answers 431 itself.
+            .max_buf_size(($limits.max_header_bytes + $limits.max_uri_length + 64 * 1024).max(8192))
+            .keep_alive(true)
+    };
+}
+
+/// The HTTP/2 options.
+macro_rules! http2_options {
+    ($b:expr, $limits:expr) => {
+        $b.timer(TokioTimer::new())
+            .max_concurrent_streams($limits.max_concurrent_streams)
+            .max_header_list_size($limits.max_header_bytes as u32)
+            // Response bytes buffered per stream for a client that does not open its
+            // window (hyper's default is 400 KiB: 50 MiB a connection at 128 streams);
+            // past this the upstream body is simply read more slowly.
+            .max_send_buf_size(H2_MAX_SEND_BUF)
+            // Streams the client resets before we take them (rapid reset, CVE-2023-44487)
+            // and streams we reset for its protocol errors: past these, GOAWAY and close.
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+    };
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn drive<I>(
     io: I,
+    proto: Proto,
     conn: ConnInfo,
     worker: usize,
     current: Current,
     activity: Arc<Activity>,
     accepted: Instant,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -276,33 +379,75 @@ async fn drive<I>(
         worker,
         activity: activity.clone(),
     };
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // hyper's own header read timer is off: on a keep-alive connection it also runs while
-    // the connection waits for the next request, which would cut idle_timeout down to
-    // header_read_timeout. The watchdog below enforces both, separately.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_headers(limits.max_headers)
-        // Room for the configured head limits plus slack, so that RouteLayer can answer
-        // 414 / 431 precisely; past this, hyper answers 431 itself.
-        .max_buf_size((limits.max_header_bytes + limits.max_uri_length + 64 * 1024).max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        // Response bytes buffered per stream for a client that does not open its window
-        // (hyper's default is 400 KiB: 50 MiB a connection at 128 streams); past this the
-        // upstream body is simply read more slowly.
-        .max_send_buf_size(H2_MAX_SEND_BUF)
-        // Streams the client resets before we take them (rapid reset, CVE-2023-44487) and
-        // streams we reset for its protocol errors: past these, GOAWAY and close.
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let io = TokioIo::new(io);
+    match proto {
+        // HTTP/1.1 is served by hyper directly and in place: an idle keep-alive connection
+        // is this task, hyper's 8 KiB read and write buffers and little else.
+        Proto::H1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            http1_options!(b, limits);
+            let conn = b.serve_connection(io, svc).with_upgrades();
+            supervise(
+                conn,
+                |c| c.graceful_shutdown(),
+                peer,
+                activity,
+                accepted,
+                limits,
+                drain,
+            )
+            .await
+        }
+        // Boxed: HTTP/2's connection state is several times HTTP/1.1's and would size
+        // every connection's task.
+        Proto::H2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            http2_options!(b, limits);
+            let conn = b.serve_connection(io, svc);
+            let w = supervise(
+                conn,
+                |c| c.graceful_shutdown(),
+                peer,
+                activity,
+                accepted,
+                limits,
+                drain,
+            );
+            Box::pin(w).await
+        }
+        Proto::Detect => {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            http1_options!(builder.http1(), limits);
+            http2_options!(builder.http2(), limits);
+            let conn = builder.serve_connection_with_upgrades(io, svc);
+            let w = supervise(
+                conn,
+                |c| c.graceful_shutdown(),
+                peer,
+                activity,
+                accepted,
+                limits,
+                drain,
+            );
+            Box::pin(w).await
+        }
+    }
+}
+
+/// Drives a hyper connection to its end and closes it at the header read or idle timeout,
+/// or gracefully when the worker drains.
+async fn supervise<C, E>(
+    conn: C,
+    shutdown: impl Fn(Pin<&mut C>),
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    accepted: Instant,
+    limits: crate::config::Limits,
+    mut drain: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut conn = pin!(conn);
     let tick = (limits.header_read_timeout.min(limits.idle_timeout) / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
@@ -326,7 +471,7 @@ async fn drive<I>(
                 match activity.deadline(accepted.into_std(), &limits) {
                     Some(deadline) if now.into_std() >= deadline => {
                         tracing::debug!(%peer, "closing connection: header read or idle timeout");
-                        conn.as_mut().graceful_shutdown();
+                        shutdown(conn.as_mut());
                         closing = true;
                         sleep.as_mut().reset(now + Duration::from_secs(1));
                     }
@@ -335,8 +480,43 @@ async fn drive<I>(
             }
             _ = drain.changed(), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                shutdown(conn.as_mut());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn sniffed(first: &[u8]) -> Proto {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(first).await.unwrap();
+        let proto = sniff(&server).await.unwrap();
+        // Peeked, not read: hyper still gets every byte.
+        let mut buf = vec![0u8; first.len()];
+        let n = server.peek(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &first[..n]);
+        proto
+    }
+
+    #[tokio::test]
+    async fn the_protocol_is_told_from_the_first_bytes_without_reading_them() {
+        assert_eq!(
+            sniffed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await,
+            Proto::H1
+        );
+        assert_eq!(sniffed(b"POST / HTTP/1.1\r\n").await, Proto::H1);
+        assert_eq!(sniffed(b"P").await, Proto::Detect);
+        assert_eq!(sniffed(b"PRI * HTTP/2.0\r\n").await, Proto::Detect);
+        let mut h2 = io::PREFACE.to_vec();
+        h2.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(sniffed(&h2).await, Proto::H2);
     }
 }
