@@ -380,6 +380,14 @@ async fn drive<I>(
         activity: activity.clone(),
     };
     let io = TokioIo::new(io);
+    let watch = Watch {
+        peer,
+        activity,
+        accepted,
+        limits,
+        drain,
+    };
+    let limits = &watch.limits;
     match proto {
         // HTTP/1.1 is served by hyper directly and in place: an idle keep-alive connection
         // is this task, hyper's 8 KiB read and write buffers and little else.
@@ -387,16 +395,7 @@ async fn drive<I>(
             let mut b = hyper::server::conn::http1::Builder::new();
             http1_options!(b, limits);
             let conn = b.serve_connection(io, svc).with_upgrades();
-            supervise(
-                conn,
-                |c| c.graceful_shutdown(),
-                peer,
-                activity,
-                accepted,
-                limits,
-                drain,
-            )
-            .await
+            watch.supervise(conn, |c| c.graceful_shutdown()).await
         }
         // Boxed: HTTP/2's connection state is several times HTTP/1.1's and would size
         // every connection's task.
@@ -404,83 +403,76 @@ async fn drive<I>(
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             http2_options!(b, limits);
             let conn = b.serve_connection(io, svc);
-            let w = supervise(
-                conn,
-                |c| c.graceful_shutdown(),
-                peer,
-                activity,
-                accepted,
-                limits,
-                drain,
-            );
-            Box::pin(w).await
+            Box::pin(watch.supervise(conn, |c| c.graceful_shutdown())).await
         }
         Proto::Detect => {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             http1_options!(builder.http1(), limits);
             http2_options!(builder.http2(), limits);
             let conn = builder.serve_connection_with_upgrades(io, svc);
-            let w = supervise(
-                conn,
-                |c| c.graceful_shutdown(),
-                peer,
-                activity,
-                accepted,
-                limits,
-                drain,
-            );
-            Box::pin(w).await
+            Box::pin(watch.supervise(conn, |c| c.graceful_shutdown())).await
         }
     }
 }
 
-/// Drives a hyper connection to its end and closes it at the header read or idle timeout,
-/// or gracefully when the worker drains.
-async fn supervise<C, E>(
-    conn: C,
-    shutdown: impl Fn(Pin<&mut C>),
+/// What watches a connection, whatever its protocol: its timeouts and the worker's drain.
+struct Watch {
     peer: SocketAddr,
     activity: Arc<Activity>,
     accepted: Instant,
     limits: crate::config::Limits,
-    mut drain: watch::Receiver<bool>,
-) where
-    C: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    let mut conn = pin!(conn);
-    let tick = (limits.header_read_timeout.min(limits.idle_timeout) / 4)
-        .clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let sleep = tokio::time::sleep_until(accepted + tick);
-    let mut sleep = pin!(sleep);
-    let mut draining = false;
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "connection ended with error");
-                }
-                return;
-            }
-            _ = sleep.as_mut() => {
-                let now = Instant::now();
-                if closing {
+    drain: watch::Receiver<bool>,
+}
+
+impl Watch {
+    /// Drives a hyper connection to its end and closes it at the header read or idle timeout,
+    /// or gracefully when the worker drains.
+    async fn supervise<C, E>(self, conn: C, shutdown: impl Fn(Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let Watch {
+            peer,
+            activity,
+            accepted,
+            limits,
+            mut drain,
+        } = self;
+        let mut conn = pin!(conn);
+        let tick = (limits.header_read_timeout.min(limits.idle_timeout) / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let sleep = tokio::time::sleep_until(accepted + tick);
+        let mut sleep = pin!(sleep);
+        let mut draining = false;
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with error");
+                    }
                     return;
                 }
-                match activity.deadline(accepted.into_std(), &limits) {
-                    Some(deadline) if now.into_std() >= deadline => {
-                        tracing::debug!(%peer, "closing connection: header read or idle timeout");
-                        shutdown(conn.as_mut());
-                        closing = true;
-                        sleep.as_mut().reset(now + Duration::from_secs(1));
+                _ = sleep.as_mut() => {
+                    let now = Instant::now();
+                    if closing {
+                        return;
                     }
-                    _ => sleep.as_mut().reset(now + tick),
+                    match activity.deadline(accepted.into_std(), &limits) {
+                        Some(deadline) if now.into_std() >= deadline => {
+                            tracing::debug!(%peer, "closing connection: header read or idle timeout");
+                            shutdown(conn.as_mut());
+                            closing = true;
+                            sleep.as_mut().reset(now + Duration::from_secs(1));
+                        }
+                        _ => sleep.as_mut().reset(now + tick),
+                    }
                 }
-            }
-            _ = drain.changed(), if !draining => {
-                draining = true;
-                shutdown(conn.as_mut());
+                _ = drain.changed(), if !draining => {
+                    draining = true;
+                    shutdown(conn.as_mut());
+                }
             }
         }
     }
