@@ -30,12 +30,11 @@
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
 use portcullis::config::Config;
 use portcullis::fuzz_api::{CheckedLogout, LogoutTokens};
-use portcullis_fuzz::{b64url, hmac, jwks, members, rsa_public_bytes, sign_jwt, Input, Signer};
+use portcullis_fuzz::token_mutation::{mutate_token, signed_among};
+use portcullis_fuzz::{jwks, members, sign_jwt, Input, Signer};
 use serde_json::{json, Value};
 
 const ISS: &str = "https://issuer.example";
@@ -136,91 +135,24 @@ fn check(f: &Fixture, token: &[u8]) -> Result<CheckedLogout, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Whether `token` is one this target signed (see the module doc).
-fn signed_here(f: &Fixture, token: &[u8]) -> bool {
-    let Ok(t) = std::str::from_utf8(token) else {
-        return false;
-    };
-    let Some((input, sig)) = t.rsplit_once('.') else {
-        return false;
-    };
-    f.tokens.iter().any(|(s, known)| {
-        let (k_input, k_sig) = known.rsplit_once('.').unwrap();
-        input == k_input
-            && URL_SAFE_NO_PAD.decode(sig).is_ok_and(|b| b64url(&b) == sig)
-            && (!s.deterministic() || sig == k_sig)
-    })
-}
-
-/// One mutation of a token's text.
+/// One mutation of a token's text (`portcullis_fuzz::token_mutation`), with the
+/// replacement headers of this target.
 fn mutate(inp: &mut Input<'_>, f: &Fixture, t: &mut Vec<u8>) {
-    let at = usize::from(inp.u16()) % (t.len() + 1);
-    match inp.below(8) {
-        0 if at < t.len() => t[at] ^= inp.u8().max(1),
-        1 => t.insert(at, inp.u8()),
-        2 if at < t.len() => {
-            t.remove(at);
-        }
-        3 => t.truncate(at),
-        // A part of another token (or of the same one) in place of one of this one's.
-        4 => {
-            let other = &f.tokens[inp.below(f.tokens.len())].1;
-            let (k, from) = (inp.below(3), inp.below(3));
-            let mut parts: Vec<Vec<u8>> = t.split(|b| *b == b'.').map(<[u8]>::to_vec).collect();
-            if let (Some(p), Some(o)) = (parts.get_mut(k), other.split('.').nth(from)) {
-                *p = o.as_bytes().to_vec();
-            }
-            *t = parts.join(&b'.');
-        }
-        // The header replaced: alg none, HS256, another kid, another typ...
-        5 => {
-            let headers = [
-                json!({"alg": "none"}),
-                json!({"alg": "none", "typ": "logout+jwt"}),
-                json!({"alg": "HS256", "kid": "rsa1"}),
-                json!({"alg": "HS256", "typ": "logout+jwt"}),
-                json!({"alg": "RS256", "kid": "ec1"}),
-                json!({"alg": "ES256", "kid": "rsa1"}),
-                json!({"alg": "EdDSA", "kid": "rsa1"}),
-                json!({"alg": "RS256", "kid": "other"}),
-                json!({"alg": "RS256"}),
-                json!({"alg": "PS256", "kid": "rsa1"}),
-                json!({"alg": "RS256", "kid": "rsa1", "typ": "at+jwt"}),
-                json!({"alg": "RS256", "kid": "rsa1", "jwk": {"kty": "oct", "k": "AAAA"}}),
-            ];
-            let h = headers[inp.below(headers.len())].to_string();
-            let rest = t
-                .iter()
-                .position(|b| *b == b'.')
-                .map_or(&t[..0], |i| &t[i..]);
-            let mut out = b64url(h.as_bytes()).into_bytes();
-            out.extend_from_slice(rest);
-            *t = out;
-        }
-        // Re-signed with HS256 under secrets an attacker knows: the public key, the JWKS.
-        6 => {
-            let input = match t.iter().rposition(|b| *b == b'.') {
-                Some(i) => t[..i].to_vec(),
-                None => t.clone(),
-            };
-            let secret = match inp.below(3) {
-                0 => rsa_public_bytes(),
-                1 => jwks().into_bytes(),
-                _ => Vec::new(),
-            };
-            let sig = hmac(&secret, &input);
-            let mut out = input;
-            out.push(b'.');
-            out.extend_from_slice(b64url(&sig).as_bytes());
-            *t = out;
-        }
-        // The signature dropped (the dot kept or not).
-        _ => {
-            if let Some(i) = t.iter().rposition(|b| *b == b'.') {
-                t.truncate(i + usize::from(inp.bool()));
-            }
-        }
-    }
+    let headers = [
+        json!({"alg": "none"}),
+        json!({"alg": "none", "typ": "logout+jwt"}),
+        json!({"alg": "HS256", "kid": "rsa1"}),
+        json!({"alg": "HS256", "typ": "logout+jwt"}),
+        json!({"alg": "RS256", "kid": "ec1"}),
+        json!({"alg": "ES256", "kid": "rsa1"}),
+        json!({"alg": "EdDSA", "kid": "rsa1"}),
+        json!({"alg": "RS256", "kid": "other"}),
+        json!({"alg": "RS256"}),
+        json!({"alg": "PS256", "kid": "rsa1"}),
+        json!({"alg": "RS256", "kid": "rsa1", "typ": "at+jwt"}),
+        json!({"alg": "RS256", "kid": "rsa1", "jwk": {"kty": "oct", "k": "AAAA"}}),
+    ];
+    mutate_token(inp, &f.tokens, &headers, t);
 }
 
 /// A NumericDate (RFC 7519 §2) in whole seconds, if `v` is one.
@@ -363,7 +295,7 @@ fuzz_target!(|data: &[u8]| {
             let token = inp.rest();
             if check(f, token).is_ok() {
                 assert!(
-                    signed_here(f, token),
+                    signed_among(&f.tokens, token),
                     "forged logout token accepted: {:?}",
                     String::from_utf8_lossy(token)
                 );
@@ -376,7 +308,7 @@ fuzz_target!(|data: &[u8]| {
             }
             if check(f, &t).is_ok() {
                 assert!(
-                    signed_here(f, &t),
+                    signed_among(&f.tokens, &t),
                     "mutated logout token accepted: {:?}",
                     String::from_utf8_lossy(&t)
                 );

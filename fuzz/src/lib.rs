@@ -3,6 +3,7 @@
 //! TOML string quoting, and the independent route matcher that oracles use.
 
 pub mod keys;
+pub mod token_mutation;
 
 use std::sync::OnceLock;
 
